@@ -1,0 +1,67 @@
+"""The backend interface every inference engine implements.
+
+A backend owns one loaded model. ``infer`` is synchronous and thread-safe: callers on an
+event loop run it in a sized executor, never on the loop itself.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from models.manifest import TensorSpec
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Engine knobs shared by all backends (each ignores what it cannot use)."""
+
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    fp16: bool = False
+    cache_dir: Path | None = None
+    device_id: int = 0
+    providers: Sequence[str] = field(default_factory=tuple)
+
+
+class Backend(ABC):
+    """One loaded model on one engine."""
+
+    kind: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def inputs(self) -> tuple[TensorSpec, ...]: ...
+
+    @property
+    @abstractmethod
+    def outputs(self) -> tuple[TensorSpec, ...]: ...
+
+    @property
+    def description(self) -> str:
+        """Human-readable engine detail (providers, precision) for logs and status."""
+        return self.kind
+
+    @abstractmethod
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; every output's first axis equals the inputs' batch size."""
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Run zero-filled batches so first real requests do not pay lazy initialisation."""
+        for n in batch_sizes:
+            feeds = {
+                spec.name: np.zeros(
+                    tuple(n if i == 0 else (d if d > 0 else 1) for i, d in enumerate(spec.shape)),
+                    dtype=spec.numpy_dtype,
+                )
+                for spec in self.inputs
+            }
+            self.infer(feeds)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release engine resources; the backend is unusable afterwards."""
