@@ -121,3 +121,37 @@ class MissingDependency(EdgecloudError):
 
 class BundleError(InvalidInput):
     """A model bundle failed verification; subclasses name the exact check."""
+
+
+class CorruptBundle(BundleError):
+    """The bundle is not a readable archive, or a required file is missing or malformed."""
+
+
+class HashMismatch(BundleError):
+    """A file's sha256 differs from the manifest, or a file is not covered by it."""
+
+
+class BadSignature(BundleError):
+    """The signature does not verify against the manifest with the signer's key."""
+
+
+class UnknownSigner(BundleError):
+    """The bundle was signed by a key that is not in the trusted set."""
+
+
+class UnsafeArchive(BundleError):
+    """An archive member is a link, device, absolute path, or escapes with ``..``."""
+
+
+class BundleTooLarge(BundleError):
+    """The bundle, or its unpacked content, exceeds the size limit."""
+
+
+class SpecMismatch(BundleError):
+    """Manifest inputs/outputs disagree with the ONNX graph's names, dtypes or shapes."""
+
+
+class TestVectorMismatch(BundleError):
+    """The model does not reproduce the bundle's test vectors within tolerance."""
+
+    __test__ = False  # not a pytest test class despite the name

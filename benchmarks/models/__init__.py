@@ -1,0 +1,1 @@
+"""Model-layer benchmarks: ``python -m benchmarks.models``."""
