@@ -1,0 +1,135 @@
+"""The offload server: gRPC (KServe V2 + health) and Prometheus, with a graceful stop.
+
+``async with serve(settings) as server:`` runs it in the current loop (tests, simulators);
+:func:`run` is the process entry point that waits for SIGTERM/SIGINT and drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from tritonclient.grpc import service_pb2_grpc
+
+from models.backends import BackendOptions
+from offload.metrics import ServerMetrics
+from offload.model_config import ServingDefaults
+from offload.model_store import ModelStore
+from offload.servicer import InferenceServicer
+from offload.settings import OffloadSettings
+from offload.tls import TlsFiles, server_credentials
+
+log = logging.getLogger(__name__)
+#: Lifecycle lines (ready, draining, stopped): the CLI keeps them at INFO whatever --log-level.
+lifecycle_log = logging.getLogger("offload.lifecycle")
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+class OffloadServer:
+    """One running server; ``port`` and ``metrics_port`` are the bound ports."""
+
+    def __init__(self, settings: OffloadSettings) -> None:
+        self.settings = settings
+        self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="offload-infer")
+        self.metrics = ServerMetrics()
+        self.store = ModelStore(
+            settings.repository,
+            executor=self.executor,
+            metrics=self.metrics,
+            backend_kind=settings.backend,
+            options=BackendOptions(intra_op_threads=settings.intra_op_threads),
+            defaults=ServingDefaults(
+                max_batch=settings.max_batch,
+                max_queue_delay_us=settings.max_queue_delay_us,
+                max_queue=settings.max_queue,
+            ),
+            instances=settings.workers,
+        )
+        self.servicer = InferenceServicer(self.store, self.metrics.rejected)
+        self.health = HealthServicer()
+        self.port = 0
+        self.metrics_port = -1
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        credentials = server_credentials(TlsFiles(s.tls_cert, s.tls_key, s.tls_ca))
+        await self.store.load_all()
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+                # Bursts of thousands of calls must reach the batcher (which bounds them with
+                # RESOURCE_EXHAUSTED), not be cancelled by gRPC core's default of 1,000.
+                ("grpc.server.max_pending_requests", max(10_000, 2 * s.max_queue)),
+                ("grpc.server.max_pending_requests_hard_limit", max(30_000, 6 * s.max_queue)),
+            ],
+        )
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        address = f"{s.host}:{s.grpc_port}"
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC to {address}")
+        await server.start()
+        self._server = server
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if s.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve_http(s.metrics_port, s.host)
+        models = ",".join(f"{m.name}:{m.version}" for m in self.store.loaded()) or "-"
+        lifecycle_log.info(
+            "offload-server ready grpc=%s:%d metrics=%d tls=%s models=%s",
+            s.host,
+            self.port,
+            self.metrics_port,
+            "mutual" if s.tls_ca else ("on" if credentials else "off"),
+            models,
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new work, let in-flight requests finish within ``grace``, release all."""
+        grace = self.settings.grace_s if grace is None else grace
+        self.servicer.accepting = False
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        await self.store.close()
+        self.executor.shutdown(wait=True)
+        self.metrics.close()
+        lifecycle_log.info("offload-server stopped")
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: OffloadSettings) -> AsyncIterator[OffloadServer]:
+    server = OffloadServer(settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def run(settings: OffloadSettings) -> int:
+    """Serve until SIGTERM or SIGINT, then drain in-flight requests and exit 0."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with serve(settings):
+        await stop.wait()
+        lifecycle_log.info("signal received: draining for up to %.1fs", settings.grace_s)
+    return 0

@@ -1,0 +1,62 @@
+"""Settings of the ``offload-server`` process (env prefix ``OFFLOAD_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OffloadSettings(BaseSettings):
+    """One field per CLI flag (``--grpc-port`` <-> ``grpc_port`` <-> ``OFFLOAD_GRPC_PORT``).
+
+    Kubernetes secrets: pass ``_secrets_dir=...`` (the CLI uses ``OFFLOAD_SECRETS_DIR``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore")
+
+    repository: Path = Field(
+        default=Path("model-repository"),
+        description="Triton-layout model repository: <dir>/<name>/<version>/model.onnx",
+    )
+    host: str = Field(default="0.0.0.0", description="address the gRPC and metrics servers bind")
+    grpc_port: int = Field(default=8001, ge=0, le=65535, description="gRPC port (0 = pick free)")
+    metrics_port: int = Field(
+        default=8002, ge=-1, le=65535, description="Prometheus /metrics port (0 = free, -1 = off)"
+    )
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
+        default="auto", description="inference backend; auto prefers TensorRT, then ORT CUDA/CPU"
+    )
+    max_batch: int = Field(
+        default=64, ge=1, description="upper bound on rows per batch (a model may set less)"
+    )
+    max_queue_delay_us: int = Field(
+        default=0,
+        ge=0,
+        description="how long the batcher may hold the first request waiting for a fuller batch",
+    )
+    max_queue: int = Field(
+        default=4096,
+        ge=1,
+        description="requests queued per model version before RESOURCE_EXHAUSTED",
+    )
+    workers: int = Field(
+        default=2, ge=1, description="inference threads; also concurrent batches per model version"
+    )
+    intra_op_threads: int = Field(default=1, ge=1, description="ONNX Runtime threads per batch")
+    max_message_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent"
+    )
+    grace_s: float = Field(
+        default=10.0, ge=0, description="on SIGTERM, how long in-flight requests may finish"
+    )
+    tls_cert: Path | None = Field(default=None, description="server certificate (PEM)")
+    tls_key: Path | None = Field(default=None, description="server private key (PEM)")
+    tls_ca: Path | None = Field(
+        default=None, description="CA of client certificates; setting it requires mutual TLS"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="log level"
+    )

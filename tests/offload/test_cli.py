@@ -1,0 +1,53 @@
+"""The CLI contract: every flag maps 1:1 to an OffloadSettings field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from offload.cli import build_parser, main
+from offload.settings import OffloadSettings
+
+
+def test_every_flag_is_a_settings_field_and_back() -> None:
+    parser = build_parser()
+    flags = {a.dest for a in parser._actions if a.option_strings and a.dest != "help"}
+    assert flags == set(OffloadSettings.model_fields)
+    for action in parser._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option != "--help":
+                assert option[2:].replace("-", "_") == action.dest
+
+
+def test_env_is_read_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OFFLOAD_MAX_BATCH", "7")
+    monkeypatch.setenv("OFFLOAD_GRPC_PORT", "9001")
+    assert OffloadSettings().max_batch == 7
+    args = build_parser().parse_args(["--grpc-port", "9100"])
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    settings = OffloadSettings(**overrides)
+    assert settings.grpc_port == 9100 and settings.max_batch == 7
+
+
+def test_invalid_settings_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["--repository", str(tmp_path), "--workers", "0"]) == 2
+    assert "workers" in capsys.readouterr().err
+
+
+def test_bad_tls_config_exits_1(tmp_path: Path) -> None:
+    rc = main(
+        [
+            "--repository",
+            str(tmp_path),
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "-1",
+            "--tls-ca",
+            str(tmp_path / "ca.pem"),
+        ]
+    )
+    assert rc == 1
