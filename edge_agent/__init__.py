@@ -1,1 +1,7 @@
-"""edge_agent package."""
+"""The edge agent: MQTT readings -> validated windows -> deadline-aware batches -> local
+(ONNX Runtime / TensorRT) or offloaded inference -> results, alerts, local store, telemetry.
+
+Entry points: the ``edge-agent`` console script (:mod:`edge_agent.cli`), and
+:class:`edge_agent.agent.EdgeAgent` for in-process use. The reading payload formats
+(JSON and the compact binary frame) are documented in :mod:`edge_agent.payloads`.
+"""

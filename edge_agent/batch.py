@@ -1,0 +1,75 @@
+"""One inference request, one finished batch, and the job that runs a batch locally."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from edge_agent.registry import Loaded
+from models.errors import EdgecloudError
+
+log = logging.getLogger(__name__)
+
+
+class Request:
+    """One window waiting for inference."""
+
+    __slots__ = ("arrival", "deadline", "seq", "stream", "ts", "window")
+
+    def __init__(
+        self, stream: Any, window: np.ndarray, seq: int, ts: float, arrival: float, deadline: float
+    ) -> None:
+        self.stream = stream
+        self.window = window
+        self.seq = seq
+        self.ts = ts
+        self.arrival = arrival
+        self.deadline = deadline
+
+
+class BatchDone:
+    """What ``complete`` receives for one finished batch."""
+
+    __slots__ = (
+        "compute_s",
+        "dispatched",
+        "error",
+        "loaded",
+        "network_s",
+        "outputs",
+        "reason",
+        "requests",
+        "route",
+    )
+
+    def __init__(
+        self, requests: list[Request], loaded: Loaded, route: str, reason: str, dispatched: float
+    ) -> None:
+        self.requests = requests
+        self.loaded = loaded
+        self.route = route
+        self.reason = reason
+        self.dispatched = dispatched
+        self.outputs: dict[str, np.ndarray] | None = None
+        self.error: str | None = None
+        self.compute_s = 0.0
+        self.network_s = 0.0
+
+
+def run_and_complete(done: BatchDone, complete: Callable[[BatchDone], None] | None) -> None:
+    """Executor job: infer one batch, then (for plain local batches) publish its results."""
+    loaded = done.loaded
+    try:
+        x = np.stack([r.window for r in done.requests])
+        t0 = time.perf_counter()
+        done.outputs = loaded.backend.infer({loaded.manifest.inputs[0].name: x})
+        done.compute_s = time.perf_counter() - t0
+    except Exception as exc:  # every request still gets exactly one (error) result
+        done.error = exc.reason if isinstance(exc, EdgecloudError) else type(exc).__name__
+        log.warning("local inference failed: %s", exc)
+    if complete is not None:
+        complete(done)

@@ -1,0 +1,294 @@
+"""``AgentCore``: the transport-agnostic heart of the edge agent.
+
+The MQTT layer calls :meth:`AgentCore.ingest` from its network thread for every message;
+that hot path validates, windows and hands complete windows to the event loop in bulk
+(a deque drained by one coalesced wakeup, not one ``call_soon_threadsafe`` per message).
+The loop batches and routes them (:mod:`edge_agent.dispatch`) and :meth:`complete`
+publishes one result per request. HTTP and heartbeat only read :meth:`status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge_agent.batch import BatchDone, Request
+from edge_agent.dispatch import Dispatcher
+from edge_agent.payloads import PayloadError, dead_letter_json, decode
+from edge_agent.results import (
+    Outputs,
+    alert_for,
+    batch_results,
+    error_output,
+    model_part,
+    stream_prefix,
+)
+from edge_agent.stats import Stats
+from edge_agent.windowing import StreamWindow
+from models.errors import InvalidInput
+from models.manifest import Manifest
+from offload.topics import StreamId, Topics
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """What the core needs from a transport: fire-and-forget publishes."""
+
+    def publish(
+        self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False
+    ) -> None: ...
+
+
+class AgentCore:
+    """Ingest -> windows -> dispatcher -> results, plus counters and status."""
+
+    def __init__(
+        self,
+        agent_id: str,
+        site: str,
+        topics: Topics,
+        publisher: Publisher,
+        stats: Stats,
+        *,
+        slo_s: float | None,
+        max_payload_bytes: int,
+        max_streams: int = 10000,
+        result_qos: int = 0,
+        anomaly_threshold: float | None = None,
+        hop: int | None = None,
+    ) -> None:
+        self.agent_id = agent_id
+        self.site = site
+        self.topics = topics
+        self.publisher = publisher
+        self.stats = stats
+        self.slo_override = slo_s
+        self.slo_s = slo_s or 0.1
+        self.max_bytes = max_payload_bytes
+        self.max_streams = max_streams
+        self.result_qos = result_qos
+        self.threshold = anomaly_threshold
+        self.hop_override = hop
+        self.inline = False  # set by the agent when the dispatcher may run batches inline
+        self.dispatcher: Dispatcher | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=50)
+        self.on_results: Callable[[list[tuple[Request, str]], BatchDone], None] | None = None
+        self.on_alert: Callable[[dict[str, Any]], None] | None = None
+        self._streams: dict[str, StreamWindow] = {}
+        self._pending: deque[Request] = deque()
+        self._wake = False
+        self._gen = 0
+        self._names: tuple[str, ...] = ()
+        self._window = 0
+        self._hop = 1
+        self._deadletter_topic = topics.dead_letter(agent_id)
+
+    # -- model changes -------------------------------------------------------------------
+    def use_manifest(self, manifest: Manifest, event: str = "loaded") -> None:
+        """Adopt the windowing of a newly active model (streams re-initialise lazily)."""
+        pre = manifest.preprocessing
+        layout = (tuple(pre.channels), pre.window, self.hop_override or pre.hop)
+        self.slo_s = self.slo_override or manifest.slo_ms / 1000.0
+        if layout != (self._names, self._window, self._hop):
+            # Open windows only survive a swap when the new model reads the same layout.
+            self._names, self._window, self._hop = layout
+            self._gen += 1
+
+    def signature(self) -> list[object]:
+        """What saved stream state must match to be reusable."""
+        return [list(self._names), self._window, self._hop]
+
+    @property
+    def streams(self) -> dict[str, StreamWindow]:
+        return self._streams
+
+    def stream_for(self, topic: str) -> StreamWindow | None:
+        """The stream of ``topic`` (created if new; None for an invalid topic)."""
+        st = self._streams.get(topic)
+        if st is None or st.generation != self._gen:
+            st = self._stream(topic)
+        return st
+
+    @property
+    def ready(self) -> bool:
+        return self._window > 0 and self.dispatcher is not None
+
+    # -- MQTT thread ---------------------------------------------------------------------
+    def _stream(self, topic: str) -> StreamWindow | None:
+        try:
+            parts = topic.split("/")
+            if len(parts) < 4:
+                raise InvalidInput("topic needs .../{site}/{device}/{stream}")
+            sid = StreamId(parts[-3], parts[-2], parts[-1])
+        except InvalidInput as exc:
+            self.dead_letter(topic, b"", "bad-topic", str(exc))
+            return None
+        if len(self._streams) >= self.max_streams and topic not in self._streams:
+            self.dead_letter(topic, b"", "too-many-streams", f"limit {self.max_streams}")
+            return None
+        st = StreamWindow(sid, self._window, self._hop, len(self._names), self._gen)
+        st.prefix = stream_prefix(sid.site, sid.device, sid.stream, self.agent_id)
+        st.result_topic = self.topics.result(sid)
+        st.alert_topic = self.topics.alert(sid)
+        self._streams[topic] = st
+        return st
+
+    def ingest(self, topic: str, payload: bytes, arrival: float) -> None:
+        """Hot path, called on the MQTT network thread for every reading message."""
+        if not self._window:
+            self.dead_letter(topic, payload, "no-model", "no model loaded yet")
+            return
+        st = self._streams.get(topic)
+        if st is None or st.generation != self._gen:
+            st = self._stream(topic)
+            if st is None:
+                return
+        try:
+            r = decode(payload, self._names, self._window, self.max_bytes)
+        except PayloadError as exc:
+            self.dead_letter(topic, payload, exc.reason, exc.message)
+            return
+        except Exception as exc:  # a validator bug must not kill ingest
+            log.exception("payload decoder failed")
+            self.dead_letter(topic, payload, "internal", repr(exc)[:200])
+            return
+        stats = self.stats
+        stats.readings += r.rows
+        seq = r.seq
+        kind, missing = st.classify(seq, r.rows)
+        values = r.values
+        if kind == "gap":
+            stats.gaps += 1
+            stats.missing += missing
+            st.reset(seq, r.rows)
+        elif kind == "dup" or kind == "late":
+            if seq is not None and seq >= (st.next_seq or 0) and r.rows > 1:
+                # overlaps what we have but brings new rows: keep only the new ones
+                skip = r.rows - (seq - st.next_seq + 1)  # type: ignore[operator]
+                values = values[skip:]
+            elif kind == "dup":
+                stats.duplicates += r.rows
+                return
+            else:
+                stats.late += r.rows
+                return
+        elif st.next_seq is None:
+            st.reset(seq, r.rows)
+        ts = r.ts if r.ts is not None else time.time()
+        if r.rows == 1:
+            win = st.push_row(values, seq)  # type: ignore[arg-type]
+            if win is not None:
+                self._emit(st, win, st.next_seq - 1, ts, arrival)  # type: ignore[operator]
+            return
+        if r.rows == self._window:
+            st.reset(seq, r.rows)  # a whole window is one request on its own
+        last = seq if seq is not None else (st.next_seq or 0) + len(values) - 1
+        for win, i in st.push_rows(values, seq):  # type: ignore[arg-type]
+            self._emit(st, win, last - (len(values) - 1 - i), ts, arrival)
+
+    def _emit(self, st: StreamWindow, win: np.ndarray, seq: int, ts: float, arrival: float) -> None:
+        self.stats.requests += 1
+        self._pending.append(Request(st, win, seq, ts, arrival, arrival + self.slo_s))
+        if not self.inline:
+            self._wake_loop()
+
+    def _wake_loop(self) -> None:
+        if not self._wake and self.loop is not None:
+            self._wake = True
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def end_of_burst(self) -> None:
+        """MQTT thread, after each drained socket read: batch what the burst produced.
+
+        In inline mode a cheap local batch runs right here; anything else (remote routes,
+        expensive models, a backlog on the loop) goes to the event loop's dispatcher.
+        """
+        pending = self._pending
+        if not self.inline or not pending or self.dispatcher is None:
+            return
+        if self._wake:
+            return  # the loop is already draining: keep EDF order there
+        limit = self.dispatcher.max_batch
+        while pending:
+            batch = [pending.popleft() for _ in range(min(limit, len(pending)))]
+            try:
+                ran = self.dispatcher.try_inline(batch)
+            except Exception:  # a bug guard: the loop path still answers every request
+                log.exception("inline batch failed; handing it to the dispatcher")
+                ran = False
+            if not ran:
+                pending.extendleft(reversed(batch))
+                self._wake_loop()
+                return
+
+    def dead_letter(self, topic: str, payload: bytes, reason: str, detail: str) -> None:
+        self.stats.deadletter_by_reason[reason] += 1
+        self.stats.m_deadletter.labels(reason).inc()
+        msg = dead_letter_json(self.agent_id, topic, payload, reason, detail)
+        try:
+            self.publisher.publish(self._deadletter_topic, msg, 0, False)
+        except Exception:  # the broker being gone must not turn bad input into a crash
+            log.debug("dead-letter publish failed", exc_info=True)
+
+    # -- event loop ----------------------------------------------------------------------
+    def _drain(self) -> None:
+        self._wake = False
+        pending = self._pending
+        batch = []
+        while pending:
+            batch.append(pending.popleft())
+        if batch and self.dispatcher is not None:
+            self.dispatcher.add(batch)
+
+    def complete(self, done: BatchDone) -> None:
+        """Publish one result per request of a finished batch (called by the dispatcher)."""
+        reqs = done.requests
+        n = len(reqs)
+        manifest = done.loaded.manifest
+        now = time.monotonic()  # one clock read per batch: results leave together
+        queue_ms = [(done.dispatched - r.arrival) * 1000.0 for r in reqs]
+        compute_ms = done.compute_s * 1000.0
+        network_ms = (
+            max(0.0, done.network_s * 1000.0 - compute_ms) if done.route == "cloud" else 0.0
+        )
+        mpart = model_part(manifest)
+        if done.outputs is not None:
+            try:
+                outs: Outputs | None = Outputs(manifest, done.outputs, n, self.threshold)
+                jsons = outs.json  # type: ignore[union-attr]
+            except Exception as exc:  # wrong output count/shape from a backend: answer anyway
+                log.warning("bad model output: %s", exc)
+                outs, jsons, done.error = None, [error_output("bad-output")] * n, "bad-output"
+        else:
+            outs, jsons = None, [error_output(done.error or "error")] * n
+        bodies, lat, met = batch_results(done, jsons, mpart, now, queue_ms, compute_ms, network_ms)
+        publish, qos = self.publisher.publish, self.result_qos
+        produced: list[tuple[Request, str]] = []
+        for i, (r, body) in enumerate(zip(reqs, bodies, strict=True)):
+            publish(r.stream.result_topic, body, qos, False)
+            produced.append((r, body))
+            if outs is not None:
+                self._check_alert(r.stream, r, outs, i)
+        errors = n if done.error else 0
+        nan = outs.nan if outs is not None else 0
+        self.stats.record_batch(done.route, lat, met, done.compute_s, errors, nan)
+        if self.on_results is not None:
+            self.on_results(produced, done)
+
+    def _check_alert(self, st: StreamWindow, r: Request, outs: Outputs, i: int) -> None:
+        alert = alert_for(st, r.seq, outs, i, self.agent_id)
+        if alert is None:
+            return
+        self.alerts.append(alert)
+        self.publisher.publish(st.alert_topic, json.dumps(alert), 1, False)
+        if self.on_alert is not None:
+            self.on_alert(alert)

@@ -1,0 +1,294 @@
+"""Earliest-deadline-first micro-batching and routing of inference requests.
+
+Runs on the event loop. Requests wait in a heap ordered by deadline; a batch leaves when
+it is full, when its oldest request has waited ``max_wait``, or when waiting longer would
+eat into its deadline. Each batch gets one routing decision from the policy:
+
+* LOCAL / SHED: run on the local backend in the inference executor (a local batch only
+  leaves when a worker is free, so batches grow under load instead of queueing in the
+  executor); SHED results are flagged ``reason="shed"`` - answered, never dropped.
+* REMOTE: the offload client; on any failure, or a deadline the remote cannot make,
+  the batch falls back to local execution (counted).
+* HEDGE: remote and local race; the first answer is published, the other discarded.
+
+Every request handed to :meth:`Dispatcher.add` completes exactly once through ``complete``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+
+from edge_agent.batch import BatchDone, Request, run_and_complete
+from edge_agent.registry import Loaded, ModelSlot
+from models.errors import EdgecloudError
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """EDF batcher + router. All methods run on the event loop."""
+
+    def __init__(
+        self,
+        models: ModelSlot,
+        executor: Executor,
+        complete: Callable[[BatchDone], None],
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        workers: int,
+        policy: Any,
+        service: Any,
+        remote: Any = None,
+        remote_model: Callable[[], tuple[str, int | None]] | None = None,
+        budget: Any = None,
+        remote_concurrency: int = 8,
+        inline_max_s: float = 0.0,
+        pressure: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        from offload.policy import Observed, Route
+
+        self._Observed, self._Route = Observed, Route
+        self.models = models
+        self._executor = executor
+        self._complete = complete
+        self.max_batch = max_batch
+        self.max_wait = max_wait_s
+        self.workers = workers
+        self.policy = policy
+        self.service = service
+        self.remote = remote
+        self._remote_model = remote_model
+        self.budget = budget
+        self._remote_limit = remote_concurrency
+        self._pressure = pressure
+        self.inline_max_s = inline_max_s
+        self._heap: list[tuple[float, int, Request]] = []
+        self._tie = itertools.count()
+        self.local_busy = 0
+        self.remote_busy = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_route: Callable[[str, str], None] = lambda route, reason: None
+        self.on_fallback: Callable[[str], None] = lambda reason: None
+
+    @property
+    def depth(self) -> int:
+        return len(self._heap)
+
+    def add(self, requests: list[Request]) -> None:
+        heap, tie = self._heap, self._tie
+        for r in requests:
+            heapq.heappush(heap, (r.deadline, next(tie), r))
+        self.kick()
+
+    def _observe(self, now: float, n: int, deadline: float) -> Any:
+        est = self.service.estimate(n)
+        backlog = (self.local_busy / self.workers) * self.service.estimate(self.max_batch)
+        remote = self.remote
+        stats = remote.stats if remote is not None else None
+        return self._Observed(
+            now=now,
+            deadline=deadline,
+            batch_size=n,
+            local_queue_s=backlog,
+            local_service_s=est * (1.0 + self._pressure()),
+            remote_configured=remote is not None,
+            remote_available=bool(
+                remote is not None and remote.available and self.remote_busy < self._remote_limit
+            ),
+            remote_rtt_s=stats.rtt_ewma_s if stats else 0.0,
+            remote_p95_s=stats.rtt_p95_s if stats else 0.0,
+            budget_ok=self.budget.peek(n, 0) if self.budget is not None else True,
+            node_pressure=self._pressure(),
+        )
+
+    def kick(self) -> None:
+        heap = self._heap
+        while heap:
+            now = time.monotonic()
+            n = min(len(heap), self.max_batch)
+            first = heap[0][2]
+            due_at = min(
+                first.arrival + self.max_wait, first.deadline - self.service.estimate(n) * 2.0
+            )
+            if n < self.max_batch and now < due_at:
+                self._arm(due_at)
+                return
+            local_free = self.local_busy < self.workers
+            remote_free = self.remote is not None and self.remote_busy < self._remote_limit
+            if not local_free and not remote_free:
+                return
+            obs = self._observe(now, n, first.deadline)
+            decision = self.policy.decide(obs)
+            route, reason = decision.route, decision.reason
+            R = self._Route
+            if route == R.SHED:
+                # Late whichever way it goes: answer as soon as possible, flagged "shed".
+                reason = f"shed:{reason}"
+                fast_remote = (
+                    obs.remote_available and obs.budget_ok and obs.remote_rtt_s <= obs.local_eta_s
+                )
+                route = R.REMOTE if remote_free and fast_remote else R.LOCAL
+            if route in (R.REMOTE, R.HEDGE) and not remote_free:
+                route = R.LOCAL
+            if route == R.LOCAL and not local_free:
+                return  # wait for a worker; the batch keeps growing meanwhile
+            batch = [heapq.heappop(heap)[2] for _ in range(n)]
+            self.on_route(str(decision.route), reason)
+            self._start(batch, route, reason, now)
+
+    def try_inline(self, batch: list[Request]) -> bool:
+        """Run ``batch`` right here (the MQTT thread) if that is the policy's local choice.
+
+        Cheap models gain more from skipping three thread hand-offs (loop, executor, back)
+        than from overlapping compute with reading; on a busy node every hand-off waits
+        for the scheduler. Declines (False) when the batch is expensive, when the loop has
+        a backlog (EDF order), or when the policy wants anything but LOCAL.
+        """
+        n = len(batch)
+        if self.inline_max_s <= 0 or self._heap or self.local_busy:
+            return False
+        est = self.service.estimate(n)
+        if est > self.inline_max_s:
+            return False
+        now = time.monotonic()
+        deadline = min(r.deadline for r in batch)
+        decision = self.policy.decide(self._observe(now, n, deadline))
+        if decision.route != self._Route.LOCAL:
+            return False
+        loaded = self.models.lease()
+        done = BatchDone(batch, loaded, "edge", decision.reason, now)
+        try:
+            run_and_complete(done, self._complete)
+        finally:
+            loaded.release()
+        if done.error is None:
+            self.service.observe(n, done.compute_s)
+        self.on_route(str(decision.route), decision.reason)
+        return True
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_later(max(0.0, at - time.monotonic()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.kick()
+
+    def _start(self, batch: list[Request], route: Any, reason: str, now: float) -> None:
+        R = self._Route
+        loaded = self.models.lease()
+        if route == R.LOCAL:
+            self._local(BatchDone(batch, loaded, "edge", reason, now))
+            return
+        if self.budget is not None:
+            self.budget.try_take(len(batch), 0)
+        task = self._loop.create_task(
+            self._remote_call(batch, loaded, route == R.HEDGE, reason, now)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _local(self, done: BatchDone, race: asyncio.Future[BatchDone] | None = None) -> None:
+        self.local_busy += 1
+        # Results of a plain local batch are published from the worker thread itself: one
+        # thread hop less than returning to the loop first (the loop only does bookkeeping).
+        complete = self._complete if race is None else None
+        fut = self._loop.run_in_executor(self._executor, run_and_complete, done, complete)
+
+        def finished(f: asyncio.Future[None]) -> None:
+            self.local_busy -= 1
+            if f.cancelled() or f.exception() is not None:
+                log.error("local batch failed to complete", exc_info=f.exception())
+            elif done.error is None:
+                self.service.observe(len(done.requests), done.compute_s)
+            if race is None:
+                done.loaded.release()
+            elif not race.done():
+                race.set_result(done)
+            else:
+                done.loaded.release()  # the remote twin answered first; discard
+            self.kick()
+
+        fut.add_done_callback(finished)
+
+    async def _remote_call(
+        self, batch: list[Request], loaded: Loaded, hedge: bool, reason: str, now: float
+    ) -> None:
+        self.remote_busy += 1
+        race: asyncio.Future[BatchDone] = self._loop.create_future()
+        if hedge:
+            loaded.acquire()
+            self._local(BatchDone(batch, loaded, "edge", "hedge-local", now), race)
+        done = BatchDone(batch, loaded, "cloud", reason, now)
+        try:
+            name, version = (
+                self._remote_model()
+                if self._remote_model
+                else (loaded.manifest.name, loaded.manifest.version)
+            )
+            x = np.stack([r.window for r in batch])
+            deadline = min(r.deadline for r in batch)
+            t0 = time.perf_counter()
+            call = self.remote.infer(name, version, {loaded.manifest.inputs[0].name: x}, deadline)
+            if hedge:
+                rtask = asyncio.ensure_future(call)
+                await asyncio.wait([rtask, race], return_when=asyncio.FIRST_COMPLETED)
+                if race.done() and not rtask.done():
+                    rtask.add_done_callback(lambda t: t.cancelled() or t.exception())
+                    rtask.cancel()
+                    self._finish(race.result())
+                    loaded.release()
+                    return
+                outputs = await rtask
+            else:
+                outputs = await call
+            done.network_s = time.perf_counter() - t0
+            done.outputs = outputs
+            if hedge and not race.done():
+                race.set_result(done)  # local twin finishes later and is discarded
+            elif hedge:
+                self._finish(race.result())
+                loaded.release()
+                return
+            self._finish(done)
+        except Exception as exc:  # any remote failure falls back: no request is lost
+            why = exc.reason if isinstance(exc, EdgecloudError) else type(exc).__name__
+            self.on_fallback(why)
+            if hedge:
+                self._finish(await race)
+                loaded.release()
+            else:
+                self._local(BatchDone(batch, loaded, "edge", f"fallback:{why}", now))
+        finally:
+            self.remote_busy -= 1
+            self.kick()
+
+    def _finish(self, done: BatchDone) -> None:
+        try:
+            self._complete(done)
+        finally:
+            done.loaded.release()
+
+    async def drain(self, within_s: float = 10.0) -> None:
+        """Wait (at most ``within_s``) until every queued and running request completed."""
+        end = time.monotonic() + within_s
+        while (self._heap or self.local_busy or self.remote_busy) and time.monotonic() < end:
+            self.kick()
+            await asyncio.sleep(0.01)

@@ -1,0 +1,258 @@
+"""The agent's MQTT connection: paho driven by our own network thread.
+
+Why not ``loop_start()``: paho's loop does one ``select()`` per received packet and wakes
+itself through a socket pair on every publish from another thread. Here the thread
+drains every readable packet after one ``select()`` (``loop_read`` until no message
+arrives), and other threads' publishes only poke a wake-up socket when paho flips into
+"wants to write" (``on_socket_register_write``), so all socket writes happen on this one
+thread. Readings go straight to ``AgentCore.ingest`` on this thread (the hot path);
+everything else (desired state, connection changes) is handed to the event loop.
+
+Reconnects use full-jitter exponential backoff (``offload.mqtt.backoff_delays``); the
+session is persistent (``clean_session=False``, client id = agent id) so QoS-1 readings
+published while the agent is away are delivered when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from offload.mqtt import BrokerUrl, backoff_delays, make_client
+
+log = logging.getLogger(__name__)
+
+
+def _tls_pending(sock: Any) -> bool:
+    pending = getattr(sock, "pending", None)
+    return bool(pending and pending())
+
+
+class _BufferedClient(mqtt.Client):
+    """paho reads every packet with two or three tiny ``recv()`` calls (header byte,
+    length bytes, body); at tens of thousands of messages/s those syscalls are a large
+    share of the agent's CPU. This reads up to 64 KiB at once and serves paho's small
+    reads from that buffer. Installed on a client from ``make_client`` by swapping its
+    class (no new state beyond the buffer); pinned to paho-mqtt 2.x's ``_sock_recv``.
+    """
+
+    _rx_buf: bytes = b""
+    _rx_off: int = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf, off = self._rx_buf, self._rx_off
+        if off >= len(buf):
+            buf = super()._sock_recv(65536)
+            off = 0
+            self._rx_buf = buf
+            if not buf:  # EOF: let paho see it
+                self._rx_off = 0
+                return buf
+        out = buf[off : off + bufsize]
+        self._rx_off = off + len(out)
+        return out
+
+    def buffered(self) -> bool:
+        return self._rx_off < len(self._rx_buf)
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        self._rx_buf, self._rx_off = b"", 0
+        return super().reconnect()
+
+
+class MqttLink:
+    """One persistent MQTT session: subscriptions in, publishes out."""
+
+    def __init__(
+        self,
+        url: BrokerUrl,
+        client_id: str,
+        *,
+        filters: list[str],
+        qos: int,
+        share_group: str | None,
+        clean_session: bool,
+        ingest: Callable[[str, bytes, float], None],
+        control_topics: list[str],
+        on_control: Callable[[str, bytes], None],
+        on_connection: Callable[[bool], None],
+        loop: asyncio.AbstractEventLoop,
+        will: tuple[str, str] | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        keepalive: int = 30,
+        end_of_burst: Callable[[], None] | None = None,
+    ) -> None:
+        self.url = url
+        self._filters = [f"$share/{share_group}/{f}" if share_group else f for f in filters]
+        self._qos = qos
+        self._control = control_topics
+        self._ingest = ingest
+        self._on_control = on_control
+        self._on_connection = on_connection
+        self._loop = loop
+        self._keepalive = keepalive
+        self._end_of_burst = end_of_burst or (lambda: None)
+        self.connected = False
+        self.reading = True
+        self.messages = 0
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        c = make_client(
+            url,
+            client_id,
+            clean_session=clean_session,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            max_inflight=1000,
+        )
+        if will is not None:
+            c.will_set(will[0], will[1], qos=1, retain=True)
+        c.on_connect = self._connected
+        c.on_disconnect = self._disconnected
+        c.on_message = self._message
+        c.on_socket_register_write = self._want_write
+        c.__class__ = _BufferedClient
+        self.client: _BufferedClient = c  # type: ignore[assignment]
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-{client_id}", daemon=True)
+
+    # -- paho callbacks (network thread) ------------------------------------------------
+    def _want_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"w")
+
+    def _connected(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
+    ) -> None:
+        if rc.is_failure:
+            log.warning("broker refused connection: %s", rc)
+            return
+        subs = [(f, self._qos) for f in self._filters] + [(t, 1) for t in self._control]
+        client.subscribe(subs)
+        self.connected = True
+        log.info("connected to %s (session present: %s)", self.url, flags.session_present)
+        self._loop.call_soon_threadsafe(self._on_connection, True)
+
+    def _disconnected(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
+    ) -> None:
+        if self.connected and not self._stop.is_set():
+            log.warning("disconnected from broker: %s", rc)
+        self.connected = False
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._on_connection, False)
+
+    def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.messages += 1
+        topic = msg.topic
+        if topic in self._control:
+            self._loop.call_soon_threadsafe(self._on_control, topic, msg.payload)
+            return
+        try:
+            self._ingest(topic, msg.payload, time.monotonic())
+        except Exception:  # ingest validates everything; this is a bug guard, not a path
+            log.exception("ingest failed for a message on %s", topic[:200])
+
+    # -- thread ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        delays = backoff_delays(0.2, 10.0)
+        c = self.client
+        while not self._stop.is_set():
+            try:
+                c.connect(self.url.host, self.url.port, keepalive=self._keepalive)
+            except (OSError, ValueError) as exc:
+                wait = next(delays)
+                log.info("broker %s unreachable (%s); retrying in %.1fs", self.url, exc, wait)
+                self._stop.wait(wait)
+                continue
+            self._serve(c)
+            if self.connected:
+                self._disconnected(c, None, None, mqtt.MQTT_ERR_CONN_LOST)
+            if not self._stop.is_set():
+                delays = backoff_delays(0.2, 10.0)
+                self._stop.wait(next(delays))
+        with contextlib.suppress(Exception):
+            c.disconnect()
+            c.loop_write()
+
+    def _serve(self, c: mqtt.Client) -> None:
+        next_misc = 0.0
+        while not self._stop.is_set():
+            sock = c.socket()
+            if sock is None:
+                return
+            wlist = [sock] if c.want_write() else []
+            try:
+                rlist = [sock, self._wake_r] if self.reading else [self._wake_r]
+                # Bytes already buffered must not wait for the socket to become readable.
+                # So must TLS records OpenSSL has already pulled off the socket.
+                ready = self.reading and (c.buffered() or _tls_pending(sock))
+                readable, _, _ = select.select(rlist, wlist, [], 0.0 if ready else 0.5)
+            except (OSError, ValueError, TypeError):
+                return
+            if self._wake_r in readable:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    self._wake_r.recv(4096)
+            if sock in readable or ready:
+                for i in range(1, 257):  # drain what the socket holds, bounded
+                    before = self.messages
+                    if c.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                        return
+                    if self.messages == before:
+                        break
+                    if not i & 15 and c.want_write():  # results must not wait for a burst
+                        c.loop_write()
+                try:
+                    self._end_of_burst()
+                except Exception:  # never let a bug stop the network thread
+                    log.exception("end-of-burst hook failed")
+            if c.want_write() and c.loop_write() not in (
+                mqtt.MQTT_ERR_SUCCESS,
+                mqtt.MQTT_ERR_AGAIN,
+            ):
+                return
+            now = time.monotonic()
+            if now >= next_misc:
+                next_misc = now + 0.5
+                if c.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
+                    return
+
+    def pause_reading(self) -> None:
+        """Stop taking messages (unread QoS-1 ones stay un-acknowledged: the broker keeps
+        them for the next session) while publishes keep flowing."""
+        self.reading = False
+        self._want_write(None, None, None)
+
+    def flushed(self) -> bool:
+        return not self.client.want_write()
+
+    def publish(self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False) -> None:
+        """Thread-safe; queued by paho and written by the network thread."""
+        self.client.publish(topic, payload, qos, retain)
+
+    def publish_json(self, topic: str, obj: Any, qos: int = 1, retain: bool = False) -> None:
+        self.publish(topic, json.dumps(obj), qos, retain)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._stop.set()
+        self._want_write(None, None, None)
+        self._thread.join(timeout)
+        self._wake_r.close()
+        self._wake_w.close()

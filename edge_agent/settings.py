@@ -1,0 +1,147 @@
+"""``EdgeSettings``: every knob of the edge agent, from env (``EDGE_``), secrets or CLI flags.
+
+Each CLI flag ``--foo-bar`` maps 1:1 to the field ``foo_bar`` (env ``EDGE_FOO_BAR``);
+flags override the environment. Nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.errors import InvalidInput
+from offload.topics import check_segment
+
+
+def _default_agent_id() -> str:
+    host = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in socket.gethostname())
+    return f"edge-{host[:40] or 'node'}"
+
+
+class EdgeSettings(BaseSettings):
+    """Configuration of one ``edge-agent`` process.
+
+    Kubernetes secrets: pass ``_secrets_dir=...`` (the CLI reads ``EDGE_SECRETS_DIR``);
+    each file there holds one value, named like the env variable (e.g. ``edge_broker``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="EDGE_", extra="ignore", secrets_dir=None)
+
+    agent_id: str = Field(
+        default_factory=_default_agent_id,
+        description="Stable agent id; also the MQTT client id of the persistent session.",
+    )
+    site: str = Field(default="site-1", description="Site this node belongs to.")
+    broker: str = Field(
+        default="mqtt://127.0.0.1:1883",
+        description="Broker URL, mqtt:// or mqtts://, user:password@ allowed.",
+    )
+    mqtt_ca_file: str | None = Field(default=None, description="CA bundle for mqtts:// brokers.")
+    mqtt_cert_file: str | None = Field(default=None, description="Client certificate (mqtts).")
+    mqtt_key_file: str | None = Field(default=None, description="Client key (mqtts).")
+    topics_filter: str = Field(
+        default="sensors/+/+/+",
+        description="Comma-separated MQTT topic filters for readings.",
+    )
+    share_group: str | None = Field(
+        default=None,
+        description="Shared-subscription group: replicas with the same group split the streams.",
+    )
+    topic_prefix: str = Field(
+        default="",
+        description="Prefix prepended to every outgoing topic root (results, alerts, fleet, ...).",
+    )
+    clean_session: bool = Field(
+        default=False,
+        description="False keeps a persistent session so QoS-1 readings survive agent restarts.",
+    )
+    qos: int = Field(default=1, ge=0, le=1, description="Subscription QoS for readings.")
+    repository: Path = Field(
+        default=Path("models-repo"), description="Model repository root (Triton layout)."
+    )
+    model: str = Field(default="motion-edge", description="Model to serve, NAME or NAME:VERSION.")
+    hop: int | None = Field(
+        default=None, ge=1, description="Override the manifest's hop (samples between windows)."
+    )
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
+        default="auto", description="Inference backend kind."
+    )
+    intra_op_threads: int = Field(default=1, ge=1, description="ORT threads per inference call.")
+    cloud: str | None = Field(default=None, description="Offload target HOST:PORT (optional).")
+    cloud_model: str | None = Field(
+        default=None, description="Model name on the cloud tier (default: the local model)."
+    )
+    tls_ca: str | None = Field(default=None, description="CA for gRPC TLS to the cloud tier.")
+    tls_cert: str | None = Field(default=None, description="Client cert for gRPC mTLS.")
+    tls_key: str | None = Field(default=None, description="Client key for gRPC mTLS.")
+    policy: Literal["local-only", "cloud-only", "threshold", "slo-aware", "cascade"] = Field(
+        default="slo-aware", description="Routing policy."
+    )
+    offload_max_rps: float | None = Field(
+        default=None, description="Offload budget in requests/s (None: unlimited)."
+    )
+    slo_ms: float | None = Field(
+        default=None, gt=0, description="Latency SLO per request; default from the manifest."
+    )
+    max_batch: int = Field(default=64, ge=1, description="Largest micro-batch.")
+    max_wait_ms: float = Field(default=2.0, ge=0, description="Longest a request waits to batch.")
+    workers: int = Field(default=1, ge=1, description="Local inference executor threads.")
+    inline_max_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="Run a local batch on the MQTT thread when its estimated compute is below "
+        "this (saves thread hand-offs for cheap models); 0 always uses the executor.",
+    )
+    remote_concurrency: int = Field(default=32, ge=1, description="Concurrent offload calls.")
+    max_payload_bytes: int = Field(default=65536, ge=64, description="Larger payloads rejected.")
+    http_host: str = Field(default="127.0.0.1", description="HTTP bind address.")
+    http_port: int = Field(default=8080, ge=0, le=65535, description="HTTP port (0: any free).")
+    heartbeat_s: float = Field(default=5.0, gt=0, description="Heartbeat period.")
+    db_path: Path | None = Field(default=None, description="SQLite store file (None: no store).")
+    state_path: Path | None = Field(
+        default=None,
+        description="Where open windows are saved on shutdown (default: next to --db-path).",
+    )
+    retention_hours: float = Field(default=24.0, gt=0, description="Keep results this long.")
+    retention_mb: float = Field(default=200.0, gt=0, description="Max store size before pruning.")
+    uplink: Literal["off", "alerts", "results"] = Field(
+        default="alerts",
+        description="What goes to the cloud uplink queue (uplink/{agent}, kept on disk).",
+    )
+    anomaly_threshold: float | None = Field(
+        default=None, description="Override the manifest's anomaly threshold."
+    )
+    gateway_url: str | None = Field(default=None, description="Cloud gateway base URL.")
+    gateway_token_file: str | None = Field(
+        default=None, description="File holding the agent's gateway bearer token."
+    )
+    trusted_keys: str | None = Field(
+        default=None, description="Public key file or directory trusted to sign bundles."
+    )
+    log_level: str = Field(default="INFO", description="Python log level.")
+
+    @field_validator("agent_id", "site")
+    @classmethod
+    def _segment(cls, v: str) -> str:
+        try:
+            check_segment(v, "id")
+        except InvalidInput as exc:  # pydantic reports ValueErrors with the field name
+            raise ValueError(exc.message) from None
+        return v
+
+    def model_ref(self) -> tuple[str, int | None]:
+        """``--model`` split into (name, version or None for the active one)."""
+        name, _, version = self.model.partition(":")
+        return name, int(version) if version else None
+
+    def stream_state_path(self) -> Path | None:
+        if self.state_path is not None:
+            return self.state_path
+        return self.db_path.with_suffix(".streams.npz") if self.db_path is not None else None
+
+    def filters(self) -> list[str]:
+        return [f.strip() for f in self.topics_filter.split(",") if f.strip()]

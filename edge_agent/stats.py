@@ -1,0 +1,157 @@
+"""Counters, latency quantiles and the Prometheus registry of one agent.
+
+Ingest counters are written only by the MQTT thread, result counters only by the event
+loop, so plain ints suffice (no lock on the hot path). Quantiles come from a ring of the
+most recent latencies; Prometheus histograms are fed per batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PCounter
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Rate:
+    """Events per second over a sliding few seconds."""
+
+    def __init__(self, span_s: float = 5.0) -> None:
+        self._marks: deque[tuple[float, int]] = deque()
+        self._span = span_s
+
+    def rate(self, total: int, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        self._marks.append((now, total))
+        while len(self._marks) > 2 and now - self._marks[0][0] > self._span:
+            self._marks.popleft()
+        t0, n0 = self._marks[0]
+        return (total - n0) / (now - t0) if now > t0 else 0.0
+
+
+class Stats:
+    """Everything the status API, the heartbeat and /metrics report."""
+
+    def __init__(self, window: int = 8192) -> None:
+        self.started = time.monotonic()
+        self.lock = threading.Lock()  # results are recorded by the loop and worker threads
+        self.readings = 0
+        self.requests = 0
+        self.duplicates = 0
+        self.late = 0
+        self.gaps = 0
+        self.missing = 0
+        self.deadletter_by_reason: Counter[str] = Counter()
+        self.results = 0
+        self.inferences = 0
+        self.errors = 0
+        self.nan_outputs = 0
+        self.deadline_met = 0
+        self.offloaded = 0
+        self.fallbacks = 0
+        self.routes: Counter[str] = Counter({"local": 0, "remote": 0, "hedge": 0, "shed": 0})
+        self.reasons: Counter[str] = Counter()
+        self._lat = np.zeros(window, dtype=np.float64)
+        self._lat_n = 0
+        self.readings_rate = Rate()
+        self.inference_rate = Rate()
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.m_latency = Histogram(
+            "edge_result_latency_seconds",
+            "Arrival to result publish",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.m_compute = Histogram(
+            "edge_batch_compute_seconds",
+            "Inference time per batch",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.m_batch = Histogram(
+            "edge_batch_size", "Requests per batch", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.m_results = PCounter("edge_results", "Results published", ["route"], registry=r)
+        self.m_deadletter = PCounter("edge_deadletter", "Rejected payloads", ["reason"], registry=r)
+        self.m_readings = Gauge("edge_readings_total", "Readings accepted", registry=r)
+        self.m_queue = Gauge("edge_queue_depth", "Requests waiting to batch", registry=r)
+        self.m_cpu = Gauge("edge_node_cpu_percent", "Node CPU percent", registry=r)
+        self.m_rss = Gauge("edge_process_rss_bytes", "Agent RSS", registry=r)
+
+    @property
+    def deadletter_total(self) -> int:
+        return sum(self.deadletter_by_reason.values())
+
+    def record_batch(
+        self,
+        route: str,
+        latencies: np.ndarray,
+        met: int,
+        compute_s: float,
+        errors: int = 0,
+        nan: int = 0,
+    ) -> None:
+        with self.lock:
+            self._record(route, latencies, met, compute_s, errors, nan)
+
+    def _record(
+        self, route: str, latencies: np.ndarray, met: int, compute_s: float, errors: int, nan: int
+    ) -> None:
+        n = len(latencies)
+        self.nan_outputs += nan
+        if route == "cloud":
+            self.offloaded += n
+        self.results += n
+        self.inferences += n - errors
+        self.errors += errors
+        self.deadline_met += met
+        w = len(self._lat)
+        i = self._lat_n % w
+        if n >= w:
+            self._lat[:] = latencies[-w:]
+        else:
+            end = i + n
+            if end <= w:
+                self._lat[i:end] = latencies
+            else:
+                self._lat[i:] = latencies[: w - i]
+                self._lat[: end - w] = latencies[w - i :]
+        self._lat_n += n
+        self.m_batch.observe(n)
+        self.m_compute.labels(route).observe(compute_s)
+        self.m_results.labels(route).inc(n)
+        hist = self.m_latency.labels(route)
+        for v in latencies[:: max(1, n // 8)]:  # a sample per batch keeps this off the hot path
+            hist.observe(float(v))
+
+    def quantiles_ms(self) -> dict[str, float]:
+        n = min(self._lat_n, len(self._lat))
+        if n == 0:
+            return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+        q = np.percentile(self._lat[:n], [50, 95, 99]) * 1000.0
+        return {
+            "p50": round(float(q[0]), 3),
+            "p95": round(float(q[1]), 3),
+            "p99": round(float(q[2]), 3),
+        }
+
+    @property
+    def slo_attainment(self) -> float:
+        return self.deadline_met / self.results if self.results else 1.0
+
+    @property
+    def offload_share(self) -> float:
+        return self.offloaded / self.results if self.results else 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.results if self.results else 0.0

@@ -1,0 +1,85 @@
+"""Builders for the agent's pluggable parts: offload client, dispatcher, model updater."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.dispatch import Dispatcher
+from edge_agent.settings import EdgeSettings
+from edge_agent.updater import ModelUpdater
+from models.errors import ConfigError
+from models.repository import ModelRepository
+from offload.policy import OffloadBudget, ServiceTimeModel, make_policy
+
+if TYPE_CHECKING:
+    from edge_agent.agent import EdgeAgent
+
+
+def make_remote(s: EdgeSettings) -> Any:
+    """The offload client for ``--cloud`` (None without one); started by the agent."""
+    if not s.cloud:
+        return None
+    from offload.client import OffloadClient
+    from offload.tls import TlsFiles
+
+    tls = None
+    if s.tls_ca or s.tls_cert:
+        tls = TlsFiles(
+            cert=Path(s.tls_cert) if s.tls_cert else None,
+            key=Path(s.tls_key) if s.tls_key else None,
+            ca=Path(s.tls_ca) if s.tls_ca else None,
+        )
+    return OffloadClient(s.cloud, tls=tls)
+
+
+def make_dispatcher(agent: EdgeAgent) -> Dispatcher:
+    s = agent.settings
+    budget = OffloadBudget(s.offload_max_rps, None, time.monotonic) if s.offload_max_rps else None
+    cloud_model = s.cloud_model
+
+    def remote_model() -> tuple[str, int | None]:
+        # Same name and version on the cloud tier unless --cloud-model names a bigger one.
+        manifest, _ = agent.models.active
+        return (cloud_model, None) if cloud_model else (manifest.name, manifest.version)
+
+    return Dispatcher(
+        agent.models,
+        agent.executor,
+        agent.core.complete,
+        max_batch=s.max_batch,
+        max_wait_s=s.max_wait_ms / 1000.0,
+        workers=s.workers,
+        policy=make_policy(s.policy),
+        service=ServiceTimeModel(),
+        remote=agent.remote,
+        remote_model=remote_model,
+        budget=budget,
+        remote_concurrency=s.remote_concurrency,
+        inline_max_s=s.inline_max_ms / 1000.0,
+        pressure=lambda: agent.telemetry.node_pressure,
+    )
+
+
+def make_updater(agent: EdgeAgent) -> ModelUpdater:
+    """The updater fed by ``fleet/{agent}/desired`` and ``fleet/{site}/desired``."""
+    s = agent.settings
+    try:
+        token = Path(s.gateway_token_file).read_text().strip() if s.gateway_token_file else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read --gateway-token-file: {exc}") from exc
+    keys: dict[str, Any] = {}
+    if s.trusted_keys:
+        from models.signing import load_trusted_keys
+
+        keys = dict(load_trusted_keys(s.trusted_keys))
+    return ModelUpdater(
+        s.agent_id,
+        s.site,
+        ModelRepository(s.repository, check=False),
+        agent.models,
+        token,
+        keys,
+        agent.update_report,
+    )
