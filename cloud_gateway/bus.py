@@ -1,0 +1,99 @@
+"""The gateway's MQTT side: heartbeats in (``fleet/+/status``), desired state out (retained).
+
+paho runs its network loop in its own thread; messages hop onto the event loop with
+``call_soon_threadsafe`` so fleet and rollout state are only touched from the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from offload.mqtt import BrokerUrl, make_client
+from offload.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class Bus:
+    """One paho client: subscribe to heartbeats, publish retained desired state."""
+
+    def __init__(
+        self,
+        broker: str,
+        topics: Topics,
+        on_status: Callable[[str, bytes], None],
+        *,
+        ca_file: str | None = None,
+    ) -> None:
+        self.url = BrokerUrl.parse(broker)
+        self.topics = topics
+        self.on_status = on_status
+        #: Called on the event loop after every (re)connect.
+        self.on_connected: Callable[[], None] | None = None
+        self.connected = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client = make_client(
+            self.url, f"cloud-gateway-{secrets.token_hex(4)}", ca_file=ca_file
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._ready = asyncio.Event()
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        # connect_async: the gateway serves its API even while the broker is down.
+        self._client.connect_async(self.url.host, self.url.port, keepalive=30)
+        self._client.loop_start()
+
+    async def wait_connected(self, within_s: float) -> bool:
+        try:
+            async with asyncio.timeout(within_s):
+                await self._ready.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        # Retained + QoS 1: an agent that connects later still gets its desired state,
+        # and paho queues the message while the broker is unreachable.
+        info = self._client.publish(topic, payload, qos=1, retain=True)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
+    ) -> None:
+        if rc != 0:
+            log.warning("broker %s refused the connection: %s", self.url, rc)
+            return
+        self.connected = True
+        client.subscribe(self.topics.status_filter(), qos=1)
+        log.info("connected to %s", self.url)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._ready.set)
+            if self.on_connected is not None:
+                self._loop.call_soon_threadsafe(self.on_connected)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
+    ) -> None:
+        self.connected = False
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._ready.clear)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) < 3 or parts[-1] != "status" or self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self.on_status, parts[-2], bytes(msg.payload))

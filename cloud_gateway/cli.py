@@ -1,0 +1,146 @@
+"""``cloud-gateway``: ``serve`` the registry/rollout service, or talk to one as a client.
+
+Every flag ``--foo-bar`` of ``serve`` and the connection flags ``--url``/``--token`` map
+1:1 to :class:`GatewaySettings` fields (env ``GATEWAY_FOO_BAR``); flags override env.
+The arguments of ``rollout start`` etc. describe one request and are not settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cloud_gateway import commands
+from cloud_gateway.settings import GatewaySettings
+from models.errors import EdgecloudError
+
+_SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("host", str, "address to listen on"),
+    ("port", int, "port to listen on (0: any free port)"),
+    ("public-url", str, "base URL agents download bundles from"),
+    ("db-path", Path, "SQLite database file"),
+    ("blob-dir", Path, "bundle blob directory"),
+    ("broker", str, "MQTT broker URL"),
+    ("mqtt-ca-file", str, "CA bundle for mqtts://"),
+    ("topic-prefix", str, "prefix of the fleet topic root"),
+    ("cloud", str, "cloud tier HOST:PORT to load rolled-out versions into"),
+    ("cloud-repository", Path, "model repository of the cloud tier (shared volume)"),
+    ("trusted-keys", Path, "signer public key file or directory of *.pub"),
+    ("tokens-file", Path, "token file: 'ROLE TOKEN' per line"),
+    ("heartbeat-timeout-s", float, "mark agents offline after this much silence"),
+    ("tick-s", float, "rollout engine period"),
+    ("wave-timeout-s", float, "default canary wave convergence timeout"),
+    ("max-bundle-bytes", int, "largest accepted upload"),
+    ("log-level", str, "logging level"),
+)
+
+
+def _flag(p: argparse.ArgumentParser, name: str, typ: type, help_: str) -> None:
+    p.add_argument(f"--{name}", type=typ, default=argparse.SUPPRESS, help=help_)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cloud-gateway", description="edgecloud model registry and rollout service"
+    )
+    _flag(parser, "url", str, "gateway URL for client commands (GATEWAY_URL)")
+    _flag(parser, "token", str, "bearer token for client commands (GATEWAY_TOKEN)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    for name, typ, help_ in _SERVE_FLAGS:
+        _flag(serve, name, typ, help_)
+
+    models = sub.add_parser("models", help="build, push and list model versions")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    build = msub.add_parser("build", help="build signed bundles locally (models.recipes)")
+    build.add_argument("--out", type=Path, required=True, help="output directory")
+    build.add_argument("--name", help="one model (default: all built-ins)")
+    build.add_argument("--version", type=int, default=1, dest="model_version")
+    build.add_argument("--variant", default="normal", choices=("normal", "nan", "slow"))
+    build.add_argument("--key", type=Path, help="signing key (default: OUT/keys/dev.key)")
+    push = msub.add_parser("push", help="upload bundles (verified by the gateway)")
+    push.add_argument("bundles", nargs="+", type=Path)
+    mlist = msub.add_parser("list", help="list models, or the versions of one")
+    mlist.add_argument("name", nargs="?")
+    mdel = msub.add_parser("delete", help="delete an unused version")
+    mdel.add_argument("name")
+    mdel.add_argument("model_version", type=int, metavar="version")
+
+    rollout = sub.add_parser("rollout", help="start and follow rollouts")
+    rsub = rollout.add_subparsers(dest="rollout_command", required=True)
+    start = rsub.add_parser("start", help="start a rollout")
+    start.add_argument("model")
+    start.add_argument("model_version", type=int, metavar="version")
+    start.add_argument("--strategy", choices=("canary", "all-at-once"), default="canary")
+    start.add_argument("--waves", default="10%,50%,100%", help="cumulative, e.g. 1,25%%,100%%")
+    start.add_argument("--site", action="append", default=[], help="select a site (repeat)")
+    start.add_argument("--label", action="append", default=[], help="select KEY=VALUE")
+    start.add_argument("--agent", action="append", default=[], help="select an agent id")
+    start.add_argument("--bake-s", type=float, default=30.0)
+    start.add_argument("--rollout-wave-timeout-s", type=float, default=None)
+    start.add_argument("--max-error-rate", type=float, default=0.05)
+    start.add_argument("--max-p99-ms", type=float, default=None)
+    start.add_argument("--max-p99-ratio", type=float, default=3.0)
+    start.add_argument("--max-nan-outputs", type=int, default=0)
+    start.add_argument("--wait", action="store_true", help="follow until it finishes")
+    status = rsub.add_parser("status", help="one rollout with its agents and events")
+    status.add_argument("rollout_id")
+    status.add_argument("--wait", action="store_true", help="follow until it finishes")
+    rlist = rsub.add_parser("list", help="rollout history")
+    rlist.add_argument("--model")
+
+    rollback = sub.add_parser("rollback", help="roll a model back to its previous version")
+    rollback.add_argument("model")
+    rollback.add_argument("--rollout-id", help="default: the model's latest rollout")
+
+    sub.add_parser("fleet", help="table of agents")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> GatewaySettings:
+    fields = set(GatewaySettings.model_fields)
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k in fields}
+    # Kubernetes secrets mounted as files (gateway_admin_token, ...) in this directory.
+    secrets_dir = os.environ.get("GATEWAY_SECRETS_DIR") or None
+    return GatewaySettings(_secrets_dir=secrets_dir, **overrides)
+
+
+async def _serve(settings: GatewaySettings) -> None:
+    from cloud_gateway.service import serve
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with serve(settings) as gw:
+        print(f"cloud-gateway listening on {gw.url}", flush=True)
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        if args.command == "serve":
+            asyncio.run(_serve(settings))
+            return 0
+        return commands.run(args, settings)
+    except EdgecloudError as exc:
+        print(f"error: {exc.reason}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,168 @@
+"""The client subcommands of ``cloud-gateway`` (everything except ``serve``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cloud_gateway.client import GatewayClient
+from cloud_gateway.settings import GatewaySettings
+from models.errors import InvalidInput
+
+_FINAL = ("succeeded", "rolled_back", "failed")
+
+
+def _client(settings: GatewaySettings) -> GatewayClient:
+    token = settings.token.get_secret_value() if settings.token else None
+    return GatewayClient(settings.url, token)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _build(args: argparse.Namespace) -> int:
+    from models import signing
+    from models.recipes.build import build_all, build_model
+
+    if args.name is None:
+        result = build_all(args.out, version=args.model_version, variant=args.variant)
+        for name, path in sorted(result.bundles.items()):
+            print(f"{name}: {path}")
+        print(f"public key: {result.public_key}")
+        return 0
+    key = args.key or args.out / "keys" / "dev.key"
+    signing.ensure_key(key)
+    path = build_model(args.name, args.model_version, args.out, key, variant=args.variant)
+    print(path)
+    return 0
+
+
+def _models(args: argparse.Namespace, client: GatewayClient) -> int:
+    if args.models_command == "push":
+        for bundle in args.bundles:
+            info = client.push(bundle)
+            print(f"pushed {info['name']}:{info['version']} sha256={info['sha256'][:12]}")
+        return 0
+    if args.models_command == "delete":
+        _print_json(
+            client.request("DELETE", f"/api/v1/models/{args.name}/versions/{args.model_version}")
+        )
+        return 0
+    table = Table("model", "version(s)", "latest/sha256", "in use")
+    if args.name:
+        for v in client.get(f"/api/v1/models/{args.name}/versions"):
+            table.add_row(
+                v["name"], str(v["version"]), v["sha256"][:16], "yes" if v["in_use"] else ""
+            )
+    else:
+        for m in client.get("/api/v1/models"):
+            table.add_row(m["name"], ",".join(map(str, m["versions"])), str(m["latest"]), "")
+    Console(width=120).print(table)
+    return 0
+
+
+def _show_rollout(r: dict[str, Any]) -> None:
+    print(
+        f"{r['id']}  {r['model']}:{r['version']}  {r['strategy']}  state={r['state']}  "
+        f"wave {r['current_wave']}/{r['wave_count']}"
+        + (f"  reason: {r['reason']}" if r.get("reason") else "")
+    )
+    if r.get("agents"):
+        table = Table("agent", "wave", "previous", "state", "reason")
+        for a in r["agents"]:
+            table.add_row(
+                a["agent_id"],
+                str(a["wave"]),
+                str(a["previous_version"]),
+                a["state"],
+                a["reason"] or "",
+            )
+        Console(width=140).print(table)
+
+
+def _follow(client: GatewayClient, rid: str) -> dict[str, Any]:
+    while True:
+        r = client.get(f"/api/v1/rollouts/{rid}")
+        if r["state"] in _FINAL:
+            return r
+        time.sleep(1.0)
+
+
+def _rollout(args: argparse.Namespace, client: GatewayClient) -> int:
+    if args.rollout_command == "start":
+        labels = {}
+        for item in args.label:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise InvalidInput(f"--label needs KEY=VALUE, got {item!r}")
+            labels[key] = value
+        body = {
+            "model": args.model,
+            "version": args.model_version,
+            "strategy": args.strategy,
+            "waves": [w for w in args.waves.split(",") if w.strip()],
+            "selector": {"sites": args.site, "labels": labels, "agents": args.agent},
+            "bake_s": args.bake_s,
+            "wave_timeout_s": args.rollout_wave_timeout_s,
+            "gates": {
+                "max_error_rate": args.max_error_rate,
+                "max_p99_ms": args.max_p99_ms,
+                "max_p99_ratio": args.max_p99_ratio,
+                "max_nan_outputs": args.max_nan_outputs,
+            },
+        }
+        r = client.post("/api/v1/rollouts", body)
+    elif args.rollout_command == "status":
+        r = client.get(f"/api/v1/rollouts/{args.rollout_id}")
+    else:
+        query = f"?model={args.model}" if args.model else ""
+        for r in client.get(f"/api/v1/rollouts{query}"):
+            _show_rollout(r)
+        return 0
+    if getattr(args, "wait", False):
+        r = _follow(client, r["id"])
+    _show_rollout(r)
+    return 0 if r["state"] != "rolled_back" or not getattr(args, "wait", False) else 2
+
+
+def _fleet(client: GatewayClient) -> int:
+    table = Table("agent", "site", "online", "models", "update", "p99 ms", "err rate", "last seen")
+    now = time.time()
+    for a in client.get("/api/v1/fleet"):
+        models = ", ".join(f"{n}:{m.get('version')}" for n, m in a["models"].items())
+        upd = a.get("update") or {}
+        update = f"{upd.get('state', '')} {upd.get('model', '')}:{upd.get('version', '')}".strip()
+        metrics = a.get("metrics") or {}
+        table.add_row(
+            a["agent_id"],
+            a["site"],
+            "yes" if a["online"] else "NO",
+            models,
+            update if upd else "",
+            f"{metrics.get('p99_ms', 0):.1f}",
+            f"{metrics.get('error_rate', 0):.3f}",
+            f"{now - a['last_seen']:.0f} s ago",
+        )
+    Console(width=160).print(table)
+    return 0
+
+
+def run(args: argparse.Namespace, settings: GatewaySettings) -> int:
+    if args.command == "models" and args.models_command == "build":
+        return _build(args)
+    client = _client(settings)
+    if args.command == "models":
+        return _models(args, client)
+    if args.command == "rollout":
+        return _rollout(args, client)
+    if args.command == "rollback":
+        body = {"model": args.model, "rollout_id": args.rollout_id}
+        _show_rollout(client.post("/api/v1/rollback", body))
+        return 0
+    return _fleet(client)

@@ -1,0 +1,130 @@
+"""The gateway's SQLite schema (sqlite-utils, WAL): registry, fleet, desired state, rollouts.
+
+Everything the gateway must remember across a restart lives here; in-memory state is a
+cache that can be rebuilt from these tables (that is what makes rollouts resumable).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+_TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
+    "versions": (
+        {
+            "name": str,
+            "version": int,
+            "sha256": str,
+            "size": int,
+            "signer": str,
+            "manifest": str,
+            "uploaded_at": float,
+        },
+        ("name", "version"),
+    ),
+    "agents": (
+        {
+            "agent_id": str,
+            "site": str,
+            "labels": str,
+            "online": int,
+            "models": str,
+            "update_state": str,
+            "health": str,
+            "metrics": str,
+            "last_seen": float,
+            "first_seen": float,
+        },
+        "agent_id",
+    ),
+    "desired": (
+        {
+            "agent_id": str,
+            "model": str,
+            "version": int,
+            "sha256": str,
+            "url": str,
+            "rollout_id": str,
+            "issued_at": float,
+        },
+        ("agent_id", "model"),
+    ),
+    "rollouts": (
+        {
+            "id": str,
+            "model": str,
+            "version": int,
+            "strategy": str,
+            "waves": str,
+            "selector": str,
+            "gates": str,
+            "bake_s": float,
+            "wave_timeout_s": float,
+            "state": str,
+            "current_wave": int,
+            "wave_started_at": float,
+            "wave_converged_at": float,
+            "reason": str,
+            "cloud": str,
+            "created_at": float,
+            "updated_at": float,
+            "finished_at": float,
+        },
+        "id",
+    ),
+    "rollout_agents": (
+        {
+            "rollout_id": str,
+            "agent_id": str,
+            "wave": int,
+            "previous_version": int,
+            "state": str,
+            "baseline": str,
+            "issued_at": float,
+            "converged_at": float,
+            "reason": str,
+        },
+        ("rollout_id", "agent_id"),
+    ),
+    "events": (
+        {"id": int, "ts": float, "rollout_id": str, "kind": str, "detail": str},
+        "id",
+    ),
+}
+
+
+def open_db(path: Path) -> sqlite_utils.Database:
+    """Open (and create or migrate) the gateway database in WAL mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The gateway touches SQLite only from its event loop thread; isolation_level=None
+    # keeps sqlite-utils' explicit transactions and avoids implicit long-lived ones.
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    db.enable_wal()
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    for name, (columns, pk) in _TABLES.items():
+        table = db.table(name)
+        if not table.exists():
+            table.create(columns, pk=pk, not_null=set(pk) if isinstance(pk, tuple) else {pk})
+        else:
+            missing = {c: t for c, t in columns.items() if c not in table.columns_dict}
+            for col, typ in missing.items():
+                table.add_column(col, typ)
+    if "idx_rollout_agents_agent" not in {i.name for i in db.table("rollout_agents").indexes}:
+        db.table("rollout_agents").create_index(["agent_id"], "idx_rollout_agents_agent")
+    return db
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def loads(text: str | None, default: Any = None) -> Any:
+    if text is None or text == "":
+        return default
+    return json.loads(text)

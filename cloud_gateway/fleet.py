@@ -1,0 +1,151 @@
+"""Fleet state: the last heartbeat of every agent, kept in SQLite, with an offline sweep.
+
+Heartbeats arrive as retained JSON on ``fleet/{agent}/status`` (or by HTTP report); the
+broker's last will ``{"agent_id": ..., "online": false}`` marks a vanished agent at once,
+and :meth:`Fleet.sweep` catches the ones that stop talking without a clean disconnect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlite_utils
+from pydantic import ValidationError
+
+from cloud_gateway.db import dumps, loads
+from cloud_gateway.schemas import Selector, StatusReport
+from models.errors import InvalidInput, NotFound
+from offload.topics import check_segment
+
+log = logging.getLogger(__name__)
+
+
+class Fleet:
+    """Agents by id; every method runs on the gateway's event loop thread."""
+
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        heartbeat_timeout_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.timeout_s = heartbeat_timeout_s
+        self.clock = clock
+        self.rejected = 0  # malformed status messages (counted, logged, never fatal)
+
+    def apply_payload(self, agent_id: str, payload: bytes) -> dict[str, Any] | None:
+        """Decode one ``fleet/{agent}/status`` message; bad ones are counted and dropped."""
+        if not payload:
+            return None  # a cleared retained message
+        try:
+            data = json.loads(payload)
+            if not isinstance(data, dict):
+                raise InvalidInput("status is not a JSON object")
+            data.setdefault("agent_id", agent_id)
+            if data["agent_id"] != agent_id:
+                raise InvalidInput(f"status for {data['agent_id']!r} on {agent_id!r}'s topic")
+            return self.apply(StatusReport.model_validate(data))
+        except (ValueError, ValidationError, InvalidInput) as exc:
+            self.rejected += 1
+            log.warning("dropping malformed status from %s: %s", agent_id, str(exc)[:200])
+            return None
+
+    def apply(self, report: StatusReport) -> dict[str, Any]:
+        check_segment(report.agent_id, "agent")
+        now = self.clock()
+        table = self.db.table("agents")
+        old = self.find(report.agent_id)
+        if not report.online and old is not None and not report.models:
+            # A last will carries only the id: keep what we knew, flip the flag.
+            table.update(report.agent_id, {"online": 0, "last_seen": old["last_seen"]})
+            return self.get(report.agent_id)
+        labels = report.labels if report.labels is not None else None
+        row = {
+            "agent_id": report.agent_id,
+            "site": report.site or (old["site"] if old else ""),
+            "labels": dumps(labels) if labels is not None else (old["labels"] if old else "{}"),
+            "online": int(report.online),
+            "models": dumps(report.models),
+            "update_state": dumps(report.update),
+            "health": dumps(report.health),
+            "metrics": dumps(report.metrics),
+            "last_seen": now,
+            "first_seen": old["first_seen"] if old else now,
+        }
+        table.upsert(row, pk="agent_id")
+        return row
+
+    def sweep(self) -> list[str]:
+        """Mark agents whose last heartbeat is older than the timeout offline."""
+        cutoff = self.clock() - self.timeout_s
+        stale = [
+            r["agent_id"]
+            for r in self.db.query(
+                "select agent_id from agents where online = 1 and last_seen < ?", [cutoff]
+            )
+        ]
+        for agent_id in stale:
+            self.db.table("agents").update(agent_id, {"online": 0})
+            log.info("agent %s missed its heartbeats: offline", agent_id)
+        return stale
+
+    def find(self, agent_id: str) -> dict[str, Any] | None:
+        rows = list(self.db.table("agents").rows_where("agent_id = ?", [agent_id], limit=1))
+        return rows[0] if rows else None
+
+    def get(self, agent_id: str) -> dict[str, Any]:
+        row = self.find(agent_id)
+        if row is None:
+            raise NotFound(f"agent {agent_id!r} has never reported")
+        return row
+
+    def all(self) -> list[dict[str, Any]]:
+        return list(self.db.table("agents").rows_where(order_by="agent_id"))
+
+    def set_labels(self, agent_id: str, labels: dict[str, str]) -> dict[str, Any]:
+        self.get(agent_id)
+        self.db.table("agents").update(agent_id, {"labels": dumps(labels)})
+        return self.get(agent_id)
+
+    def select(self, selector: Selector, *, online_only: bool = True) -> list[dict[str, Any]]:
+        """Agents matching every non-empty criterion, sorted by id (stable wave plans)."""
+        out = []
+        for row in self.all():
+            if online_only and not row["online"]:
+                continue
+            if selector.agents and row["agent_id"] not in selector.agents:
+                continue
+            if selector.sites and row["site"] not in selector.sites:
+                continue
+            labels = loads(row["labels"], {})
+            if any(labels.get(k) != v for k, v in selector.labels.items()):
+                continue
+            out.append(row)
+        return out
+
+
+def serving_version(row: dict[str, Any], model: str) -> int | None:
+    entry = loads(row["models"], {}).get(model)
+    if isinstance(entry, dict) and isinstance(entry.get("version"), int):
+        return entry["version"]
+    return None
+
+
+def agent_view(row: dict[str, Any], desired: dict[str, int]) -> dict[str, Any]:
+    return {
+        "agent_id": row["agent_id"],
+        "site": row["site"],
+        "labels": loads(row["labels"], {}),
+        "online": bool(row["online"]),
+        "models": loads(row["models"], {}),
+        "update": loads(row["update_state"]),
+        "health": loads(row["health"], {}),
+        "metrics": loads(row["metrics"], {}),
+        "last_seen": row["last_seen"],
+        "desired": desired,
+    }

@@ -1,0 +1,170 @@
+"""HTTP handlers: convert requests to calls on the gateway core and results to JSON.
+
+Errors are raised as models.errors subclasses and translated once by the middleware in
+:mod:`cloud_gateway.app`; handlers never build error responses themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from cloud_gateway.db import loads
+from cloud_gateway.fleet import agent_view
+from cloud_gateway.registry import validate_name
+from cloud_gateway.schemas import (
+    LabelsRequest,
+    RollbackRequest,
+    RolloutRequest,
+    StatusReport,
+)
+from models.errors import BundleTooLarge, InvalidInput
+
+if TYPE_CHECKING:
+    from cloud_gateway.service import Gateway
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidInput("request body must be JSON") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidInput(f"invalid {model.__name__}: {detail}") from None
+
+
+def _version(request: web.Request) -> tuple[str, int]:
+    name = validate_name(request.match_info["name"])
+    try:
+        version = int(request.match_info["version"])
+    except ValueError:
+        raise InvalidInput("version must be an integer") from None
+    return name, version
+
+
+def _version_view(gw: Gateway, row: dict[str, Any], *, manifest: bool) -> dict[str, Any]:
+    out = {k: row[k] for k in ("name", "version", "sha256", "size", "signer", "uploaded_at")}
+    out["url"] = gw.bundle_url(row["name"], row["version"])
+    out["in_use"] = gw.registry.in_use(row["name"], row["version"]) is not None
+    if manifest:
+        out["manifest"] = loads(row["manifest"])
+    return out
+
+
+async def healthz(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    return web.json_response({"ok": True, "broker": gw.bus.connected if gw.bus else False})
+
+
+async def openapi(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    return web.json_response(gw.openapi())
+
+
+async def list_models(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    return web.json_response(
+        [
+            {"name": name, "versions": versions, "latest": max(versions)}
+            for name, versions in gw.registry.models().items()
+        ]
+    )
+
+
+async def upload_bundle(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    if request.content_length is not None and request.content_length > gw.registry.max_bytes:
+        raise BundleTooLarge(f"bundle larger than the limit of {gw.registry.max_bytes} bytes")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for chunk in request.content.iter_chunked(1 << 20):
+            yield chunk
+
+    row, created = await gw.registry.upload(chunks())
+    return web.json_response(_version_view(gw, row, manifest=True), status=201 if created else 200)
+
+
+async def list_versions(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    rows = gw.registry.versions(validate_name(request.match_info["name"]))
+    return web.json_response([_version_view(gw, r, manifest=False) for r in rows])
+
+
+async def get_version(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    return web.json_response(_version_view(gw, gw.registry.get(*_version(request)), manifest=True))
+
+
+async def delete_version(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    name, version = _version(request)
+    gw.registry.delete(name, version)
+    return web.json_response({"ok": True, "detail": f"deleted {name}:{version}"})
+
+
+async def download_bundle(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    name, version = _version(request)
+    row = gw.registry.get(name, version)
+    return web.FileResponse(
+        gw.registry.blob_path(row["sha256"]),
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{name}-{version}.bundle"',
+            "X-Bundle-Sha256": row["sha256"],
+        },
+    )
+
+
+def _agent(gw: Gateway, row: dict[str, Any]) -> dict[str, Any]:
+    return agent_view(row, gw.engine.desired_of(row["agent_id"]))
+
+
+async def list_agents(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    return web.json_response([_agent(gw, r) for r in gw.fleet.all()])
+
+
+async def get_agent(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    return web.json_response(_agent(gw, gw.fleet.get(request.match_info["agent_id"])))
+
+
+async def report_status(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    report = await _body(request, StatusReport)
+    if report.agent_id != request.match_info["agent_id"]:
+        raise InvalidInput("agent_id in the body differs from the path")
+    gw.fleet.apply(report)
+    return web.json_response(_agent(gw, gw.fleet.get(report.agent_id)))
+
+
+async def set_labels(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    body = await _body(request, LabelsRequest)
+    return web.json_response(
+        _agent(gw, gw.fleet.set_labels(request.match_info["agent_id"], body.labels))
+    )
+
+
+async def list_rollouts(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    return web.json_response(gw.engine.list(request.query.get("model")))
+
+
+async def start_rollout(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    rollout = gw.engine.start(await _body(request, RolloutRequest))
+    gw.kick()
+    return web.json_response(rollout, status=201)
+
+
+async def get_rollout(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    return web.json_response(gw.engine.get(request.match_info["rollout_id"]))
+
+
+async def rollback_rollout(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    row = gw.engine.get(request.match_info["rollout_id"], detail=False)
+    return web.json_response(gw.engine.rollback(row["model"], row["id"]))
+
+
+async def rollback_model(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    body = await _body(request, RollbackRequest)
+    return web.json_response(gw.engine.rollback(body.model, body.rollout_id))

@@ -1,0 +1,295 @@
+"""The rollout engine: persists rollouts in SQLite, drives them with :mod:`canary`, and
+writes per-agent desired state as retained MQTT messages.
+
+Every decision is re-derived from the database and the latest heartbeats on each tick,
+so a gateway restarted mid-rollout simply carries on where the rows say it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import sqlite_utils
+
+from cloud_gateway import canary, history
+from cloud_gateway.db import dumps, loads
+from cloud_gateway.desired import DesiredState
+from cloud_gateway.fleet import Fleet, serving_version
+from cloud_gateway.registry import Registry
+from cloud_gateway.schemas import Gates, RolloutRequest
+from models.errors import Conflict, NotFound
+from offload.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class RolloutEngine:
+    """Starts, advances, rolls back and reports rollouts."""
+
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        registry: Registry,
+        fleet: Fleet,
+        topics: Topics,
+        publish: Callable[[str, bytes], None],
+        base_url: Callable[[], str],
+        *,
+        wave_timeout_s: float = 300.0,
+        cloud_load: Callable[[str, int], Awaitable[str]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.registry = registry
+        self.fleet = fleet
+        self.desired = DesiredState(db, topics, publish, base_url)
+        self.wave_timeout_s = wave_timeout_s
+        self.cloud_load = cloud_load
+        self.clock = clock
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- commands --------------------------------------------------------------------
+
+    def start(self, req: RolloutRequest) -> dict[str, Any]:
+        self.registry.get(req.model, req.version)
+        for row in self.db.query(
+            "select id from rollouts where model = ? and state = 'running'", [req.model]
+        ):
+            raise Conflict(f"rollout {row['id']} of {req.model} is still running")
+        targets = self.fleet.select(req.selector)
+        plan = canary.plan_waves([r["agent_id"] for r in targets], req.waves, req.strategy)
+        now = self.clock()
+        rid = f"ro-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{secrets.token_hex(3)}"
+        desired = self.desired.versions(req.model)
+        self.db.table("rollouts").insert(
+            {
+                "id": rid,
+                "model": req.model,
+                "version": req.version,
+                "strategy": req.strategy,
+                "waves": dumps(req.waves if req.strategy == "canary" else ["100%"]),
+                "selector": req.selector.model_dump_json(),
+                "gates": req.gates.model_dump_json(),
+                "bake_s": req.bake_s,
+                "wave_timeout_s": req.wave_timeout_s or self.wave_timeout_s,
+                "state": "running",
+                "current_wave": -1,
+                "wave_started_at": None,
+                "wave_converged_at": None,
+                "reason": None,
+                "cloud": None,
+                "created_at": now,
+                "updated_at": now,
+                "finished_at": None,
+            }
+        )
+        by_id = {r["agent_id"]: r for r in targets}
+        self.db.table("rollout_agents").insert_all(
+            {
+                "rollout_id": rid,
+                "agent_id": agent_id,
+                "wave": index,
+                "previous_version": desired.get(
+                    agent_id, serving_version(by_id[agent_id], req.model)
+                ),
+                "state": "pending",
+                "baseline": None,
+                "issued_at": None,
+                "converged_at": None,
+                "reason": None,
+            }
+            for index, wave in enumerate(plan)
+            for agent_id in wave
+        )
+        self._event(rid, "started", {"targets": len(targets), "waves": [len(w) for w in plan]})
+        return self.get(rid)
+
+    def rollback(
+        self, model: str, rollout_id: str | None = None, reason: str = "manual"
+    ) -> dict[str, Any]:
+        """Put every agent a rollout touched back on its previous version."""
+        if rollout_id is None:
+            rows = list(
+                self.db.query(
+                    "select id from rollouts where model = ? order by created_at desc limit 1",
+                    [model],
+                )
+            )
+            if not rows:
+                raise NotFound(f"no rollout of {model} to roll back")
+            rollout_id = rows[0]["id"]
+        row = history.rollout_row(self.db, rollout_id)
+        if row["model"] != model:
+            raise Conflict(f"rollout {rollout_id} is of {row['model']}, not {model}")
+        if row["state"] == "rolled_back":
+            raise Conflict(f"rollout {rollout_id} is already rolled back")
+        touched = [
+            a["agent_id"]
+            for a in self.db.query(
+                "select agent_id from rollout_agents where rollout_id = ? and state != 'pending'",
+                [rollout_id],
+            )
+        ]
+        self._rollback(row, touched, f"manual rollback: {reason}" if reason != "manual" else reason)
+        return self.get(rollout_id)
+
+    # -- the engine loop -------------------------------------------------------------
+
+    async def tick(self) -> None:
+        for row in list(self.db.query("select * from rollouts where state = 'running'")):
+            try:
+                await self._advance(row)
+            except Exception:
+                log.exception("rollout %s: tick failed; will retry", row["id"])
+
+    async def _advance(self, row: dict[str, Any]) -> None:
+        rid = row["id"]
+        agents = list(self.db.table("rollout_agents").rows_where("rollout_id = ?", [rid]))
+        waves: list[list[str]] = []
+        for a in sorted(agents, key=lambda a: (a["wave"], a["agent_id"])):
+            while len(waves) <= a["wave"]:
+                waves.append([])
+            waves[a["wave"]].append(a["agent_id"])
+        plan = canary.Plan(
+            rollout_id=rid,
+            version=row["version"],
+            waves=waves,
+            current_wave=row["current_wave"],
+            wave_started_at=row["wave_started_at"],
+            wave_converged_at=row["wave_converged_at"],
+            bake_s=row["bake_s"],
+            wave_timeout_s=row["wave_timeout_s"],
+            gates=Gates.model_validate_json(row["gates"]),
+        )
+        observations: dict[str, canary.Observation] = {}
+        for a in agents:
+            fleet_row = self.fleet.find(a["agent_id"])
+            if fleet_row is not None:
+                observations[a["agent_id"]] = canary.Observation(
+                    online=bool(fleet_row["online"]),
+                    version=serving_version(fleet_row, row["model"]),
+                    update=loads(fleet_row["update_state"]),
+                    metrics=loads(fleet_row["metrics"], {}),
+                )
+        baselines = {a["agent_id"]: canary.Baseline(**loads(a["baseline"], {})) for a in agents}
+        now = self.clock()
+        self._note_converged(rid, row["version"], agents, observations, now)
+        action = canary.step(plan, observations, baselines, now)
+        if isinstance(action, canary.Issue):
+            if action.wave == 0 and self.cloud_load is not None and row["cloud"] is None:
+                # In the background: a slow or unreachable cloud tier must not hold up
+                # the edge waves (or other rollouts' ticks).
+                self.db.table("rollouts").update(rid, {"cloud": "loading"})
+                task = asyncio.create_task(self._load_cloud(rid, row["model"], row["version"]))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            self._issue(row, action.wave, action.agents, now)
+        elif isinstance(action, canary.MarkConverged):
+            self._update(rid, wave_converged_at=now)
+            self._event(rid, "wave-converged", {"wave": action.wave + 1})
+        elif isinstance(action, canary.Fail):
+            self._rollback(row, action.rollback, action.reason)
+        elif isinstance(action, canary.Succeed):
+            self._update(rid, state="succeeded", finished_at=now)
+            self._event(rid, "succeeded", {})
+            log.info("rollout %s succeeded", rid)
+
+    async def _load_cloud(self, rid: str, model: str, version: int) -> None:
+        assert self.cloud_load is not None
+        status = await self.cloud_load(model, version)
+        self.db.table("rollouts").update(rid, {"cloud": status})
+        self._event(rid, "cloud", {"status": status})
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _note_converged(
+        self,
+        rid: str,
+        version: int,
+        agents: list[dict[str, Any]],
+        observations: dict[str, canary.Observation],
+        now: float,
+    ) -> None:
+        for a in agents:
+            if a["state"] == "issued" and canary.converged(
+                observations.get(a["agent_id"]), version
+            ):
+                obs = observations[a["agent_id"]]
+                base = loads(a["baseline"], {}) | {
+                    "settled_from": int(obs.metrics.get("inferences") or 0)
+                }
+                self.db.table("rollout_agents").update(
+                    (rid, a["agent_id"]),
+                    {"state": "updated", "converged_at": now, "baseline": dumps(base)},
+                )
+
+    def _issue(self, row: dict[str, Any], wave: int, agent_ids: list[str], now: float) -> None:
+        rid = row["id"]
+        version = self.registry.get(row["model"], row["version"])
+        for agent_id in agent_ids:
+            fleet_row = self.fleet.find(agent_id)
+            metrics = loads(fleet_row["metrics"], {}) if fleet_row else {}
+            base = canary.Baseline.of(metrics)
+            self.db.table("rollout_agents").update(
+                (rid, agent_id),
+                {
+                    "state": "issued",
+                    "issued_at": now,
+                    "baseline": dumps(dataclasses.asdict(base)),
+                },
+            )
+            self.desired.set(agent_id, row["model"], version, rid, now)
+        self._update(rid, current_wave=wave, wave_started_at=now, wave_converged_at=None)
+        self._event(rid, "wave-issued", {"wave": wave + 1, "agents": agent_ids})
+        log.info("rollout %s: wave %d issued to %d agents", rid, wave + 1, len(agent_ids))
+
+    def _rollback(self, row: dict[str, Any], agent_ids: list[str], reason: str) -> None:
+        rid, model, now = row["id"], row["model"], self.clock()
+        for agent_id in agent_ids:
+            prev = self.db.table("rollout_agents").get((rid, agent_id))["previous_version"]
+            version = self.registry.find(model, prev) if prev is not None else None
+            if prev is None:
+                self.desired.remove(agent_id, model, rid, now)
+            elif version is not None:
+                self.desired.set(agent_id, model, version, rid, now)
+            else:
+                # Not in the registry: the agent still has it locally (it keeps the last K).
+                self.desired.set(agent_id, model, {"version": prev, "sha256": None}, rid, now)
+            self.db.table("rollout_agents").update(
+                (rid, agent_id), {"state": "rolled_back", "reason": reason}
+            )
+        self._update(rid, state="rolled_back", reason=reason, finished_at=now)
+        self._event(rid, "rolled-back", {"reason": reason, "agents": agent_ids})
+        log.warning("rollout %s rolled back on %d agents: %s", rid, len(agent_ids), reason)
+
+    # -- desired state and history ---------------------------------------------------
+
+    def republish_all(self) -> int:
+        return self.desired.republish_all()
+
+    def desired_of(self, agent_id: str) -> dict[str, int]:
+        return self.desired.of(agent_id)
+
+    def get(self, rid: str, *, detail: bool = True) -> dict[str, Any]:
+        return history.rollout_view(self.db, rid, detail=detail)
+
+    def list(self, model: str | None = None) -> list[dict[str, Any]]:
+        return history.list_rollouts(self.db, model)
+
+    def _update(self, rid: str, **fields: Any) -> None:
+        self.db.table("rollouts").update(rid, fields | {"updated_at": self.clock()})
+
+    def _event(self, rid: str | None, kind: str, detail: dict[str, Any]) -> None:
+        history.record_event(self.db, self.clock(), rid, kind, detail)

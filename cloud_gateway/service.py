@@ -1,0 +1,189 @@
+"""The gateway process core: wires storage, fleet, rollouts, MQTT and the HTTP server.
+
+``async with serve(settings) as gw:`` runs a complete gateway (tests use it on a free
+port); ``cloud-gateway serve`` runs the same thing until a signal arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+
+from cloud_gateway.app import make_app
+from cloud_gateway.auth import Role, TokenStore
+from cloud_gateway.bus import Bus
+from cloud_gateway.cloud import CloudTier
+from cloud_gateway.db import open_db
+from cloud_gateway.fleet import Fleet
+from cloud_gateway.openapi import build_openapi
+from cloud_gateway.registry import Registry
+from cloud_gateway.rollouts import RolloutEngine
+from cloud_gateway.settings import GatewaySettings
+from models.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def load_tokens(settings: GatewaySettings) -> TokenStore:
+    store = TokenStore()
+    if settings.tokens_file is not None:
+        store.load_file(settings.tokens_file)
+    for role, secret in (
+        (Role.ADMIN, settings.admin_token),
+        (Role.AGENT, settings.agent_token),
+        (Role.VIEWER, settings.viewer_token),
+    ):
+        if secret is not None:
+            store.add(role, secret.get_secret_value())
+    if not len(store):
+        raise ConfigError("no API tokens configured: pass --tokens-file or GATEWAY_ADMIN_TOKEN")
+    return store
+
+
+def load_keys(settings: GatewaySettings) -> dict[str, Any]:
+    if settings.trusted_keys is None:
+        raise ConfigError("no trusted signer keys: pass --trusted-keys FILE_OR_DIR")
+    from models.signing import load_trusted_keys
+
+    keys = load_trusted_keys(settings.trusted_keys)
+    if not keys:
+        raise ConfigError(f"no public keys found in {settings.trusted_keys}")
+    return keys
+
+
+class Gateway:
+    """Everything one gateway process holds; HTTP handlers receive it."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.tokens = load_tokens(settings)
+        self.trusted_keys = load_keys(settings)
+        self.db = open_db(settings.db_path)
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gw-verify")
+        self.registry = Registry(
+            self.db,
+            settings.blob_dir,
+            self.trusted_keys,
+            max_bytes=settings.max_bundle_bytes,
+            executor=self.executor,
+        )
+        self.registry.cleanup_incoming()
+        self.fleet = Fleet(self.db, settings.heartbeat_timeout_s)
+        self.topics = settings.topics()
+        self.bus: Bus | None = None
+        self.port = settings.port
+        self.cloud = (
+            CloudTier(settings.cloud, settings.cloud_repository, self.trusted_keys, self.executor)
+            if settings.cloud
+            else None
+        )
+        self.engine = RolloutEngine(
+            self.db,
+            self.registry,
+            self.fleet,
+            self.topics,
+            self._publish,
+            self.base_url,
+            wave_timeout_s=settings.wave_timeout_s,
+            cloud_load=self._cloud_load if self.cloud else None,
+        )
+        self._openapi: dict[str, Any] | None = None
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    def base_url(self) -> str:
+        return self.settings.base_url(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    def bundle_url(self, name: str, version: int) -> str:
+        return f"{self.base_url()}/api/v1/models/{name}/versions/{version}/bundle"
+
+    def openapi(self) -> dict[str, Any]:
+        if self._openapi is None:
+            self._openapi = build_openapi()
+        return self._openapi
+
+    async def _cloud_load(self, name: str, version: int) -> str:
+        assert self.cloud is not None
+        row = self.registry.get(name, version)
+        return await self.cloud.load(name, version, self.registry.blob_path(row["sha256"]))
+
+    def kick(self) -> None:
+        """Run the engine now rather than at the next tick (a rollout was just started)."""
+        self._wake.set()
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        if self.bus is None:
+            raise ConfigError("no MQTT bus: the gateway is not running")
+        self.bus.publish(topic, payload)
+
+    def _on_connected(self) -> None:
+        # A broker restarted without persistence has lost the retained desired state;
+        # re-assert it (agents ignore a desired state they already satisfy).
+        if not self._closed:
+            count = self.engine.republish_all()
+            log.info("desired state re-published for %d agents", count)
+
+    def _on_status(self, agent_id: str, payload: bytes) -> None:
+        if not self._closed:  # paho may still hand over messages while we shut down
+            self.fleet.apply_payload(agent_id, payload)
+
+    async def run_engine(self) -> None:
+        while True:
+            try:
+                self.fleet.sweep()
+                await self.engine.tick()
+            except Exception:  # keep the engine alive; the next tick retries
+                log.exception("engine tick failed")
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+            # races the event, and then shutdown waits on this task forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.tick_s):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.db.conn.close()
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: GatewaySettings) -> AsyncIterator[Gateway]:
+    """Run a gateway (HTTP + MQTT + rollout engine) for the duration of the block."""
+    gw = Gateway(settings)
+    gw.bus = Bus(settings.broker, gw.topics, gw._on_status, ca_file=settings.mqtt_ca_file)
+    gw.bus.on_connected = gw._on_connected
+    gw.bus.start()
+    runner = web.AppRunner(make_app(gw), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    server = site._server
+    if server is not None and server.sockets:  # type: ignore[union-attr]
+        gw.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    if not await gw.bus.wait_connected(5.0):
+        log.warning("broker %s not reachable yet; retrying in the background", gw.bus.url)
+    # Let retained heartbeats arrive before the engine judges anyone offline or stale.
+    await asyncio.sleep(0.2)
+    engine = asyncio.create_task(gw.run_engine(), name="rollout-engine")
+    log.info("cloud gateway on %s (API %s/openapi.json)", gw.url, gw.url)
+    try:
+        yield gw
+    finally:
+        engine.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await engine
+        await gw.engine.close()
+        await runner.cleanup()
+        gw.bus.stop()
+        gw.close()

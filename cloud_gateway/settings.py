@@ -1,0 +1,87 @@
+"""``GatewaySettings``: every knob of ``cloud-gateway``, from env (``GATEWAY_``), secrets or flags.
+
+Each CLI flag ``--foo-bar`` maps 1:1 to the field ``foo_bar`` (env ``GATEWAY_FOO_BAR``);
+flags override the environment. Nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from offload.topics import Topics
+
+
+class GatewaySettings(BaseSettings):
+    """Configuration of one ``cloud-gateway`` process (server and client subcommands)."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", secrets_dir=None)
+
+    host: str = Field(default="127.0.0.1", description="Address the REST API listens on.")
+    port: int = Field(default=8600, ge=0, le=65535, description="Port of the REST API (0: any).")
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL agents use to download bundles (default: http://HOST:PORT).",
+    )
+    db_path: Path = Field(
+        default=Path("gateway.sqlite"), description="SQLite file for registry, fleet, rollouts."
+    )
+    blob_dir: Path = Field(
+        default=Path("gateway-blobs"), description="Directory of bundle files (by sha256)."
+    )
+    broker: str = Field(
+        default="mqtt://127.0.0.1:1883", description="MQTT broker URL (mqtt:// or mqtts://)."
+    )
+    mqtt_ca_file: str | None = Field(default=None, description="CA bundle for mqtts:// brokers.")
+    topic_prefix: str = Field(
+        default="", description="Prefix prepended to the fleet topic root (multi-tenant brokers)."
+    )
+    cloud: str | None = Field(
+        default=None,
+        description="Cloud inference tier HOST:PORT; rolled-out versions are loaded there too.",
+    )
+    cloud_repository: Path | None = Field(
+        default=None,
+        description="Model repository the cloud tier serves (shared volume); versions are "
+        "installed there before the load RPC.",
+    )
+    trusted_keys: Path | None = Field(
+        default=None, description="Ed25519 public key file or directory of *.pub signer keys."
+    )
+    tokens_file: Path | None = Field(
+        default=None,
+        description="Token file: one 'ROLE TOKEN' or 'ROLE sha256:HEX' per line (# comments).",
+    )
+    admin_token: SecretStr | None = Field(default=None, description="An admin bearer token.")
+    agent_token: SecretStr | None = Field(default=None, description="An agent bearer token.")
+    viewer_token: SecretStr | None = Field(default=None, description="A viewer bearer token.")
+    heartbeat_timeout_s: float = Field(
+        default=15.0, gt=0, description="Agents silent this long are marked offline."
+    )
+    tick_s: float = Field(
+        default=0.5, gt=0, description="Period of the rollout engine and offline sweep."
+    )
+    wave_timeout_s: float = Field(
+        default=300.0, gt=0, description="Default time a canary wave may take to converge."
+    )
+    max_bundle_bytes: int = Field(
+        default=256 * 1024 * 1024, gt=0, description="Largest accepted bundle upload."
+    )
+    log_level: str = Field(default="INFO", description="Python logging level.")
+    url: str = Field(
+        default="http://127.0.0.1:8600", description="Gateway URL for client subcommands."
+    )
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token for client subcommands."
+    )
+
+    def topics(self) -> Topics:
+        prefix = self.topic_prefix.strip("/")
+        return Topics(fleet=f"{prefix}/fleet") if prefix else Topics()
+
+    def base_url(self, bound_port: int | None = None) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{bound_port or self.port}"

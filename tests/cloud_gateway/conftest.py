@@ -1,0 +1,80 @@
+"""Gateway fixtures: bundles, tokens, and a real gateway (HTTP + mosquitto + SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cloud_gateway.service import Gateway, serve
+from cloud_gateway.settings import GatewaySettings
+from tests.cloud_gateway.bundles import BundleSet, build_set
+
+TOKENS = {"admin": "admin-token-1", "agent": "agent-token-1", "viewer": "viewer-token-1"}
+
+
+def auth(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+@pytest.fixture(scope="session")
+def bundle_set(tmp_path_factory: pytest.TempPathFactory) -> BundleSet:
+    return build_set(tmp_path_factory.mktemp("bundles"))
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tokens"
+    path.write_text("".join(f"{role} {token}\n" for role, token in TOKENS.items()))
+    return path
+
+
+GatewayFactory = Callable[..., contextlib.AbstractAsyncContextManager[Gateway]]
+
+
+@pytest.fixture
+def gateway_settings(
+    tmp_path: Path, mosquitto: Any, topic_prefix: str, bundle_set: BundleSet, tokens_file: Path
+) -> Callable[..., GatewaySettings]:
+    def make(**overrides: Any) -> GatewaySettings:
+        values: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "db_path": tmp_path / "gw" / "gateway.sqlite",
+            "blob_dir": tmp_path / "gw" / "blobs",
+            "broker": mosquitto.url,
+            "topic_prefix": topic_prefix,
+            "trusted_keys": bundle_set.trusted_dir,
+            "tokens_file": tokens_file,
+            "heartbeat_timeout_s": 5.0,
+            "tick_s": 0.1,
+        }
+        values.update(overrides)
+        return GatewaySettings(**values)
+
+    return make
+
+
+@pytest.fixture
+async def gateway(gateway_settings: Callable[..., GatewaySettings]) -> AsyncIterator[Gateway]:
+    async with serve(gateway_settings()) as gw:
+        yield gw
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def push(http: aiohttp.ClientSession, gw: Gateway, bundle: Path) -> dict[str, Any]:
+    data = await asyncio.to_thread(bundle.read_bytes)
+    async with http.post(f"{gw.url}/api/v1/models", data=data, headers=auth("admin")) as resp:
+        body = await resp.json()
+        assert resp.status in (200, 201), body
+        return body

@@ -1,0 +1,106 @@
+"""Fleet state from real heartbeats on a real broker: online, last will, missed beats."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from cloud_gateway.service import Gateway, serve
+from tests.cloud_gateway.conftest import auth
+from tests.cloud_gateway.mqttutil import Peer, until
+
+
+def _status(agent: str, version: int = 1, **metrics: float) -> dict:
+    return {
+        "agent_id": agent,
+        "site": "site-a",
+        "online": True,
+        "ts": 0,
+        "models": {"motion-edge": {"version": version, "state": "serving"}},
+        "update": None,
+        "health": {"ready": True, "broker": True, "cloud": "none"},
+        "metrics": {
+            "inferences": 10,
+            "errors": 0,
+            "nan_outputs": 0,
+            "p50_ms": 1.0,
+            "p99_ms": 2.0,
+            "error_rate": 0.0,
+            **metrics,
+        },
+    }
+
+
+async def test_heartbeats_last_will_and_labels(
+    gateway: Gateway, http: aiohttp.ClientSession, mosquitto, topic_prefix: str
+) -> None:
+    topics = gateway.topics
+    will = (topics.status("a2"), b'{"agent_id": "a2", "online": false}')
+    a1, a2 = Peer(mosquitto.url), Peer(mosquitto.url, will=will)
+    try:
+        a1.publish(topics.status("a1"), _status("a1", p99_ms=3.5))
+        a2.publish(topics.status("a2"), _status("a2", version=2))
+        a1.publish(topics.status("bad"), b"{not json")
+        await until(lambda: len(gateway.fleet.all()) == 2, what="two agents")
+        async with http.get(f"{gateway.url}/api/v1/fleet", headers=auth("viewer")) as resp:
+            agents = {a["agent_id"]: a for a in await resp.json()}
+        assert agents["a1"]["metrics"]["p99_ms"] == 3.5
+        assert agents["a2"]["models"]["motion-edge"]["version"] == 2
+        assert all(a["online"] for a in agents.values())
+        await until(lambda: gateway.fleet.rejected == 1, what="malformed status counted")
+
+        a2.drop()
+        await until(lambda: not gateway.fleet.get("a2")["online"], what="last will")
+        row = gateway.fleet.get("a2")
+        assert '"version":2' in row["models"]  # what we knew survives the will
+
+        async with http.put(
+            f"{gateway.url}/api/v1/fleet/a1/labels",
+            json={"labels": {"ring": "canary"}},
+            headers=auth("admin"),
+        ) as resp:
+            assert resp.status == 200 and (await resp.json())["labels"] == {"ring": "canary"}
+        a1.publish(topics.status("a1"), _status("a1"))
+        await until(lambda: gateway.fleet.get("a1")["metrics"].find('"p99_ms":2.0') >= 0)
+        assert gateway.fleet.get("a1")["labels"] == '{"ring":"canary"}'
+    finally:
+        a1.close()
+
+
+async def test_missed_heartbeats_mark_offline_and_http_report(
+    gateway_settings, http: aiohttp.ClientSession, mosquitto
+) -> None:
+    async with serve(gateway_settings(heartbeat_timeout_s=0.6)) as gw:
+        peer = Peer(mosquitto.url)
+        try:
+            peer.publish(gw.topics.status("quiet"), _status("quiet"))
+            await until(lambda: gw.fleet.find("quiet") and gw.fleet.get("quiet")["online"])
+            await until(lambda: not gw.fleet.get("quiet")["online"], what="offline sweep")
+        finally:
+            peer.client.publish(gw.topics.status("quiet"), b"", retain=True).wait_for_publish(5)
+            peer.close()
+        url = f"{gw.url}/api/v1/fleet/h1/status"
+        async with http.post(url, json=_status("h1"), headers=auth("agent")) as resp:
+            body = await resp.json()
+            assert resp.status == 200 and body["online"], body
+        async with http.post(url, json=_status("h2"), headers=auth("agent")) as resp:
+            assert resp.status == 400
+
+
+def test_selector_by_site_label_and_id(tmp_path) -> None:
+    from cloud_gateway.db import open_db
+    from cloud_gateway.fleet import Fleet
+    from cloud_gateway.schemas import Selector, StatusReport
+
+    fleet = Fleet(open_db(tmp_path / "f.sqlite"), heartbeat_timeout_s=5)
+    for agent, site, ring in (("a", "s1", "canary"), ("b", "s1", "main"), ("c", "s2", "main")):
+        fleet.apply(StatusReport(agent_id=agent, site=site, labels={"ring": ring}))
+    fleet.apply(StatusReport(agent_id="d", site="s1", online=False))
+
+    def ids(**kw: object) -> list[str]:
+        return [r["agent_id"] for r in fleet.select(Selector(**kw))]
+
+    assert ids() == ["a", "b", "c"]  # offline agents are never targeted
+    assert ids(sites=["s1"]) == ["a", "b"]
+    assert ids(labels={"ring": "main"}) == ["b", "c"]
+    assert ids(sites=["s1"], labels={"ring": "main"}) == ["b"]
+    assert ids(agents=["c", "d"]) == ["c"]
