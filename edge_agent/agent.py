@@ -61,7 +61,9 @@ class EdgeAgent:
             s.repository,
             self.executor,
             kind=s.backend,
-            options=BackendOptions(intra_op_threads=s.intra_op_threads),
+            options=BackendOptions(
+                intra_op_threads=s.intra_op_threads, cache_dir=s.engine_cache_dir, fp16=s.fp16
+            ),
             warmup_batches=tuple(sorted({1, min(8, s.max_batch), s.max_batch})),
             on_change=self._model_changed,
         )

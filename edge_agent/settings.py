@@ -71,6 +71,11 @@ class EdgeSettings(BaseSettings):
         default="auto", description="Inference backend kind."
     )
     intra_op_threads: int = Field(default=1, ge=1, description="ORT threads per inference call.")
+    engine_cache_dir: Path | None = Field(
+        default=None,
+        description="TensorRT engine cache (TensorRT backend or ORT's TensorRT provider).",
+    )
+    fp16: bool = Field(default=False, description="Build TensorRT engines in FP16 where supported.")
     cloud: str | None = Field(default=None, description="Offload target HOST:PORT (optional).")
     cloud_model: str | None = Field(
         default=None, description="Model name on the cloud tier (default: the local model)."
