@@ -1,12 +1,8 @@
 """Per-agent desired state: the rows in SQLite and their retained MQTT messages.
 
-``fleet/{agent}/desired`` carries every model the gateway wants on that agent::
-
-    {"rollout_id": str|null, "issued_at": unix_s,
-     "models": {"<name>": {"version": int, "sha256": hex|null, "url": str|null}}}
-
-``sha256``/``url`` are null only for a rollback to a version the registry no longer
-holds (agents keep their last versions locally).
+The message on ``fleet/{agent}/desired`` is ``offload.desired.Desired``, the same value
+object the agent's updater parses. ``sha256``/``url`` are null only for a rollback to a
+version the registry no longer holds (agents keep their last versions locally).
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ from typing import Any
 
 import sqlite_utils
 
-from cloud_gateway.db import dumps
+from offload.desired import Desired, WantedModel
 from offload.topics import Topics
 
 Publish = Callable[[str, bytes], None]
@@ -58,13 +54,17 @@ class DesiredState:
         self.db.table("desired").delete_where("agent_id = ? and model = ?", [agent_id, model])
         self.publish_agent(agent_id, rid, now)
 
-    def publish_agent(self, agent_id: str, rid: str | None, now: float) -> None:
-        entries = {
-            r["model"]: {"version": r["version"], "sha256": r["sha256"], "url": r["url"]}
-            for r in self.db.table("desired").rows_where("agent_id = ?", [agent_id])
+    def message(self, agent_id: str, rid: str | None, now: float) -> Desired:
+        """The desired-state message of ``agent_id`` as its rows stand."""
+        rows = self.db.table("desired").rows_where("agent_id = ?", [agent_id])
+        models = {
+            r["model"]: WantedModel(version=r["version"], sha256=r["sha256"], url=r["url"])
+            for r in rows
         }
-        payload = {"rollout_id": rid, "models": entries, "issued_at": now}
-        self.publish(self.topics.desired(agent_id), dumps(payload).encode())
+        return Desired(rollout_id=rid, models=models, issued_at=now)
+
+    def publish_agent(self, agent_id: str, rid: str | None, now: float) -> None:
+        self.publish(self.topics.desired(agent_id), self.message(agent_id, rid, now).to_bytes())
 
     def republish_all(self) -> int:
         """Re-assert every agent's desired state (after a broker lost its retained store)."""

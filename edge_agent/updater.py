@@ -1,6 +1,6 @@
 """The edge model updater: desired state in, verified zero-downtime swap out.
 
-For each model in ``fleet/{agent}/desired`` (format in cloud_gateway/desired.py) it
+For each model in ``fleet/{agent}/desired`` (``offload.desired.Desired``) it
 downloads the bundle with the agent token, unless the version is still installed
 (instant rollback); checks its sha256; installs it (signature, hashes, graph, test
 vectors); swaps load-before-unload via ``models.swap``; activates; prunes to ``keep``
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
-from pydantic import BaseModel, Field, StrictInt, ValidationError, field_validator
 
 from models.errors import (
     EdgecloudError,
@@ -32,13 +31,13 @@ from models.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from models.manifest import Manifest, validate_model_name
+from models.manifest import Manifest
 from models.repository import ModelRepository
+from offload.desired import Desired, UpdatePhase, UpdateState, WantedModel, parse_desired
 from offload.mqtt import backoff_delays
 
 log = logging.getLogger(__name__)
 
-_UPDATE_FIELDS = ("rollout_id", "model", "version", "state", "reason")
 _HTTP_ERRORS: dict[int, type[EdgecloudError]] = {401: Unauthenticated, 403: PermissionDenied}
 #: Not remembered as refused (a token may be rotated), unlike bad bytes that stay bad.
 _NOT_CACHED: tuple[type[EdgecloudError], ...] = (Unauthenticated, PermissionDenied)
@@ -51,34 +50,6 @@ class SwapTarget(Protocol):
     def active(self) -> tuple[Manifest, Any]: ...
 
     async def swap(self, name: str, version: int) -> Manifest: ...
-
-
-class Wanted(BaseModel):
-    version: StrictInt = Field(ge=1)
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    url: str | None = Field(default=None, pattern=r"^https?://")
-
-
-class Desired(BaseModel):
-    rollout_id: str | None = None
-    models: dict[str, Wanted]
-
-    @field_validator("models")
-    @classmethod
-    def _names(cls, v: dict[str, Wanted]) -> dict[str, Wanted]:
-        for name in v:
-            validate_model_name(name)
-        return v
-
-
-def parse_desired(payload: bytes) -> Desired:
-    """Validate a desired-state message; anything malformed is InvalidInput."""
-    try:
-        return Desired.model_validate_json(payload)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "message"
-        raise InvalidInput(f"bad desired state: {where}: {err['msg']}") from None
 
 
 class _Retry(Exception):
@@ -126,7 +97,7 @@ class ModelUpdater:
         self._refused: dict[tuple[str, int, str | None], str] = {}
         self._fetched_sha: dict[tuple[str, int], str] = {}
         #: The heartbeat ``update`` field.
-        self.state: dict[str, Any] = _update_state(None, "", 0, "idle", None)
+        self.state: dict[str, Any] = UpdateState().as_dict()
         self.attempts = 0
 
     # -- public ----------------------------------------------------------------------
@@ -134,10 +105,13 @@ class ModelUpdater:
     async def handle_desired(self, payload: bytes) -> dict[str, Any]:
         """Apply a desired-state message; returns the update state after the first attempt
         (retries of transient failures continue in the background)."""
+        if not payload:
+            # A cleared retained message: the gateway forgot this agent, keep what runs.
+            return dict(self.state)
         try:
             desired = parse_desired(payload)
         except InvalidInput as exc:
-            self._report(None, "", 0, "failed", f"{exc.reason}: {exc.message}")
+            self._report(UpdateState(), UpdatePhase.FAILED, f"{exc.reason}: {exc.message}")
             return dict(self.state)
         self._desired = desired
         self._generation += 1
@@ -201,36 +175,37 @@ class ModelUpdater:
             return None
         return manifest.version if manifest.name == name else None
 
-    async def _apply(self, rid: str | None, name: str, w: Wanted) -> None:
+    async def _apply(self, rid: str | None, name: str, w: WantedModel) -> None:
+        job = UpdateState(rollout_id=rid, model=name, version=w.version)
         if self._serving(name) == w.version:
             if (self.state["model"], self.state["version"]) != (name, w.version):
-                self._report(rid, name, w.version, "ok", None)
+                self._report(job, UpdatePhase.OK)
             return
         refused = self._refused.get((name, w.version, w.sha256))
         if refused is not None:
-            self._report(rid, name, w.version, "failed", refused)
+            self._report(job, UpdatePhase.FAILED, refused)
             return
         self.attempts += 1
         loop = asyncio.get_running_loop()
         try:
             if w.version in await loop.run_in_executor(None, self.repository.versions, name):
-                await self._check_local(rid, name, w)
+                await self._check_local(job, w)
             else:
-                await self._fetch_and_install(rid, name, w)
-            self._report(rid, name, w.version, "swapping", None)
+                await self._fetch_and_install(job, w)
+            self._report(job, UpdatePhase.SWAPPING)
             await self.models.swap(name, w.version)
             await loop.run_in_executor(None, self._after_swap, name, w.version)
         except EdgecloudError as exc:
             reason = f"{exc.reason}: {exc.message}"
             if not isinstance(exc, _NOT_CACHED):
                 self._refused[(name, w.version, w.sha256)] = reason
-            self._report(rid, name, w.version, "failed", reason)
+            self._report(job, UpdatePhase.FAILED, reason)
             log.error("refused %s:%d: %s", name, w.version, reason)
             return
         except _Retry as exc:
-            self._report(rid, name, w.version, "failed", f"unavailable: {exc} (retrying)")
+            self._report(job, UpdatePhase.FAILED, f"unavailable: {exc} (retrying)")
             raise
-        self._report(rid, name, w.version, "ok", None)
+        self._report(job, UpdatePhase.OK)
 
     def _after_swap(self, name: str, version: int) -> None:
         self.repository.activate(name, version)
@@ -238,51 +213,48 @@ class ModelUpdater:
         if removed:
             log.info("pruned %s versions %s", name, removed)
 
-    async def _check_local(self, rid: str | None, name: str, w: Wanted) -> None:
+    async def _check_local(self, job: UpdateState, w: WantedModel) -> None:
         """Instant rollback path: the version is already installed and only re-verified."""
-        known = self._fetched_sha.get((name, w.version))
+        known = self._fetched_sha.get((job.model, w.version))
         if w.sha256 is not None and known is not None and known != w.sha256:
             raise HashMismatch(
-                f"desired sha256 of {name}:{w.version} differs from the installed bundle"
+                f"desired sha256 of {job.model}:{w.version} differs from the installed bundle"
             )
-        self._report(rid, name, w.version, "verifying", None)
+        self._report(job, UpdatePhase.VERIFYING)
         await asyncio.get_running_loop().run_in_executor(
-            None, self.repository.verify, name, w.version
+            None, self.repository.verify, job.model, w.version
         )
 
-    async def _fetch_and_install(self, rid: str | None, name: str, w: Wanted) -> None:
+    async def _fetch_and_install(self, job: UpdateState, w: WantedModel) -> None:
+        ref = f"{job.model}:{w.version}"
         if w.url is None or w.sha256 is None:
             raise InvalidInput(
-                f"{name}:{w.version} is not installed locally and the desired state "
-                "has no download url/sha256"
+                f"{ref} is not installed locally and the desired state has no download url/sha256"
             )
-        self._report(rid, name, w.version, "downloading", None)
+        self._report(job, UpdatePhase.DOWNLOADING)
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=self.repository.root))
         loop = asyncio.get_running_loop()
         try:
-            file = tmp / f"{name}-{w.version}.bundle"
+            file = tmp / f"{job.model}-{w.version}.bundle"
             digest = await self._download(w.url, file)
             if digest != w.sha256:
                 raise HashMismatch(
                     f"downloaded bundle sha256 {digest[:12]}... != desired {w.sha256[:12]}..."
                 )
-            self._report(rid, name, w.version, "verifying", None)
+            self._report(job, UpdatePhase.VERIFYING)
             manifest = await loop.run_in_executor(
                 None, self.repository.install, file, self.trusted_keys
             )
-            if (manifest.name, manifest.version) != (name, w.version):
-                raise InvalidInput(
-                    f"bundle holds {manifest.ref}, desired state asked for {name}:{w.version}"
-                )
-            self._fetched_sha[(name, w.version)] = digest
+            if manifest.ref != ref:
+                raise InvalidInput(f"bundle holds {manifest.ref}, desired state asked for {ref}")
+            self._fetched_sha[(job.model, w.version)] = digest
         finally:
             await loop.run_in_executor(None, shutil.rmtree, tmp, True)
 
     async def _download(self, url: str, dest: Path) -> str:
         if self._session is None:
-            ctx = (
-                ssl.create_default_context(cafile=self._ssl_ca_file) if self._ssl_ca_file else True
-            )
+            ca = self._ssl_ca_file
+            ctx = ssl.create_default_context(cafile=ca) if ca else True
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout, connector=aiohttp.TCPConnector(ssl=ctx)
             )
@@ -312,15 +284,9 @@ class ModelUpdater:
             raise _Retry(f"download of {url} failed: {type(exc).__name__}: {exc}") from None
         return digest.hexdigest()
 
-    def _report(
-        self, rid: str | None, model: str, version: int, state: str, reason: str | None
-    ) -> None:
-        self.state = _update_state(rid, model, version, state, reason)
+    def _report(self, job: UpdateState, phase: UpdatePhase, reason: str | None = None) -> None:
+        self.state = job.model_copy(update={"state": phase, "reason": reason}).as_dict()
         try:
             self._report_cb(dict(self.state))
         except Exception:  # a broken reporter must not stop updates
             log.exception("update report callback failed")
-
-
-def _update_state(*values: Any) -> dict[str, Any]:
-    return dict(zip(_UPDATE_FIELDS, values, strict=True))

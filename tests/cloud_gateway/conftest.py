@@ -72,9 +72,12 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def push(http: aiohttp.ClientSession, gw: Gateway, bundle: Path) -> dict[str, Any]:
-    data = await asyncio.to_thread(bundle.read_bytes)
-    async with http.post(f"{gw.url}/api/v1/models", data=data, headers=auth("admin")) as resp:
-        body = await resp.json()
-        assert resp.status in (200, 201), body
-        return body
+async def push(http: aiohttp.ClientSession, gw: Gateway, *bundles: Path) -> dict[str, Any]:
+    """Push each bundle in turn as admin; returns the registry's answer to the last."""
+    body: dict[str, Any] = {}
+    for bundle in bundles:
+        data = await asyncio.to_thread(bundle.read_bytes)
+        async with http.post(f"{gw.url}/api/v1/models", data=data, headers=auth("admin")) as resp:
+            body = await resp.json()
+            assert resp.status in (200, 201), body
+    return body

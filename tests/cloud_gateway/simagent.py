@@ -128,6 +128,13 @@ class SimAgent:
     def version(self) -> int:
         return self.slot.active[0].version
 
+    def settled(self, version: int) -> bool:
+        """Serving ``version`` with the updater done: the slot switches inside swap(),
+        before the updater activates, prunes and reports "ok"."""
+        state = self.updater.state
+        done = state["state"] in ("idle", "ok") and state["version"] in (0, version)
+        return done and self.version == version
+
     async def _infer_loop(self) -> None:
         loop = asyncio.get_running_loop()
         rng = np.random.default_rng(abs(hash(self.agent_id)) % 2**32)

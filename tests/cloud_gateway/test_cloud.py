@@ -27,6 +27,20 @@ def _heartbeat(agent: str) -> dict[str, Any]:
     }
 
 
+async def _roll_out_v2(http: aiohttp.ClientSession, gw: Any, peer: Peer, agent: str) -> str:
+    """A heartbeat makes ``agent`` known; then v2 is rolled out to it at once."""
+    peer.publish(gw.topics.status(agent), _heartbeat(agent))
+    await until(lambda: gw.fleet.find(agent), what="agent")
+    async with http.post(
+        f"{gw.url}/api/v1/rollouts",
+        json={"model": MODEL, "version": 2, "strategy": "all-at-once"},
+        headers=auth("admin"),
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == 201, body
+        return body["id"]
+
+
 async def _cloud_event(gw: Any, rid: str) -> str:
     def status() -> str | None:
         for e in gw.engine.get(rid)["events"]:
@@ -58,14 +72,7 @@ async def test_rollout_loads_the_version_into_the_cloud_tier(
             await push(http, gw, bundle_set.good[2])
             peer = Peer(mosquitto.url)
             try:
-                peer.publish(gw.topics.status("c1"), _heartbeat("c1"))
-                await until(lambda: gw.fleet.find("c1"), what="agent")
-                async with http.post(
-                    f"{gw.url}/api/v1/rollouts",
-                    json={"model": MODEL, "version": 2, "strategy": "all-at-once"},
-                    headers=auth("admin"),
-                ) as resp:
-                    rid = (await resp.json())["id"]
+                rid = await _roll_out_v2(http, gw, peer, "c1")
                 status = await _cloud_event(gw, rid)
                 assert status.startswith("loaded on"), status
                 assert 2 in server.store.ready_versions(MODEL)
@@ -86,14 +93,7 @@ async def test_cloud_tier_down_is_recorded_and_the_edge_rollout_goes_on(
         peer = Peer(mosquitto.url)
         peer.subscribe(gw.topics.desired("c2"))
         try:
-            peer.publish(gw.topics.status("c2"), _heartbeat("c2"))
-            await until(lambda: gw.fleet.find("c2"), what="agent")
-            async with http.post(
-                f"{gw.url}/api/v1/rollouts",
-                json={"model": MODEL, "version": 2, "strategy": "all-at-once"},
-                headers=auth("admin"),
-            ) as resp:
-                rid = (await resp.json())["id"]
+            rid = await _roll_out_v2(http, gw, peer, "c2")
             status = await _cloud_event(gw, rid)
             assert status.startswith("failed:"), status
             await until(lambda: peer.got(gw.topics.desired("c2")), 10, "desired state")

@@ -144,8 +144,7 @@ async def test_canary_on_edge_agent_processes_under_load(
     version: int,
     expect: str,
 ) -> None:
-    await push(http, gateway, bundle_set.good[1])
-    await push(http, gateway, bundle_set.good[version])
+    await push(http, gateway, bundle_set.good[1], bundle_set.good[version])
     agents = [f"{topic_prefix}-e{i:02d}" for i in range(N_AGENTS)]
     await until(lambda: len(_online(gateway, topic_prefix)) == N_AGENTS, 30, "fleet online")
     results = Peer(mosquitto.url)

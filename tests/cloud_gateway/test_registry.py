@@ -91,8 +91,7 @@ async def test_size_limit_and_empty_upload(
 async def test_delete_only_unused_versions(
     gateway: Gateway, http: aiohttp.ClientSession, bundle_set: BundleSet
 ) -> None:
-    await push(http, gateway, bundle_set.good[1])
-    await push(http, gateway, bundle_set.good[2])
+    await push(http, gateway, bundle_set.good[1], bundle_set.good[2])
     gateway.db.table("desired").insert(
         {
             "agent_id": "a1",

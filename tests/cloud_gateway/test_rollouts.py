@@ -87,8 +87,7 @@ def _desired_versions(watcher: Peer, agent: SimAgent) -> list[int]:
 async def test_canary_reaches_twenty_agents_in_waves_without_losing_a_request(
     gateway: Gateway, http: aiohttp.ClientSession, bundle_set: BundleSet, sim_fleet: Fleet
 ) -> None:
-    await push(http, gateway, bundle_set.good[1])
-    await push(http, gateway, bundle_set.good[2])
+    await push(http, gateway, bundle_set.good[1], bundle_set.good[2])
     async with sim_fleet(gateway, 20) as agents:
         t0 = time.monotonic()
         # Latency gates off: twenty agents on two shared cores give noisy tails, and this
@@ -100,7 +99,7 @@ async def test_canary_reaches_twenty_agents_in_waves_without_losing_a_request(
         done = await _finished(gateway, started["id"], within=60)
         converge_s = time.monotonic() - t0
         assert done["state"] == "succeeded", done["reason"]
-        await until(lambda: all(a.version == 2 for a in agents), what="all on v2")
+        await until(lambda: all(a.settled(2) for a in agents), what="all on v2")
         for agent in agents:
             agent.check_no_loss()
             versions = [v for _, v in agent.served]
@@ -139,8 +138,7 @@ async def test_failed_gate_rolls_back_first_wave_and_spares_the_rest(
     batch: int,
     why: str,
 ) -> None:
-    await push(http, gateway, bundle_set.good[1])
-    await push(http, gateway, bundle_set.good[version])
+    await push(http, gateway, bundle_set.good[1], bundle_set.good[version])
     watcher = Peer(mosquitto.url)
     watcher.subscribe(f"{gateway.topics.fleet}/+/desired")
     try:
@@ -153,7 +151,7 @@ async def test_failed_gate_rolls_back_first_wave_and_spares_the_rest(
             assert why in done["reason"] and "wave 1" in done["reason"]
             first = {a["agent_id"] for a in done["agents"] if a["wave"] == 1}
             assert len(first) == 2
-            await until(lambda: all(a.version == 1 for a in agents), what="back on v1")
+            await until(lambda: all(a.settled(1) for a in agents), what="back on v1")
             for agent in agents:
                 agent.check_no_loss()
                 seen = _desired_versions(watcher, agent)
@@ -175,20 +173,19 @@ async def test_failed_gate_rolls_back_first_wave_and_spares_the_rest(
 async def test_manual_rollback_and_history(
     gateway: Gateway, http: aiohttp.ClientSession, bundle_set: BundleSet, sim_fleet: Fleet
 ) -> None:
-    await push(http, gateway, bundle_set.good[1])
-    await push(http, gateway, bundle_set.good[2])
+    await push(http, gateway, bundle_set.good[1], bundle_set.good[2])
     async with sim_fleet(gateway, 3) as agents:
         started = await _start(
             http, gateway, version=2, strategy="all-at-once", gates=NO_LATENCY_GATE
         )
         assert (await _finished(gateway, started["id"]))["state"] == "succeeded"
-        assert all(a.version == 2 for a in agents)
+        await until(lambda: all(a.settled(2) for a in agents), what="all on v2")
         async with http.post(
             f"{gateway.url}/api/v1/rollback", json={"model": "motion-edge"}, headers=auth("admin")
         ) as resp:
             body = await resp.json()
             assert resp.status == 200 and body["state"] == "rolled_back", body
-        await until(lambda: all(a.version == 1 for a in agents), what="manual rollback")
+        await until(lambda: all(a.settled(1) for a in agents), what="manual rollback")
         for agent in agents:
             agent.check_no_loss()
         async with http.post(
@@ -216,8 +213,7 @@ async def test_gateway_restarted_mid_rollout_resumes(
     gw = await first.__aenter__()
     running = True
     try:
-        await push(http, gw, bundle_set.good[1])
-        await push(http, gw, bundle_set.good[2])
+        await push(http, gw, bundle_set.good[1], bundle_set.good[2])
         async with sim_fleet(gw, 4) as agents:
             started = await _start(
                 http, gw, version=2, waves=["1", "100%"], bake_s=2.0, gates=NO_LATENCY_GATE
@@ -226,7 +222,7 @@ async def test_gateway_restarted_mid_rollout_resumes(
             await until(
                 lambda: (
                     gw.engine.get(rid, detail=False)["current_wave"] == 1
-                    and any(a.version == 2 for a in agents)
+                    and any(a.settled(2) for a in agents)
                 ),
                 what="wave 1 on v2",
             )
@@ -244,7 +240,7 @@ async def test_gateway_restarted_mid_rollout_resumes(
                 done = await _finished(gw2, rid)
                 assert done["state"] == "succeeded", done["reason"]
                 assert [e["kind"] for e in done["events"]].count("wave-issued") == 2
-                await until(lambda: all(a.version == 2 for a in agents), what="all on v2")
+                await until(lambda: all(a.settled(2) for a in agents), what="all on v2")
             for agent in agents:
                 agent.check_no_loss()
     finally:
@@ -255,8 +251,7 @@ async def test_gateway_restarted_mid_rollout_resumes(
 async def test_agent_reported_update_failure_fails_the_gate(
     gateway: Gateway, http: aiohttp.ClientSession, bundle_set: BundleSet, sim_fleet: Fleet
 ) -> None:
-    await push(http, gateway, bundle_set.good[1])
-    await push(http, gateway, bundle_set.good[2])
+    await push(http, gateway, bundle_set.good[1], bundle_set.good[2])
     async with sim_fleet(gateway, 3) as agents:
         for agent in agents:
             agent.updater.trusted_keys = {}  # the agents do not trust the new bundle's signer
