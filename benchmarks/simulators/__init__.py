@@ -1,0 +1,1 @@
+"""Benchmarks of the simulators' load path (``python -m benchmarks.simulators``)."""

@@ -1,0 +1,152 @@
+"""``fleet-sim``: run scenarios against a local stack, the demo, and the deployment comparison.
+
+    fleet-sim run SCENARIO      one scenario (TOML path or built-in name), report folder
+    fleet-sim demo              3 agents, ~300 sensors, 60 s, burst + canary rollout
+    fleet-sim compare           local-only / cloud-only / threshold / slo-aware / cascade
+    fleet-sim list              built-in scenarios
+
+Every flag also reads SIM_<FLAG> from the environment; flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from models.errors import EdgecloudError
+from simulators.procs import install_signal_handlers
+from simulators.settings import SimSettings
+
+COMMANDS = ("run", "demo", "compare", "list")
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _kwargs(annotation: Any) -> dict[str, Any]:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if args and typing.get_origin(annotation) is not typing.Literal else annotation
+    if typing.get_origin(base) is typing.Literal:
+        return {"choices": list(typing.get_args(base))}
+    if base is bool:
+        return {"type": _parse_bool, "metavar": "BOOL"}
+    if base in (int, float, Path):
+        return {"type": base}
+    return {"type": str}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleet-sim",
+        description=__doc__.split("\n\n")[0],
+        epilog="Every flag also reads SIM_<FLAG> from the environment; flags win.",
+    )
+    parser.add_argument("command", choices=COMMANDS, help="what to do")
+    parser.add_argument(
+        "scenario", nargs="?", default=None, help="scenario TOML path or built-in name (run)"
+    )
+    for name, field in SimSettings.model_fields.items():
+        if name == "scenario":
+            continue
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=None,
+            help=field.description,
+            **_kwargs(field.annotation),
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
+    try:
+        settings = SimSettings(**overrides)
+    except ValidationError as exc:
+        print(f"fleet-sim: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "list":
+        from simulators.scenario import builtin_names
+
+        print("\n".join(builtin_names()))
+        return 0
+    install_signal_handlers()
+    try:
+        if args.command == "compare":
+            from simulators.compare import compare
+
+            return asyncio.run(compare(settings))
+        if args.command == "demo" and args.scenario is None:
+            settings = settings.model_copy(update={"scenario": "demo"})
+        elif args.command == "run" and args.scenario is None:
+            print("fleet-sim run: give a SCENARIO (path or built-in name)", file=sys.stderr)
+            return 2
+        return asyncio.run(run_command(settings))
+    except KeyboardInterrupt:
+        print("fleet-sim: interrupted; the stack was stopped", file=sys.stderr)
+        return 130
+    except (EdgecloudError, FileNotFoundError) as exc:
+        print(f"fleet-sim: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dump_tasks_on_sigusr1() -> None:
+    """``kill -USR1 <fleet-sim>`` prints every asyncio task's stack (diagnosing a stall)."""
+    loop = asyncio.get_running_loop()
+
+    def dump() -> None:
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(file=sys.stderr)
+
+    loop.add_signal_handler(signal.SIGUSR1, dump)
+
+
+async def run_command(settings: SimSettings) -> int:
+    _dump_tasks_on_sigusr1()
+    from simulators.console import Progress, print_result
+    from simulators.report import write_report
+    from simulators.runner import ScenarioRun
+    from simulators.scenario import apply_overrides, load_scenario
+
+    scenario = apply_overrides(load_scenario(settings.scenario), settings)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    workdir = settings.state_dir / "runs" / f"{scenario.name}-{stamp}"
+    report_dir = settings.report_dir or settings.state_dir / "reports" / f"{scenario.name}-{stamp}"
+    models_dir = settings.models_dir or settings.state_dir / "models"
+
+    async def done(result: Any) -> None:
+        write_report(result, report_dir)
+        print_result(result, report_dir)
+        if settings.hold:
+            print("holding the stack up for the dashboards; Ctrl-C to stop")
+            await asyncio.Event().wait()
+
+    with Progress(scenario, enabled=settings.live) as progress:
+        run = ScenarioRun(scenario, workdir, models_dir, progress=progress.update, on_done=done)
+        result = await run.run()
+    lost = result.figures["loss"]["missing"]
+    if lost:
+        print(f"fleet-sim: {lost} result(s) lost", file=sys.stderr)
+    return 0 if result.passed else 1

@@ -1,0 +1,300 @@
+"""The local stack: broker, offload-server, cloud-gateway, N edge agents, WAN proxies.
+
+Children are started through :class:`simulators.procs.ProcessSet` (no orphans), each
+waited for until healthy (port open or HTTP ``/readyz`` 200), and stopped in reverse
+order. Every agent gets its own copy of the model repository (the updater installs new
+versions into it) and its own site, subscribing only that site's sensor topics; its
+offload traffic goes through a :class:`~simulators.wan.WanProxy` so the WAN is emulated
+and its bytes counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from simulators.broker import free_port, start_broker
+from simulators.health import wait_http, wait_port
+from simulators.procs import Managed, ProcessSet
+from simulators.wan import WanEvent, WanProfile, WanProxy, netem_available
+
+log = logging.getLogger(__name__)
+
+
+class StackSpec(BaseModel):
+    """What to start. Field names match the scenario TOML ``[stack]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agents: int = Field(default=3, ge=1, description="number of edge-agent processes")
+    model: str = Field(default="motion-edge", description="model each agent serves")
+    cloud_model: str | None = Field(default=None, description="cloud model (cascade)")
+    policy: str = Field(default="slo-aware", description="routing policy of every agent")
+    slo_ms: float = Field(default=100.0, gt=0, description="per-request SLO")
+    max_batch: int = Field(default=64, ge=1)
+    max_wait_ms: float = Field(default=2.0, ge=0)
+    workers: int = Field(default=1, ge=1, description="agent local inference threads")
+    offload: bool = Field(default=True, description="start offload-server (the cloud tier)")
+    offload_workers: int = Field(default=2, ge=1)
+    gateway: bool = Field(default=True, description="start cloud-gateway")
+    wan: WanProfile = Field(default_factory=WanProfile, description="agents <-> cloud link")
+    wan_mode: Literal["proxy", "netem"] = Field(
+        default="proxy",
+        description="proxy: the asyncio WAN proxy; netem: kernel emulation where available "
+        "(falls back to the proxy with a warning: only the proxy is implemented)",
+    )
+    wan_schedule: list[WanEvent] = Field(default_factory=list)
+    heartbeat_s: float = Field(default=1.0, gt=0)
+    agent_args: list[str] = Field(default_factory=list, description="extra edge-agent flags")
+    ready_timeout_s: float = Field(default=60.0, gt=0)
+
+
+def command(script: str, module: str) -> list[str]:
+    """The console script next to this interpreter, else ``python -m module``."""
+    beside = Path(sys.executable).parent / script
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which(script)
+    return [found] if found else [sys.executable, "-m", module]
+
+
+@dataclass
+class AgentHandle:
+    agent_id: str
+    site: str
+    http_port: int
+    repository: Path
+    proc: Managed
+    argv: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+class Stack:
+    """Start with ``async with Stack(spec, workdir, models_dir) as stack:``."""
+
+    def __init__(self, spec: StackSpec, workdir: Path, models_dir: Path) -> None:
+        self.spec = spec
+        self.workdir = workdir
+        self.models_dir = models_dir
+        self.procs = ProcessSet(workdir / "logs")
+        self.broker_port = 0
+        self.offload_port = 0
+        self.offload: Managed | None = None
+        self.wan: WanProxy | None = None
+        self.gateway_port = 0
+        self.gateway: Managed | None = None
+        self.admin_token = secrets.token_urlsafe(18)
+        self.agent_token = secrets.token_urlsafe(18)
+        self.agents: list[AgentHandle] = []
+
+    @property
+    def broker_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.broker_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def cloud_target(self) -> str | None:
+        return self.wan.address if self.wan is not None else None
+
+    @property
+    def public_key(self) -> Path:
+        return self.models_dir / "keys" / "dev.pub"
+
+    def sites(self) -> list[str]:
+        return [f"site-{i}" for i in range(self.spec.agents)]
+
+    async def __aenter__(self) -> Stack:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        broker, self.broker_port = start_broker(self.procs, self.workdir)
+        waits = [wait_port("broker", broker, self.broker_port, self.spec.ready_timeout_s)]
+        if self.spec.offload:
+            self._start_offload()
+            waits.append(
+                wait_port(
+                    "offload-server", self.offload, self.offload_port, self.spec.ready_timeout_s
+                )
+            )
+        await asyncio.gather(*waits)
+        if self.spec.wan_mode == "netem":
+            _, why = netem_available()
+            log.warning(
+                "wan_mode=netem requested: %s; the netem mode is not implemented in this "
+                "version, using the WAN proxy (same profile) instead",
+                why,
+            )
+        if self.spec.offload:
+            self.wan = await WanProxy(
+                "127.0.0.1",
+                self.offload_port,
+                profile=self.spec.wan,
+                schedule=self.spec.wan_schedule,
+                name="wan-cloud",
+            ).start()
+        if self.spec.gateway:
+            self._start_gateway()
+            await wait_http(
+                "cloud-gateway",
+                self.gateway,
+                f"{self.gateway_url}/healthz",
+                self.spec.ready_timeout_s,
+            )
+        for i in range(self.spec.agents):
+            self.agents.append(self._start_agent(i))
+        await asyncio.gather(*(self.wait_agent(a) for a in self.agents))
+
+    async def stop(self) -> None:
+        self.procs.stop()
+        if self.wan is not None:
+            await self.wan.close()
+
+    def _start_offload(self) -> None:
+        repo = self.cloud_repository
+        if not repo.exists():
+            shutil.copytree(self.models_dir / "repository", repo)
+        self.offload_port = free_port()
+        self.offload = self.procs.spawn("offload-server", self.offload_argv())
+
+    def offload_argv(self) -> list[str]:
+        return [
+            *command("offload-server", "offload"),
+            "--repository", str(self.cloud_repository),
+            "--host", "127.0.0.1",
+            "--grpc-port", str(self.offload_port),
+            "--metrics-port", "-1",
+            "--backend", "onnxruntime",
+            "--workers", str(self.spec.offload_workers),
+            "--grace-s", "1",
+        ]  # fmt: skip
+
+    @property
+    def cloud_repository(self) -> Path:
+        return self.workdir / "cloud" / "repository"
+
+    def _start_gateway(self) -> None:
+        gw = self.workdir / "gateway"
+        gw.mkdir(parents=True, exist_ok=True)
+        tokens = gw / "tokens"
+        tokens.write_text(f"admin {self.admin_token}\nagent {self.agent_token}\n")
+        tokens.chmod(0o600)
+        self.gateway_port = free_port()
+        self.gateway = self.procs.spawn("cloud-gateway", self.gateway_argv())
+
+    def gateway_argv(self) -> list[str]:
+        gw = self.workdir / "gateway"
+        tokens = gw / "tokens"
+        argv = [
+            *command("cloud-gateway", "cloud_gateway"),
+            "serve",
+            "--host", "127.0.0.1",
+            "--port", str(self.gateway_port),
+            "--db-path", str(gw / "gateway.db"),
+            "--blob-dir", str(gw / "blobs"),
+            "--broker", self.broker_url,
+            "--trusted-keys", str(self.public_key),
+            "--tokens-file", str(tokens),
+        ]  # fmt: skip
+        if self.offload_port:
+            # The gateway sits in the cloud next to the inference tier: no WAN between them.
+            argv += ["--cloud", f"127.0.0.1:{self.offload_port}"]
+        return argv
+
+    def agent_argv(self, i: int, http_port: int, repo: Path) -> list[str]:
+        s = self.spec
+        agent_id, site = f"agent-{i}", f"site-{i}"
+        adir = self.workdir / "agents" / agent_id
+        argv = [
+            *command("edge-agent", "edge_agent"),
+            "--agent-id", agent_id,
+            "--site", site,
+            "--broker", self.broker_url,
+            "--repository", str(repo),
+            "--model", s.model,
+            "--policy", s.policy,
+            "--slo-ms", str(s.slo_ms),
+            "--http-host", "127.0.0.1",
+            "--http-port", str(http_port),
+            "--topics-filter", f"sensors/{site}/+/+",
+            "--max-batch", str(s.max_batch),
+            "--max-wait-ms", str(s.max_wait_ms),
+            "--workers", str(s.workers),
+            "--heartbeat-s", str(s.heartbeat_s),
+            "--db-path", str(adir / "agent.db"),
+        ]  # fmt: skip
+        if self.cloud_target:
+            argv += ["--cloud", self.cloud_target]
+        if s.cloud_model:
+            argv += ["--cloud-model", s.cloud_model]
+        if self.spec.gateway:
+            adir.mkdir(parents=True, exist_ok=True)
+            token = adir / "gateway.token"
+            token.write_text(self.agent_token)
+            token.chmod(0o600)
+            argv += [
+                "--gateway-url", self.gateway_url,
+                "--gateway-token-file", str(token),
+                "--trusted-keys", str(self.public_key),
+            ]  # fmt: skip
+        return argv + list(s.agent_args)
+
+    def _start_agent(self, i: int) -> AgentHandle:
+        agent_id = f"agent-{i}"
+        adir = self.workdir / "agents" / agent_id
+        adir.mkdir(parents=True, exist_ok=True)
+        repo = adir / "repository"
+        if not repo.exists():
+            shutil.copytree(self.models_dir / "repository", repo)
+        port = free_port()
+        argv = self.agent_argv(i, port, repo)
+        proc = self.procs.spawn(agent_id, argv)
+        return AgentHandle(agent_id, f"site-{i}", port, repo, proc, argv)
+
+    async def wait_agent(self, agent: AgentHandle) -> None:
+        await wait_http(
+            agent.agent_id, agent.proc, f"{agent.url}/readyz", self.spec.ready_timeout_s
+        )
+
+    async def kill_agent(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Kill agent ``i`` (a crash by default); :meth:`restart_agent` brings it back."""
+        agent = self.agents[i]
+        agent.proc.signal_group(sig)
+        await asyncio.to_thread(agent.proc.proc.wait, 10)
+
+    async def restart_agent(self, i: int) -> None:
+        agent = self.agents[i]
+        if agent.proc.alive():
+            await asyncio.to_thread(agent.proc.stop)
+        self.procs.children.remove(agent.proc)
+        agent.proc = self.procs.spawn(agent.agent_id, agent.argv)
+        await self.wait_agent(agent)
+
+    def agent_pids(self) -> list[int]:
+        return [a.proc.pid for a in self.agents if a.proc.alive()]
+
+    def all_pids(self) -> list[int]:
+        return self.procs.pids()

@@ -1,0 +1,50 @@
+"""CI-sized end to end: the `ci` scenario on the real stack (every engineer's processes).
+
+5 agents, 300 sensors at 10 Hz with a 3x burst and a CPU hog, 40 ms round-trip WAN, a canary rollout
+of motion-edge v2 after the burst (shrunk from 10 agents x 1,000 sensors: see ci.toml).
+Asserts what the issue asks: nothing lost, SLO attainment at or above the scenario's
+target (slo-aware), offload share above zero during the burst, every agent on the new
+version at the end; and no process left behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psutil
+import pytest
+
+from simulators.report import write_report
+from simulators.runner import ScenarioRun, ensure_models
+from simulators.scenario import load_scenario
+
+
+@pytest.mark.slow
+async def test_ci_scenario_end_to_end(tmp_path: Path) -> None:
+    scenario = load_scenario("ci")
+    assert scenario.stack.policy == "slo-aware"
+    pids: list[int] = []
+
+    async def keep_pids(result: object) -> None:
+        pids.extend(run_.stack_pids)
+
+    models = ensure_models(tmp_path / "models")
+    run_ = ScenarioRun(scenario, tmp_path / "work", models, on_done=keep_pids)
+    result = await run_.run()
+    write_report(result, tmp_path / "report")
+    f = result.figures
+    summary = (tmp_path / "report" / "summary.md").read_text()
+
+    assert f["results"] > 0, summary
+    assert f["loss"]["missing"] == 0, summary
+    assert f["loss"]["duplicates"] == 0, summary
+    assert f["slo_attainment"] >= scenario.expect.min_slo_attainment, summary
+    assert f["burst"]["offload_share"] > 0.0, summary
+    on_v2 = [a for a, m in f["agent_versions"].items() if m.get("motion-edge") == 2]
+    assert len(on_v2) == scenario.stack.agents, summary
+    assert result.passed, result.checks
+    for name in ("latency.png", "offload.png", "throughput.png", "versions.png", "raw.json"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    # The stack is gone once the run returns (its children were reaped, not orphaned).
+    assert len(pids) == scenario.stack.agents + 3
+    assert not [p for p in pids if psutil.pid_exists(p)]
