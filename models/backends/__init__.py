@@ -43,6 +43,24 @@ def load_backend(
     ``capabilities`` overrides detection (tests, or callers that already probed).
     """
     options = options or BackendOptions()
+    backend = _load(model_path, kind, options, capabilities)
+    if options.emulate_ms_per_batch or options.emulate_ms_per_item:
+        from models.backends.emulated import EmulatedDevice
+
+        backend = EmulatedDevice(
+            backend,
+            per_batch_ms=options.emulate_ms_per_batch,
+            per_item_ms=options.emulate_ms_per_item,
+        )
+    return backend
+
+
+def _load(
+    model_path: Path | str,
+    kind: str,
+    options: BackendOptions,
+    capabilities: Capabilities | None,
+) -> Backend:
     if kind == "auto" and capabilities is None:
         capabilities = detect_capabilities()
     selection = choose_backend(kind, capabilities or Capabilities())

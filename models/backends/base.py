@@ -27,6 +27,9 @@ class BackendOptions:
     cache_dir: Path | None = None
     device_id: int = 0
     providers: Sequence[str] = field(default_factory=tuple)
+    #: Simulation only: emulate a slower device (see models.backends.emulated).
+    emulate_ms_per_batch: float = 0.0
+    emulate_ms_per_item: float = 0.0
 
 
 class Backend(ABC):
