@@ -1,4 +1,5 @@
-"""Rollout logic as pure functions of (plan, observations, now): wave plans and health gates.
+"""Rollout logic as pure functions of (plan, observations, now): wave plans and the step
+machine that issues waves, bakes them and fails them on a gate (:mod:`cloud_gateway.gates`).
 
 The engine (:mod:`cloud_gateway.rollouts`) feeds it rows from SQLite and a wall clock and
 applies the returned actions; tests feed it hand-made observations and a fake clock.
@@ -8,9 +9,20 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from cloud_gateway.gates import (
+    Baseline,
+    Control,
+    GateState,
+    Observation,
+    Verdict,
+    converged,
+    evaluate,
+    find_control,
+    window,
+)
 from cloud_gateway.schemas import Gates
 from models.errors import InvalidInput
 
@@ -54,93 +66,6 @@ def plan_waves(agent_ids: list[str], waves: list[str], strategy: str) -> list[li
 
 
 @dataclass(frozen=True, slots=True)
-class Observation:
-    """What the latest heartbeat says about one agent."""
-
-    online: bool
-    version: int | None  # version of the rollout's model it serves
-    update: dict[str, Any] | None
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Baseline:
-    """An agent's counters when the wave was issued, so gates see only what came after."""
-
-    p99_ms: float = 0.0
-    nan_outputs: int = 0
-    inferences: int = 0
-    errors: int = 0
-    settled_from: int | None = None  # inference counter when the new version went live
-
-    @classmethod
-    def of(cls, metrics: dict[str, Any]) -> Baseline:
-        return cls(
-            p99_ms=float(metrics.get("p99_ms") or 0.0),
-            nan_outputs=int(metrics.get("nan_outputs") or 0),
-            inferences=int(metrics.get("inferences") or 0),
-            errors=int(metrics.get("errors") or 0),
-        )
-
-
-def _delta(now: Any, then: int) -> int:
-    value = int(now or 0)
-    return value - then if value >= then else value  # counters reset when an agent restarts
-
-
-def converged(obs: Observation | None, version: int) -> bool:
-    return obs is not None and obs.online and obs.version == version
-
-
-def gate_failure(
-    agent_id: str,
-    obs: Observation | None,
-    base: Baseline,
-    gates: Gates,
-    version: int,
-    rollout_id: str,
-) -> str | None:
-    """The first gate this agent breaks, as a human-readable reason, or None."""
-    if obs is None:
-        return None
-    upd = obs.update or {}
-    if (
-        upd.get("state") == "failed"
-        and upd.get("version") == version
-        and upd.get("rollout_id") in (None, rollout_id)
-        and gates.max_failed_updates == 0
-    ):
-        return f"{agent_id}: update failed: {upd.get('reason') or 'no reason given'}"
-    if not converged(obs, version):
-        return None
-    m = obs.metrics
-    nan = _delta(m.get("nan_outputs"), base.nan_outputs)
-    if nan > gates.max_nan_outputs:
-        return f"{agent_id}: {nan} NaN outputs since the update (limit {gates.max_nan_outputs})"
-    # Latency and error rate are windowed by the agent and still describe the old
-    # version right after a swap: judge them only after enough new-version inferences.
-    if base.settled_from is None:
-        return None
-    if _delta(m.get("inferences"), base.settled_from) < gates.min_samples:
-        return None
-    rate = float(m.get("error_rate") or 0.0)
-    if rate > gates.max_error_rate:
-        return f"{agent_id}: error rate {rate:.3f} > {gates.max_error_rate:.3f}"
-    p99 = float(m.get("p99_ms") or 0.0)
-    if gates.max_p99_ms is not None and p99 > gates.max_p99_ms:
-        return f"{agent_id}: p99 {p99:.1f} ms > {gates.max_p99_ms:.1f} ms"
-    ratio = gates.max_p99_ratio
-    if ratio is not None and base.p99_ms > 0:
-        limit = max(base.p99_ms * ratio, base.p99_ms + gates.p99_slack_ms)
-        if p99 > limit:
-            return (
-                f"{agent_id}: p99 {p99:.1f} ms > {ratio:g}x its pre-update "
-                f"{base.p99_ms:.1f} ms (+{gates.p99_slack_ms:g} ms noise floor)"
-            )
-    return None
-
-
-@dataclass(frozen=True, slots=True)
 class Issue:
     wave: int
     agents: list[str]
@@ -179,28 +104,108 @@ class Plan:
     wave_timeout_s: float
     gates: Gates
 
+    @classmethod
+    def of_rows(cls, row: dict[str, Any], agents: list[dict[str, Any]]) -> Plan:
+        """From a ``rollouts`` row and its ``rollout_agents`` rows."""
+        waves: list[list[str]] = []
+        for a in sorted(agents, key=lambda a: (a["wave"], a["agent_id"])):
+            while len(waves) <= a["wave"]:
+                waves.append([])
+            waves[a["wave"]].append(a["agent_id"])
+        return cls(
+            rollout_id=row["id"],
+            version=row["version"],
+            waves=waves,
+            current_wave=row["current_wave"],
+            wave_started_at=row["wave_started_at"],
+            wave_converged_at=row["wave_converged_at"],
+            bake_s=row["bake_s"],
+            wave_timeout_s=row["wave_timeout_s"],
+            gates=Gates.model_validate_json(row["gates"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GateReport:
+    """All issued agents' verdicts at one moment, and the basis they were judged on."""
+
+    basis: str
+    control: Control | None
+    verdicts: dict[str, Verdict]
+    failure: str | None  # why the rollout must roll back, or None
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "evaluated_at": now,
+            "basis": self.basis,
+            "control": self.control.as_dict() if self.control else None,
+            "verdicts": {a: v.as_dict() for a, v in self.verdicts.items()},
+            "failure": self.failure,
+        }
+
+
+def issued_and_pending(plan: Plan) -> tuple[list[str], list[str]]:
+    """Agents issued the new version so far, and the rest (the control candidates)."""
+    upto = plan.current_wave + 1
+    return (
+        [a for wave in plan.waves[:upto] for a in wave],
+        [a for wave in plan.waves[upto:] for a in wave],
+    )
+
+
+def judge(
+    plan: Plan,
+    observations: dict[str, Observation],
+    baselines: dict[str, Baseline],
+    now: float,
+) -> GateReport:
+    """Every issued agent's gate verdict, against the control group when there is one."""
+    issued, pending = issued_and_pending(plan)
+    gates, version = plan.gates, plan.version
+    control, basis = find_control(pending, observations, baselines, version, gates, now)
+    verdicts = {
+        a: evaluate(
+            observations.get(a),
+            baselines.get(a, Baseline()),
+            gates,
+            version,
+            plan.rollout_id,
+            control,
+        )
+        for a in issued
+    }
+    failed = [(a, v) for a, v in verdicts.items() if v.state is GateState.FAIL]
+    updates = [f"{a}: {v.reason}" for a, v in failed if v.gate == "update"]
+    failure = next((f"{a}: {v.reason}" for a, v in failed if v.gate != "update"), None)
+    if failure is None and len(updates) > gates.max_failed_updates:
+        failure = (
+            updates[0]
+            if len(updates) == 1
+            else f"{len(updates)} failed updates (limit {gates.max_failed_updates}): "
+            + "; ".join(updates[:3])
+        )
+    return GateReport(basis, control, verdicts, failure)
+
 
 def step(
     plan: Plan,
     observations: dict[str, Observation],
     baselines: dict[str, Baseline],
     now: float,
+    gate_report: GateReport | None = None,
 ) -> Action | None:
-    """The one next thing to do for a running rollout (None: keep waiting)."""
+    """The one next thing to do for a running rollout (None: keep waiting).
+
+    ``gate_report`` is ``judge(plan, observations, baselines, now)``, passed in when the
+    caller also wants to show it.
+    """
     if plan.current_wave < 0:
         return Issue(0, plan.waves[0])
-    issued = [a for wave in plan.waves[: plan.current_wave + 1] for a in wave]
-    for agent_id in issued:
-        reason = gate_failure(
-            agent_id,
-            observations.get(agent_id),
-            baselines.get(agent_id, Baseline()),
-            plan.gates,
-            plan.version,
-            plan.rollout_id,
-        )
-        if reason is not None:
-            return Fail(f"gate failed in wave {plan.current_wave + 1}: {reason}", issued)
+    issued, _ = issued_and_pending(plan)
+    if gate_report is None:
+        gate_report = judge(plan, observations, baselines, now)
+    if gate_report.failure is not None:
+        return Fail(f"gate failed in wave {plan.current_wave + 1}: {gate_report.failure}", issued)
     wave = plan.waves[plan.current_wave]
     if plan.wave_converged_at is None:
         waiting = [a for a in wave if not converged(observations.get(a), plan.version)]
@@ -221,7 +226,8 @@ def step(
         for agent_id in issued:
             obs = observations.get(agent_id)
             base = baselines.get(agent_id, Baseline())
-            done = _delta(obs.metrics.get("inferences") if obs else 0, base.inferences)
+            results, errors = window(obs, base.inferences, base.errors) if obs else (0, 0)
+            done = results - errors
             if done < plan.gates.min_inferences:
                 return None
     if plan.current_wave + 1 >= len(plan.waves):

@@ -78,3 +78,25 @@ def record_event(
     db: sqlite_utils.Database, ts: float, rid: str | None, kind: str, detail: dict[str, Any]
 ) -> None:
     db.table("events").insert({"ts": ts, "rollout_id": rid, "kind": kind, "detail": dumps(detail)})
+
+
+def with_gate(
+    db: sqlite_utils.Database, view: dict[str, Any], live: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Add the gate evaluation to a rollout view: the live one of a running rollout, else
+    the one recorded when the last wave passed or the rollout was rolled back."""
+    gate = live
+    if gate is None:
+        for e in db.query(
+            "select detail from events where rollout_id = ? and kind in "
+            "('wave-passed', 'rolled-back') order by id desc",
+            [view["id"]],
+        ):
+            gate = loads(e["detail"], {}).get("gate")
+            if gate is not None:  # a manual rollback records none
+                break
+    view["gate"] = gate
+    verdicts = gate["verdicts"] if gate else {}
+    for a in view.get("agents") or []:
+        a["gate"] = verdicts.get(a["agent_id"])
+    return view

@@ -2,7 +2,9 @@
 writes per-agent desired state as retained MQTT messages.
 
 Every decision is re-derived from the database and the latest heartbeats on each tick,
-so a gateway restarted mid-rollout simply carries on where the rows say it was.
+so a gateway restarted mid-rollout simply carries on where the rows say it was. The
+latest gate evaluation of a running rollout is kept in memory for the API; the one that
+passed a wave or failed the rollout is recorded in its history.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from typing import Any
 
 import sqlite_utils
 
-from cloud_gateway import canary, history
+from cloud_gateway import canary, gates, history
 from cloud_gateway.db import dumps, loads
 from cloud_gateway.desired import DesiredState
 from cloud_gateway.fleet import Fleet, serving_version
 from cloud_gateway.registry import Registry
-from cloud_gateway.schemas import Gates, RolloutRequest
+from cloud_gateway.schemas import RolloutRequest
 from models.errors import Conflict, NotFound
 from offload.topics import Topics
 
@@ -54,6 +56,7 @@ class RolloutEngine:
         self.cloud_load = cloud_load
         self.clock = clock
         self._background: set[asyncio.Task[None]] = set()
+        self._gates: dict[str, dict[str, Any]] = {}  # rollout id -> latest GateReport dict
 
     # -- commands --------------------------------------------------------------------
 
@@ -152,36 +155,20 @@ class RolloutEngine:
     async def _advance(self, row: dict[str, Any]) -> None:
         rid = row["id"]
         agents = list(self.db.table("rollout_agents").rows_where("rollout_id = ?", [rid]))
-        waves: list[list[str]] = []
-        for a in sorted(agents, key=lambda a: (a["wave"], a["agent_id"])):
-            while len(waves) <= a["wave"]:
-                waves.append([])
-            waves[a["wave"]].append(a["agent_id"])
-        plan = canary.Plan(
-            rollout_id=rid,
-            version=row["version"],
-            waves=waves,
-            current_wave=row["current_wave"],
-            wave_started_at=row["wave_started_at"],
-            wave_converged_at=row["wave_converged_at"],
-            bake_s=row["bake_s"],
-            wave_timeout_s=row["wave_timeout_s"],
-            gates=Gates.model_validate_json(row["gates"]),
-        )
-        observations: dict[str, canary.Observation] = {}
-        for a in agents:
-            fleet_row = self.fleet.find(a["agent_id"])
-            if fleet_row is not None:
-                observations[a["agent_id"]] = canary.Observation(
-                    online=bool(fleet_row["online"]),
-                    version=serving_version(fleet_row, row["model"]),
-                    update=loads(fleet_row["update_state"]),
-                    metrics=loads(fleet_row["metrics"], {}),
-                )
-        baselines = {a["agent_id"]: canary.Baseline(**loads(a["baseline"], {})) for a in agents}
+        plan = canary.Plan.of_rows(row, agents)
+        observations = {
+            a["agent_id"]: gates.Observation.of_row(fleet_row, row["model"])
+            for a in agents
+            if (fleet_row := self.fleet.find(a["agent_id"])) is not None
+        }
         now = self.clock()
-        self._note_converged(rid, row["version"], agents, observations, now)
-        action = canary.step(plan, observations, baselines, now)
+        agents = self._note_converged(rid, row["version"], agents, observations, now)
+        baselines = {a["agent_id"]: gates.Baseline.load(loads(a["baseline"])) for a in agents}
+        report = canary.judge(plan, observations, baselines, now)
+        gate = self._gates[rid] = report.as_dict(now)
+        action = canary.step(plan, observations, baselines, now, report)
+        if isinstance(action, canary.Issue | canary.Succeed) and plan.current_wave >= 0:
+            self._event(rid, "wave-passed", {"wave": plan.current_wave + 1, "gate": gate})
         if isinstance(action, canary.Issue):
             if action.wave == 0 and self.cloud_load is not None and row["cloud"] is None:
                 # In the background: a slow or unreachable cloud tier must not hold up
@@ -195,8 +182,9 @@ class RolloutEngine:
             self._update(rid, wave_converged_at=now)
             self._event(rid, "wave-converged", {"wave": action.wave + 1})
         elif isinstance(action, canary.Fail):
-            self._rollback(row, action.rollback, action.reason)
+            self._rollback(row, action.rollback, action.reason, gate)
         elif isinstance(action, canary.Succeed):
+            self._gates.pop(rid, None)
             self._update(rid, state="succeeded", finished_at=now)
             self._event(rid, "succeeded", {})
             log.info("rollout %s succeeded", rid)
@@ -219,43 +207,50 @@ class RolloutEngine:
         rid: str,
         version: int,
         agents: list[dict[str, Any]],
-        observations: dict[str, canary.Observation],
+        observations: dict[str, gates.Observation],
         now: float,
-    ) -> None:
+    ) -> list[dict[str, Any]]:
+        """Mark agents now serving the new version; their error/latency window starts here."""
+        out = []
         for a in agents:
-            if a["state"] == "issued" and canary.converged(
-                observations.get(a["agent_id"]), version
-            ):
-                obs = observations[a["agent_id"]]
-                base = loads(a["baseline"], {}) | {
-                    "settled_from": int(obs.metrics.get("inferences") or 0)
-                }
+            obs = observations.get(a["agent_id"])
+            if a["state"] == "issued" and obs is not None and gates.converged(obs, version):
+                base = gates.Baseline.load(loads(a["baseline"])).settle(obs.metrics)
+                a = a | {"state": "updated", "converged_at": now, "baseline": _dump(base)}
                 self.db.table("rollout_agents").update(
-                    (rid, a["agent_id"]),
-                    {"state": "updated", "converged_at": now, "baseline": dumps(base)},
+                    (rid, a["agent_id"]), {k: a[k] for k in ("state", "converged_at", "baseline")}
                 )
+            out.append(a)
+        return out
 
     def _issue(self, row: dict[str, Any], wave: int, agent_ids: list[str], now: float) -> None:
         rid = row["id"]
         version = self.registry.get(row["model"], row["version"])
-        for agent_id in agent_ids:
+        # The agents not issued yet are the control group of this wave: their counters
+        # now start the window their error rate is pooled over.
+        later = self.db.query(
+            "select agent_id from rollout_agents where rollout_id = ? and wave > ?", [rid, wave]
+        )
+        for agent_id in [*agent_ids, *(r["agent_id"] for r in later)]:
             fleet_row = self.fleet.find(agent_id)
-            metrics = loads(fleet_row["metrics"], {}) if fleet_row else {}
-            base = canary.Baseline.of(metrics)
+            base = gates.Baseline.of(loads(fleet_row["metrics"], {}) if fleet_row else {})
+            self.db.table("rollout_agents").update((rid, agent_id), {"baseline": _dump(base)})
+        for agent_id in agent_ids:
             self.db.table("rollout_agents").update(
-                (rid, agent_id),
-                {
-                    "state": "issued",
-                    "issued_at": now,
-                    "baseline": dumps(dataclasses.asdict(base)),
-                },
+                (rid, agent_id), {"state": "issued", "issued_at": now}
             )
             self.desired.set(agent_id, row["model"], version, rid, now)
         self._update(rid, current_wave=wave, wave_started_at=now, wave_converged_at=None)
         self._event(rid, "wave-issued", {"wave": wave + 1, "agents": agent_ids})
         log.info("rollout %s: wave %d issued to %d agents", rid, wave + 1, len(agent_ids))
 
-    def _rollback(self, row: dict[str, Any], agent_ids: list[str], reason: str) -> None:
+    def _rollback(
+        self,
+        row: dict[str, Any],
+        agent_ids: list[str],
+        reason: str,
+        gate: dict[str, Any] | None = None,
+    ) -> None:
         rid, model, now = row["id"], row["model"], self.clock()
         for agent_id in agent_ids:
             prev = self.db.table("rollout_agents").get((rid, agent_id))["previous_version"]
@@ -270,8 +265,10 @@ class RolloutEngine:
             self.db.table("rollout_agents").update(
                 (rid, agent_id), {"state": "rolled_back", "reason": reason}
             )
+        self._gates.pop(rid, None)
         self._update(rid, state="rolled_back", reason=reason, finished_at=now)
-        self._event(rid, "rolled-back", {"reason": reason, "agents": agent_ids})
+        detail: dict[str, Any] = {"reason": reason, "agents": agent_ids}
+        self._event(rid, "rolled-back", detail | ({"gate": gate} if gate else {}))
         log.warning("rollout %s rolled back on %d agents: %s", rid, len(agent_ids), reason)
 
     # -- desired state and history ---------------------------------------------------
@@ -283,13 +280,21 @@ class RolloutEngine:
         return self.desired.of(agent_id)
 
     def get(self, rid: str, *, detail: bool = True) -> dict[str, Any]:
-        return history.rollout_view(self.db, rid, detail=detail)
+        view = history.rollout_view(self.db, rid, detail=detail)
+        return history.with_gate(self.db, view, self._gates.get(rid))
 
     def list(self, model: str | None = None) -> list[dict[str, Any]]:
-        return history.list_rollouts(self.db, model)
+        return [
+            history.with_gate(self.db, r, self._gates.get(r["id"]))
+            for r in history.list_rollouts(self.db, model)
+        ]
 
     def _update(self, rid: str, **fields: Any) -> None:
         self.db.table("rollouts").update(rid, fields | {"updated_at": self.clock()})
 
     def _event(self, rid: str | None, kind: str, detail: dict[str, Any]) -> None:
         history.record_event(self.db, self.clock(), rid, kind, detail)
+
+
+def _dump(base: gates.Baseline) -> str:
+    return dumps(dataclasses.asdict(base))

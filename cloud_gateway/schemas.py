@@ -7,6 +7,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.manifest import validate_model_name
+from offload.desired import UpdateState
+
+
+def update_state(value: Any) -> UpdateState:
+    """A heartbeat's ``update`` field; unknown keys (a newer agent's) are ignored."""
+    if not isinstance(value, dict):
+        raise ValueError("update must be a JSON object")
+    return UpdateState.model_validate(
+        {k: v for k, v in value.items() if k in UpdateState.model_fields}
+    )
 
 
 class _Body(BaseModel):
@@ -63,20 +73,55 @@ class Selector(_Body):
 
 
 class Gates(_Body):
-    """Health gates evaluated on every agent of an issued wave."""
+    """Health gates evaluated on every agent of the issued waves.
 
-    max_error_rate: float = Field(default=0.05, ge=0, description="window error rate")
+    Latency and error rate are judged against a concurrent control group (the rollout's
+    agents not yet issued the new version, observed at the same time) so a fleet-wide
+    slowdown during the bake does not fail a good version; without a control group (last
+    wave, all-at-once) each agent is judged against its own pre-update numbers. NaN
+    outputs, failed updates and the absolute limits apply whatever the control group does.
+    """
+
+    max_error_rate: float = Field(
+        default=0.05,
+        ge=0,
+        description="absolute ceiling on a canary's error rate since its swap",
+    )
+    max_error_rate_excess: float = Field(
+        default=0.02,
+        ge=0,
+        description=(
+            "how far a canary's error rate may exceed the control group's pooled rate over "
+            "the same window (without a control group: its own pre-update rate)"
+        ),
+    )
     max_p99_ms: float | None = Field(default=None, gt=0, description="absolute p99 limit")
     max_p99_ratio: float | None = Field(
-        default=3.0, gt=1, description="p99 limit relative to the agent's pre-update p99"
+        default=3.0,
+        gt=1,
+        description=(
+            "p99 limit relative to the control group's median p99 (without a control "
+            "group: the agent's own pre-update p99); null disables it"
+        ),
     )
     p99_slack_ms: float = Field(
         default=5.0, ge=0, description="noise floor: the ratio gate ignores smaller increases"
     )
+    control: bool = Field(
+        default=True, description="judge against a concurrent control group when one exists"
+    )
+    min_control_agents: int = Field(
+        default=1, ge=1, description="fewer eligible control agents: use each own baseline"
+    )
+    control_max_age_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="control agents whose last heartbeat is older are left out of the group",
+    )
     max_nan_outputs: int = Field(default=0, ge=0, description="NaN outputs since the swap")
     max_failed_updates: int = Field(default=0, ge=0, description="agent-reported failures")
     min_samples: int = Field(
-        default=20, ge=0, description="new-version inferences before latency/error gates apply"
+        default=20, ge=0, description="new-version results before latency/error gates apply"
     )
     min_inferences: int = Field(
         default=0, ge=0, description="inferences each agent must serve before the bake passes"
@@ -102,6 +147,30 @@ class RolloutRequest(_Body):
         return validate_model_name(v)
 
 
+class GateVerdict(_Body):
+    state: Literal["pass", "fail", "waiting"]
+    gate: str = Field(description="the deciding gate: update, nan, error-rate, p99 or empty")
+    reason: str = Field(description="what was compared, with the numbers")
+
+
+class ControlGroup(_Body):
+    agents: list[str]
+    versions: list[int]
+    p99_ms: float = Field(description="median of the control agents' p99")
+    error_rate: float = Field(description="pooled over the current wave's window")
+    results: int
+
+
+class GateStatus(_Body):
+    """The latest gate evaluation (live while running, as recorded once finished)."""
+
+    evaluated_at: float
+    basis: str = Field(description="control group or own-baseline fallback, and why")
+    control: ControlGroup | None
+    verdicts: dict[str, GateVerdict] = Field(description="agent id -> verdict")
+    failure: str | None
+
+
 class RolloutAgent(_Body):
     agent_id: str
     wave: int
@@ -110,6 +179,7 @@ class RolloutAgent(_Body):
     reason: str | None
     issued_at: float | None
     converged_at: float | None
+    gate: GateVerdict | None = None
 
 
 class RolloutInfo(_Body):
@@ -129,6 +199,7 @@ class RolloutInfo(_Body):
     created_at: float
     updated_at: float
     finished_at: float | None
+    gate: GateStatus | None = None
     agents: list[RolloutAgent] | None = None
     events: list[dict[str, Any]] | None = None
 
@@ -149,9 +220,19 @@ class StatusReport(BaseModel):
     ts: float | None = None
     labels: dict[str, str] | None = None
     models: dict[str, Any] = Field(default_factory=dict)
-    update: dict[str, Any] | None = None
+    update: dict[str, Any] | None = Field(
+        default=None,
+        description="offload.desired.UpdateState: rollout_id, model, version, state, reason",
+    )
     health: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("update", mode="before")
+    @classmethod
+    def _update(cls, v: Any) -> dict[str, Any] | None:
+        # Checked against the shared UpdateState so a bad phase is refused here, not
+        # misread by a gate later; stored normalised as its JSON form.
+        return None if v is None else update_state(v).as_dict()
 
 
 class Accepted(_Body):

@@ -39,8 +39,11 @@ class Peer:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     def subscribe(self, topic: str) -> None:
+        """Subscribe and wait for the broker's SUBACK, so nothing published after is missed."""
+        acked = threading.Event()
+        self.client.on_subscribe = lambda *a, **k: acked.set()
         self.client.subscribe(topic, qos=1)
-        time.sleep(0.05)
+        assert acked.wait(10), f"no SUBACK for {topic}"
 
     def publish(self, topic: str, payload: dict[str, Any] | bytes, retain: bool = True) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()

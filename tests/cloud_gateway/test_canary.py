@@ -1,13 +1,18 @@
-"""Pure rollout logic with a fake clock: wave plans, gates, the step machine."""
+"""Pure rollout logic with a fake clock: wave plans, the step machine and its gate report
+(the per-agent gates themselves are in test_gates.py)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
 from cloud_gateway import canary
-from cloud_gateway.canary import Baseline, Fail, Issue, MarkConverged, Observation, Plan, Succeed
+from cloud_gateway.canary import Fail, Issue, MarkConverged, Plan, Succeed
+from cloud_gateway.gates import Baseline, GateState, Observation
 from cloud_gateway.schemas import Gates
 from models.errors import InvalidInput
+from offload.desired import UpdateState
 
 AGENTS = [f"a{i:02d}" for i in range(20)]
 
@@ -29,44 +34,6 @@ def test_wave_plans() -> None:
 
 def _obs(version: int, **metrics: float) -> Observation:
     return Observation(online=True, version=version, update=None, metrics=dict(metrics))
-
-
-def test_gates() -> None:
-    g = Gates(max_error_rate=0.05, max_p99_ms=50.0, max_p99_ratio=3.0, max_nan_outputs=0)
-    base = Baseline(p99_ms=4.0, nan_outputs=2, settled_from=0)
-    ok = _obs(2, p99_ms=5.0, nan_outputs=2, error_rate=0.0, inferences=20)
-    assert canary.gate_failure("a", ok, base, g, 2, "r") is None
-    assert "NaN" in canary.gate_failure("a", _obs(2, nan_outputs=3), base, g, 2, "r")
-    assert "error rate" in canary.gate_failure(
-        "a", _obs(2, error_rate=0.2, inferences=20), base, g, 2, "r"
-    )
-    assert "3x" in canary.gate_failure("a", _obs(2, p99_ms=13.0, inferences=20), base, g, 2, "r")
-    # Too few new-version inferences: the windowed latency still shows the old version.
-    assert canary.gate_failure("a", _obs(2, p99_ms=13.0, inferences=19), base, g, 2, "r") is None
-    unsettled = Baseline(p99_ms=4.0)
-    assert (
-        canary.gate_failure("a", _obs(2, p99_ms=99.0, inferences=99), unsettled, g, 2, "r") is None
-    )
-    # Below the noise floor (pre-update p99 + 5 ms) a 3x jump is not a regression.
-    tiny = Baseline(p99_ms=0.1, settled_from=0)
-    assert canary.gate_failure("a", _obs(2, p99_ms=1.2, inferences=30), tiny, g, 2, "r") is None
-    settled = Baseline(settled_from=0)
-    assert "50.0 ms" in canary.gate_failure(
-        "a", _obs(2, p99_ms=60.0, inferences=20), settled, g, 2, "r"
-    )
-    # Not yet on the new version: metrics still describe the old one.
-    assert canary.gate_failure("a", _obs(1, nan_outputs=99), base, g, 2, "r") is None
-    # A counter reset (agent restart) counts from zero.
-    assert canary.gate_failure("a", _obs(2, nan_outputs=1), base, g, 2, "r") is not None
-    failed = Observation(
-        True,
-        1,
-        {"state": "failed", "version": 2, "rollout_id": "r", "reason": "hash-mismatch: x"},
-        {},
-    )
-    assert "hash-mismatch" in canary.gate_failure("a", failed, base, g, 2, "r")
-    other = Observation(True, 1, {"state": "failed", "version": 2, "rollout_id": "old"}, {})
-    assert canary.gate_failure("a", other, base, g, 2, "r") is None
 
 
 def _plan(**kw: object) -> Plan:
@@ -117,3 +84,86 @@ def test_min_inferences_holds_the_bake() -> None:
     assert canary.step(p, obs, base, 100.0) is None
     obs = {k: _obs(2, inferences=20) for k in "abc"}
     assert canary.step(p, obs, base, 100.0) == Succeed()
+
+
+def _busy(version: int, p99_ms: float, **metrics: Any) -> Observation:
+    m = {"inferences": 500, "errors": 0, "nan_outputs": 0, "p99_ms": p99_ms} | metrics
+    return Observation(online=True, version=version, metrics=m, seen_at=10.0)
+
+
+# Wave 1 = "a" (converged at t=6, settled with 4 ms p99), "b" and "c" still on v1.
+BAKING = dict(current_wave=0, wave_started_at=0.0, wave_converged_at=6.0)
+BASES = {
+    "a": Baseline(p99_ms=4.0, inferences=100, settled_from=100, settled_errors=0),
+    "b": Baseline(p99_ms=4.0, inferences=100),
+    "c": Baseline(p99_ms=4.0, inferences=100),
+}
+
+
+def test_fleet_wide_slowdown_during_the_bake_passes_the_wave() -> None:
+    # A load burst: everyone, canary and control alike, is 10x slower than before.
+    slow = {"a": _busy(2, 41.0), "b": _busy(1, 40.0), "c": _busy(1, 39.0)}
+    p = _plan(**BAKING)
+    report = canary.judge(p, slow, BASES, 10.0)
+    assert report.failure is None and report.control is not None
+    assert report.control.agents == ("b", "c") and report.control.p99_ms == 39.5
+    assert report.verdicts["a"].state is GateState.PASS
+    assert "control group's median 39.5 ms" in report.verdicts["a"].reason
+    assert canary.step(p, slow, BASES, 10.0, report) is None  # still baking
+    assert canary.step(p, slow, BASES, 16.0) == Issue(1, ["b", "c"])
+    # Had the control agents gone quiet, the same burst would fail on own baselines.
+    stale = canary.step(p, slow, BASES, 26.0)
+    assert isinstance(stale, Fail) and "no control group" in stale.reason
+    shown = report.as_dict(10.0)
+    assert shown["verdicts"]["a"]["state"] == "pass" and shown["control"]["agents"] == ["b", "c"]
+
+
+def test_canary_ten_times_slower_than_the_control_fails_the_wave() -> None:
+    obs = {"a": _busy(2, 40.0), "b": _busy(1, 4.0), "c": _busy(1, 4.4)}
+    action = canary.step(_plan(**BAKING), obs, BASES, 8.0)
+    assert isinstance(action, Fail) and action.rollback == ["a"]
+    assert action.reason == (
+        "gate failed in wave 1: a: p99 40.0 ms > 12.6 ms = max(3x, +5 ms) "
+        "the control group's median 4.2 ms"
+    )
+
+
+def test_nan_canary_fails_whatever_the_control_does() -> None:
+    obs = {"a": _busy(2, 4.0, nan_outputs=1), "b": _busy(1, 4.0, nan_outputs=9), "c": _busy(1, 4)}
+    action = canary.step(_plan(**BAKING), obs, BASES, 8.0)
+    assert isinstance(action, Fail) and "a: 1 NaN outputs since the update" in action.reason
+
+
+def test_last_wave_has_no_control_group_and_uses_each_baseline() -> None:
+    p = _plan(current_wave=1, wave_started_at=16.0, wave_converged_at=20.0)
+    bases = {k: Baseline(p99_ms=4.0, inferences=100, settled_from=100) for k in "abc"}
+    burst = {k: _busy(2, 40.0) for k in "abc"}
+    report = canary.judge(p, burst, bases, 25.0)
+    assert report.control is None
+    assert "no control group (every target has the new version" in report.basis
+    assert report.failure == (
+        "a: p99 40.0 ms > 12.0 ms = max(3x, +5 ms) its own pre-update (no control group) 4.0 ms"
+    )
+    healthy = {k: _busy(2, 5.0) for k in "abc"}
+    assert canary.step(p, healthy, bases, 31.0) == Succeed()
+
+
+def test_failed_updates_up_to_the_limit_are_tolerated() -> None:
+    def failed(reason: str) -> Observation:
+        upd = UpdateState(rollout_id="r", model="m", version=2, state="failed", reason=reason)
+        return Observation(True, 1, upd, {"p99_ms": 4.0}, 0.0)
+
+    p = _plan(current_wave=1, wave_started_at=0.0, gates=Gates(max_failed_updates=1))
+    one = {"a": _busy(2, 4.0), "b": failed("disk full"), "c": _busy(2, 4.0)}
+    report = canary.judge(p, one, {}, 1.0)
+    assert report.failure is None and report.verdicts["b"].gate == "update"
+    two = one | {"c": failed("hash-mismatch: x")}
+    action = canary.step(p, two, {}, 1.0)
+    assert isinstance(action, Fail)
+    assert action.reason == (
+        "gate failed in wave 2: 2 failed updates (limit 1): b: update failed: disk full; "
+        "c: update failed: hash-mismatch: x"
+    )
+    strict = _plan(current_wave=1, wave_started_at=0.0)
+    action = canary.step(strict, one, {}, 1.0)
+    assert isinstance(action, Fail) and action.reason.endswith("b: update failed: disk full")

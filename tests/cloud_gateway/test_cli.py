@@ -158,14 +158,21 @@ def test_client_commands_against_a_served_gateway(
         assert rid.startswith("ro-") and "state=running" in out
         assert _cli(served, "viewer", "rollout", "status", rid) == 0
         assert "cli-a1" in capsys.readouterr().out
+        topic = f"{topic_prefix}/fleet/cli-a1/desired"
+
+        def wait_for(count: int) -> None:
+            deadline = time.monotonic() + 20
+            while len(peer.got(topic)) < count and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        # The engine issues the wave on its next tick; a rollback before that touches
+        # no agent and publishes nothing.
+        wait_for(1)
         assert _cli(served, "admin", "rollback", "motion-edge") == 0
         assert "state=rolled_back" in capsys.readouterr().out
         assert _cli(served, "viewer", "rollout", "list") == 0
         assert rid in capsys.readouterr().out
-        deadline = time.monotonic() + 5
-        topic = f"{topic_prefix}/fleet/cli-a1/desired"
-        while len(peer.got(topic)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(2)
         versions = [json.loads(p)["models"]["motion-edge"]["version"] for p in peer.got(topic)]
         assert versions == [2, 1]
     finally:
