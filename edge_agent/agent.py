@@ -25,7 +25,7 @@ from edge_agent.stats import Stats
 from edge_agent.status import heartbeat_doc, status_doc
 from edge_agent.store import Store
 from edge_agent.telemetry import Telemetry
-from edge_agent.wiring import make_dispatcher, make_remote, make_updater
+from edge_agent.wiring import make_dispatcher, make_remote, make_updater, probe_cloud
 from models.backends.base import BackendOptions
 from models.manifest import Manifest
 from offload.mqtt import BrokerUrl
@@ -62,7 +62,11 @@ class EdgeAgent:
             self.executor,
             kind=s.backend,
             options=BackendOptions(
-                intra_op_threads=s.intra_op_threads, cache_dir=s.engine_cache_dir, fp16=s.fp16
+                intra_op_threads=s.intra_op_threads,
+                cache_dir=s.engine_cache_dir,
+                fp16=s.fp16,
+                emulate_ms_per_batch=s.emulate_ms_per_batch,
+                emulate_ms_per_item=s.emulate_ms_per_item,
             ),
             warmup_batches=tuple(sorted({1, min(8, s.max_batch), s.max_batch})),
             on_change=self._model_changed,
@@ -120,7 +124,6 @@ class EdgeAgent:
         loop = asyncio.get_running_loop()
         self.core.loop = loop
         name, version = s.model_ref()
-        load = asyncio.ensure_future(self.models.load(name, version))
         self._build_routing()
         self.link = MqttLink(
             BrokerUrl.parse(s.broker),
@@ -134,6 +137,7 @@ class EdgeAgent:
             on_control=self._on_control,
             on_connection=self._on_connection,
             end_of_burst=self.core.end_of_burst,
+            mid_burst=self.core.mid_burst,
             loop=loop,
             will=(
                 self.topics.status(s.agent_id),
@@ -143,7 +147,8 @@ class EdgeAgent:
             cert_file=s.mqtt_cert_file,
             key_file=s.mqtt_key_file,
         )
-        await load  # windows need the manifest before the first reading arrives
+        # Windows need the manifest before the first reading arrives.
+        await self.models.load(name, version)
         state = s.stream_state_path()
         if state is not None:
             restored = load_streams(self.core, state)
@@ -162,11 +167,12 @@ class EdgeAgent:
             self.store.start()
         if self.remote is not None:
             await self.remote.start()
+            self._tasks.append(asyncio.create_task(probe_cloud(self), name="cloud-rtt-probe"))
         self._wire_updater()
         from edge_agent.http import start_http
 
         self._runner, self.http_port = await start_http(self, s.http_host, s.http_port)
-        self._tasks = [
+        self._tasks += [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._telemetry_loop(), name="telemetry"),
         ]
@@ -181,6 +187,7 @@ class EdgeAgent:
         self.dispatcher.on_fallback = self._on_fallback
         self.core.dispatcher = self.dispatcher
         self.core.inline = self.settings.inline_max_ms > 0
+        self.core.flush_after_s = self.settings.max_wait_ms / 1000.0
 
     def _on_route(self, route: str, reason: str) -> None:
         with self.stats.lock:  # the loop and the MQTT thread (inline batches) both route
@@ -257,7 +264,9 @@ class EdgeAgent:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        if self.link is not None:
+        if self.link is not None and not self.link.started:
+            self.link.stop()  # start() failed before the session began: nothing to drain
+        elif self.link is not None:
             # Stop reading first (unread QoS-1 readings stay with the broker), answer
             # everything already accepted, then save open windows for the next start.
             self.link.pause_reading()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -85,6 +86,19 @@ async def _run(settings: EdgeSettings) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await agent.start()
+    except BaseException:
+        # Tear down what did start, but never let a shutdown problem hide why start failed.
+        try:
+            await agent.stop()
+        except Exception:
+            logging.getLogger(__name__).debug("cleanup after failed start", exc_info=True)
+        raise
+    # Startup leaves ~80k long-lived objects (aiohttp, gRPC, numpy, prometheus, ...). Every
+    # full collection would walk them all: a measured 20-36 ms stall of the MQTT thread,
+    # i.e. of every reading in flight. Freezing moves them out of the collector's sight.
+    gc.collect()
+    gc.freeze()
+    try:
         manifest, _ = agent.models.active
         print(
             f"edge-agent ready agent_id={settings.agent_id} model={manifest.ref} "
@@ -111,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run(settings))
     except EdgecloudError as exc:
         print(f"edge-agent: {exc.reason}: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the HTTP port is taken, the db path is not writable
+        print(f"edge-agent: cannot start: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

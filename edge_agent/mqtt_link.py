@@ -93,6 +93,7 @@ class MqttLink:
         key_file: str | None = None,
         keepalive: int = 30,
         end_of_burst: Callable[[], None] | None = None,
+        mid_burst: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
         self._filters = [f"$share/{share_group}/{f}" if share_group else f for f in filters]
@@ -104,6 +105,7 @@ class MqttLink:
         self._loop = loop
         self._keepalive = keepalive
         self._end_of_burst = end_of_burst or (lambda: None)
+        self._mid_burst = mid_burst or (lambda: None)
         self.connected = False
         self.reading = True
         self.messages = 0
@@ -194,6 +196,7 @@ class MqttLink:
 
     def _serve(self, c: mqtt.Client) -> None:
         next_misc = 0.0
+        tls = getattr(c.socket(), "pending", None) is not None
         while not self._stop.is_set():
             sock = c.socket()
             if sock is None:
@@ -203,7 +206,7 @@ class MqttLink:
                 rlist = [sock, self._wake_r] if self.reading else [self._wake_r]
                 # Bytes already buffered must not wait for the socket to become readable.
                 # So must TLS records OpenSSL has already pulled off the socket.
-                ready = self.reading and (c.buffered() or _tls_pending(sock))
+                ready = self.reading and (c.buffered() or (tls and _tls_pending(sock)))
                 readable, _, _ = select.select(rlist, wlist, [], 0.0 if ready else 0.5)
             except (OSError, ValueError, TypeError):
                 return
@@ -217,8 +220,11 @@ class MqttLink:
                         return
                     if self.messages == before:
                         break
-                    if not i & 15 and c.want_write():  # results must not wait for a burst
-                        c.loop_write()
+                    if not i & 15:
+                        # A long burst must not hold back windows completed early in it.
+                        self._mid_burst()
+                        if c.want_write():
+                            c.loop_write()
                 try:
                     self._end_of_burst()
                 except Exception:  # never let a bug stop the network thread
@@ -250,9 +256,15 @@ class MqttLink:
     def publish_json(self, topic: str, obj: Any, qos: int = 1, retain: bool = False) -> None:
         self.publish(topic, json.dumps(obj), qos, retain)
 
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
     def stop(self, timeout: float = 3.0) -> None:
+        """Idempotent; safe on a link whose thread never started (a failed agent start)."""
         self._stop.set()
         self._want_write(None, None, None)
-        self._thread.join(timeout)
+        if self.started:
+            self._thread.join(timeout)
         self._wake_r.close()
         self._wake_w.close()

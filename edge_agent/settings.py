@@ -76,9 +76,32 @@ class EdgeSettings(BaseSettings):
         description="TensorRT engine cache (TensorRT backend or ORT's TensorRT provider).",
     )
     fp16: bool = Field(default=False, description="Build TensorRT engines in FP16 where supported.")
+    emulate_ms_per_batch: float = Field(
+        default=0.0,
+        ge=0,
+        description="Simulation only: extra service time per local batch, emulating a slower "
+        "device (fleet-sim); 0 disables.",
+    )
+    emulate_ms_per_item: float = Field(
+        default=0.0,
+        ge=0,
+        description="Simulation only: extra service time per window in a local batch; 0 disables.",
+    )
     cloud: str | None = Field(default=None, description="Offload target HOST:PORT (optional).")
     cloud_model: str | None = Field(
         default=None, description="Model name on the cloud tier (default: the local model)."
+    )
+    cloud_rtt_prior_ms: float = Field(
+        default=50.0,
+        ge=0,
+        description="Cloud round trip assumed by the routing policy until it is measured "
+        "(an unmeasured cloud must not look instant); probes measure it at startup.",
+    )
+    cloud_rtt_min_samples: int = Field(
+        default=3,
+        ge=0,
+        description="Successful cloud calls before the measured RTT replaces the prior "
+        "(blended in between).",
     )
     tls_ca: str | None = Field(default=None, description="CA for gRPC TLS to the cloud tier.")
     tls_cert: str | None = Field(default=None, description="Client cert for gRPC mTLS.")

@@ -6,7 +6,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from edge_agent.dispatch import Dispatcher
+from edge_agent.remote_rtt import RemoteRtt
 from edge_agent.settings import EdgeSettings
 from edge_agent.updater import ModelUpdater
 from models.errors import ConfigError
@@ -59,7 +62,25 @@ def make_dispatcher(agent: EdgeAgent) -> Dispatcher:
         remote_concurrency=s.remote_concurrency,
         inline_max_s=s.inline_max_ms / 1000.0,
         pressure=lambda: agent.telemetry.node_pressure,
+        remote_rtt=RemoteRtt(s.cloud_rtt_prior_ms / 1000.0, s.cloud_rtt_min_samples),
     )
+
+
+async def probe_cloud(agent: EdgeAgent) -> None:
+    """Measure the cloud's round trip with single zero windows until the prior is unneeded."""
+    d = agent.dispatcher
+    remote = d.remote
+    if remote is None:
+        return
+
+    async def call(deadline: float) -> object:
+        manifest, _ = agent.models.active
+        name, version = d.remote_target(manifest)
+        spec = manifest.inputs[0]
+        x = np.zeros([1, *(max(1, n) for n in spec.shape[1:])], dtype=np.float32)
+        return await remote.infer(name, version, {spec.name: x}, deadline)
+
+    await d.rtt.probe(call, lambda: bool(remote.available))
 
 
 def make_updater(agent: EdgeAgent) -> ModelUpdater:

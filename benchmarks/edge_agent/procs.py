@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -9,6 +10,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -53,9 +56,15 @@ class Broker:
 class AgentProc:
     """A subprocess that prints a line containing ``marker`` when it is ready."""
 
-    def __init__(self, cmd: list[str], marker: str) -> None:
+    def __init__(
+        self,
+        cmd: list[str],
+        marker: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.popen = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env
         )
         self._marker = marker
         self._ready_at: float | None = None
@@ -78,9 +87,27 @@ class AgentProc:
         return self._ready_at
 
 
+def export_baseline(rev: str, dest: Path) -> Path:
+    """``edge_agent`` as of git ``rev`` in ``dest`` (read-only ``git archive``)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "edge_agent"], check=True, capture_output=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
 def start_edge(
-    broker: Broker, repo: Path, hop: int, index: int, n: int, workdir: Path
+    broker: Broker,
+    repo: Path,
+    hop: int,
+    index: int,
+    n: int,
+    workdir: Path,
+    src: Path | None = None,
 ) -> AgentProc:
+    """An edge-agent process; with ``src``, its ``edge_agent`` package comes from there
+    (the rest of the project from this checkout): the before/after comparison."""
     filt = f"sensors/s{index}/+/+" if n > 1 else "sensors/+/+/+"
     cmd = [
         sys.executable,
@@ -111,7 +138,11 @@ def start_edge(
         "--heartbeat-s",
         "5",
     ]
-    return AgentProc(cmd, "edge-agent ready")
+    if src is None:
+        return AgentProc(cmd, "edge-agent ready")
+    # ``-m`` puts the working directory first on sys.path: run from ``src``.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(ROOT)]))
+    return AgentProc(cmd, "edge-agent ready", cwd=src, env=env)
 
 
 def start_naive(broker: Broker, repo: Path, hop: int) -> AgentProc:

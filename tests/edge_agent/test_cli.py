@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +83,37 @@ def test_secrets_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("EDGE_SECRETS_DIR", str(tmp_path))
     assert settings_from_args([]).broker == "mqtt://user:pw@broker.local:1884"
     assert settings_from_args(["--broker", "mqtt://x:1"]).broker == "mqtt://x:1"
+
+
+def _run_agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent", "--http-port", "0", "--log-level", "WARNING", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_failed_start_exits_1_with_the_real_error(mosquitto: Any, repo: Path) -> None:
+    # The model load fails before the MQTT session starts: shutdown must not bury it.
+    proc = _run_agent("--broker", mosquitto.url, "--repository", str(repo), "--model", "nope")
+    assert proc.returncode == 1, proc.stderr
+    assert "edge-agent: not-found: model 'nope' not in repository" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_failed_start_after_connecting_exits_1_with_the_real_error(
+    mosquitto: Any, repo: Path
+) -> None:
+    # The HTTP port is taken: start fails after the MQTT thread runs; it must be stopped.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _run_agent(
+            "--broker", mosquitto.url, "--repository", str(repo), "--http-port", str(port)
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert "edge-agent: cannot start:" in proc.stderr
+    assert "address already in use" in proc.stderr.lower()
+    assert "Traceback" not in proc.stderr

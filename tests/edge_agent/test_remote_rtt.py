@@ -1,0 +1,124 @@
+"""An unmeasured cloud is not instant: the RTT prior, the blend, and startup probes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.remote_rtt import RemoteRtt
+from offload.client import OffloadClient
+from offload.policy import Route, make_policy
+from offload.stats import RemoteStats
+from tests.conftest import free_port
+from tests.edge_agent.conftest import OffloadServer, agent_settings
+
+
+def _stats(rtt: float, p95: float, calls: int) -> RemoteStats:
+    return RemoteStats(rtt, p95, 0.0, "closed", calls, 0)
+
+
+def test_prior_until_measured_then_blend_then_measurement() -> None:
+    est = RemoteRtt(prior_s=0.08, min_samples=4)
+    # What the client reports before any success: zeros (and calls may already count).
+    assert est.estimate(_stats(0.0, 0.0, 0)) == (0.08, 0.08)
+    assert est.estimate(_stats(0.0, 0.0, 5)) == (0.08, 0.08)  # attempts that all failed
+    assert est.estimate(None) == (0.08, 0.08)
+    est.observed()
+    rtt, p95 = est.estimate(_stats(0.004, 0.006, 1))
+    assert rtt == pytest.approx(0.75 * 0.08 + 0.25 * 0.004)
+    assert p95 == pytest.approx(0.75 * 0.08 + 0.25 * 0.006)
+    for _ in range(3):
+        est.observed()
+    assert est.measured
+    assert est.estimate(_stats(0.004, 0.006, 4)) == (0.004, 0.006)
+    # A p95 below the mean (tiny sample window) never makes the tail look better than it is.
+    assert est.estimate(_stats(0.004, 0.001, 4)) == (0.004, 0.004)
+
+
+def test_zero_min_samples_trusts_the_first_measurement() -> None:
+    est = RemoteRtt(prior_s=0.05, min_samples=0)
+    assert est.measured and est.estimate(_stats(0.0, 0.0, 0)) == (0.05, 0.05)
+    est.observed()
+    assert est.estimate(_stats(0.01, 0.02, 1)) == (0.01, 0.02)
+
+
+async def test_probe_against_dead_cloud_keeps_the_prior() -> None:
+    est = RemoteRtt(prior_s=0.05, min_samples=2)
+    client = OffloadClient(f"127.0.0.1:{free_port()}", max_retries=0)
+    await client.start()
+    try:
+
+        async def call(deadline: float) -> object:
+            x = np.zeros((1, 100, 6), dtype=np.float32)
+            return await client.infer("motion-cloud", None, {"input": x}, deadline)
+
+        task = asyncio.create_task(est.probe(call, lambda: client.available, interval_s=0.05))
+        await asyncio.sleep(0.5)
+        assert not task.done()  # still trying, never gave up, never raised
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await client.close()
+    assert est.samples == 0 and client.stats.calls > 0
+    assert est.estimate(client.stats) == (0.05, 0.05)
+
+
+async def test_agent_uses_prior_at_startup_and_probes_the_real_cloud(
+    mosquitto: Any, repo: Path, topic_prefix: str, make_agent: Any
+) -> None:
+    # Before: an agent whose cloud is unreachable must not see it as instant.
+    dead = await make_agent(
+        agent_settings(
+            mosquitto.url,
+            repo,
+            f"{topic_prefix}d",
+            policy="slo-aware",
+            cloud=f"127.0.0.1:{free_port()}",
+            cloud_rtt_prior_ms=200,
+        )
+    )
+    now = time.monotonic()
+    obs = dead.dispatcher._observe(now, 8, now + 0.1)
+    assert (obs.remote_rtt_s, obs.remote_p95_s) == (0.2, 0.2)
+    # Local is late: the old 0.0 made an unmeasured cloud "fit" and won the batch.
+    late = dataclasses.replace(obs, local_service_s=1.0, remote_available=True)
+    policy = make_policy("slo-aware")
+    assert policy.decide(dataclasses.replace(late, remote_rtt_s=0.0, remote_p95_s=0.0)).route in (
+        Route.REMOTE,
+        Route.HEDGE,
+    )
+    assert policy.decide(late).route == Route.SHED
+
+    # A real offload-server: startup probes replace the prior with the measured RTT.
+    cloud = OffloadServer(repo)
+    try:
+        agent = await make_agent(
+            agent_settings(
+                mosquitto.url,
+                repo,
+                topic_prefix,
+                policy="slo-aware",
+                cloud=cloud.target,
+                cloud_model="motion-cloud",
+                cloud_rtt_prior_ms=200,
+                cloud_rtt_min_samples=3,
+            )
+        )
+        end = time.monotonic() + 15
+        while not agent.dispatcher.rtt.measured and time.monotonic() < end:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        stats = agent.remote.stats
+        assert agent.dispatcher.rtt.samples == 3 and stats.calls == 3
+        now = time.monotonic()
+        obs = agent.dispatcher._observe(now, 8, now + 0.1)
+        assert obs.remote_rtt_s == stats.rtt_ewma_s
+        assert 0.0 < obs.remote_rtt_s < 0.2  # a loopback round trip, not the prior
+    finally:
+        cloud.kill()
