@@ -1,5 +1,6 @@
-"""Rollout logic as pure functions of (plan, observations, now): wave plans and the step
-machine that issues waves, bakes them and fails them on a gate (:mod:`cloud_gateway.gates`).
+"""Rollout logic as pure functions of (plan, observations, now): the step machine that
+issues waves (:mod:`cloud_gateway.waves`), bakes them until every agent has a gate
+verdict, and fails them on a gate (:mod:`cloud_gateway.gates`) or a timeout.
 
 The engine (:mod:`cloud_gateway.rollouts`) feeds it rows from SQLite and a wall clock and
 applies the returned actions; tests feed it hand-made observations and a fake clock.
@@ -7,8 +8,6 @@ applies the returned actions; tests feed it hand-made observations and a fake cl
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,45 +23,8 @@ from cloud_gateway.gates import (
     window,
 )
 from cloud_gateway.schemas import Gates
-from models.errors import InvalidInput
-
-_WAVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
-
-
-def wave_size(spec: str, total: int) -> int:
-    """'25%' or '3' -> cumulative number of targets reached after the wave."""
-    m = _WAVE.fullmatch(spec)
-    if not m:
-        raise InvalidInput(f"bad wave {spec!r}: use a percentage like '10%' or a count like '2'")
-    value = float(m.group(1))
-    if m.group(2):
-        if not 0 < value <= 100:
-            raise InvalidInput(f"wave percentage must be in (0, 100]: {spec!r}")
-        return max(1, math.ceil(total * value / 100))
-    if value < 1 or value != int(value):
-        raise InvalidInput(f"wave count must be a positive integer: {spec!r}")
-    return min(total, int(value))
-
-
-def plan_waves(agent_ids: list[str], waves: list[str], strategy: str) -> list[list[str]]:
-    """Split targets into waves; sizes are cumulative and the last wave takes the rest."""
-    if not agent_ids:
-        raise InvalidInput("the selector matches no online agent")
-    if strategy == "all-at-once":
-        return [list(agent_ids)]
-    if not waves:
-        raise InvalidInput("a canary rollout needs at least one wave")
-    total = len(agent_ids)
-    plan: list[list[str]] = []
-    reached = 0
-    for spec in waves:
-        upto = wave_size(spec, total)
-        if upto > reached:
-            plan.append(agent_ids[reached:upto])
-            reached = upto
-    if reached < total:
-        plan.append(agent_ids[reached:])
-    return plan
+from cloud_gateway.waves import plan_waves as plan_waves  # re-exported
+from cloud_gateway.waves import wave_size as wave_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +106,41 @@ class GateReport:
         }
 
 
+def _idle(
+    plan: Plan, verdict: Verdict, obs: Observation | None, base: Baseline, quiet_over: bool
+) -> Verdict:
+    """A waiting verdict of an agent with no new-version result at all once the bake and
+    the grace after it are over: idle, which passes only if the gates allow it."""
+    if not quiet_over or verdict.state is not GateState.WAIT or base.settled_from is None:
+        return verdict
+    if obs is None or not converged(obs, plan.version):
+        return verdict
+    errors_from = base.settled_errors if base.settled_errors is not None else base.errors
+    if window(obs, base.settled_from, errors_from)[0] > 0:
+        return verdict
+    g = plan.gates
+    then = (
+        "passes: allow_idle_agents is on"
+        if g.allow_idle_agents
+        else "no evidence: allow_idle_agents is off, the wave waits until its timeout"
+    )
+    return Verdict(
+        GateState.IDLE,
+        f"idle: no v{plan.version} results during the {plan.bake_s:g} s bake "
+        f"+ {g.idle_grace_s:g} s grace; {then}",
+        "idle",
+    )
+
+
+def has_evidence(verdict: Verdict | None, gates: Gates) -> bool:
+    """Whether a verdict lets a wave pass: judged healthy, or idle when that is allowed."""
+    if verdict is None:
+        return False
+    return verdict.state is GateState.PASS or (
+        verdict.state is GateState.IDLE and gates.allow_idle_agents
+    )
+
+
 def issued_and_pending(plan: Plan) -> tuple[list[str], list[str]]:
     """Agents issued the new version so far, and the rest (the control candidates)."""
     upto = plan.current_wave + 1
@@ -163,17 +160,16 @@ def judge(
     issued, pending = issued_and_pending(plan)
     gates, version = plan.gates, plan.version
     control, basis = find_control(pending, observations, baselines, version, gates, now)
-    verdicts = {
-        a: evaluate(
-            observations.get(a),
-            baselines.get(a, Baseline()),
-            gates,
-            version,
-            plan.rollout_id,
-            control,
-        )
-        for a in issued
-    }
+    current = set(plan.waves[plan.current_wave]) if plan.current_wave >= 0 else set()
+    quiet_over = plan.wave_converged_at is not None and (
+        now >= plan.wave_converged_at + plan.bake_s + gates.idle_grace_s
+    )
+    verdicts = {}
+    for a in issued:
+        obs, base = observations.get(a), baselines.get(a, Baseline())
+        verdict = evaluate(obs, base, gates, version, plan.rollout_id, control)
+        # Earlier waves' bake and grace are long over.
+        verdicts[a] = _idle(plan, verdict, obs, base, quiet_over or a not in current)
     failed = [(a, v) for a, v in verdicts.items() if v.state is GateState.FAIL]
     updates = [f"{a}: {v.reason}" for a, v in failed if v.gate == "update"]
     failure = next((f"{a}: {v.reason}" for a, v in failed if v.gate != "update"), None)
@@ -207,8 +203,15 @@ def step(
     if gate_report.failure is not None:
         return Fail(f"gate failed in wave {plan.current_wave + 1}: {gate_report.failure}", issued)
     wave = plan.waves[plan.current_wave]
+    # Agents whose failed update the gates tolerate (max_failed_updates) never converge
+    # and never give evidence: the wave goes on without them.
+    tolerated = {a for a, v in gate_report.verdicts.items() if v.gate == "update"}
     if plan.wave_converged_at is None:
-        waiting = [a for a in wave if not converged(observations.get(a), plan.version)]
+        waiting = [
+            a
+            for a in wave
+            if a not in tolerated and not converged(observations.get(a), plan.version)
+        ]
         if not waiting:
             return MarkConverged(plan.current_wave)
         started = plan.wave_started_at if plan.wave_started_at is not None else now
@@ -220,16 +223,47 @@ def step(
                 issued,
             )
         return None
-    if now - plan.wave_converged_at < plan.bake_s:
+    bake_end = plan.wave_converged_at + plan.bake_s
+    if now < bake_end:
         return None
-    if plan.gates.min_inferences:
-        for agent_id in issued:
-            obs = observations.get(agent_id)
-            base = baselines.get(agent_id, Baseline())
-            results, errors = window(obs, base.inferences, base.errors) if obs else (0, 0)
-            done = results - errors
-            if done < plan.gates.min_inferences:
-                return None
+    # The bake ends on evidence, not on time alone: every agent of the wave needs a verdict.
+    missing = _missing_evidence(plan, gate_report, observations, baselines, tolerated)
+    if missing:
+        if now - bake_end <= plan.wave_timeout_s:
+            return None
+        shown = "; ".join(f"{a}: {why}" for a, why in list(missing.items())[:3])
+        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+        return Fail(
+            f"wave {plan.current_wave + 1}: no gate verdict for {len(missing)} agent(s) "
+            f"within the {plan.wave_timeout_s:g} s wave timeout after the bake: {shown}{more}",
+            issued,
+        )
     if plan.current_wave + 1 >= len(plan.waves):
         return Succeed()
     return Issue(plan.current_wave + 1, plan.waves[plan.current_wave + 1])
+
+
+def _missing_evidence(
+    plan: Plan,
+    report: GateReport,
+    observations: dict[str, Observation],
+    baselines: dict[str, Baseline],
+    tolerated: set[str],
+) -> dict[str, str]:
+    """Agents that keep the bake going, with why: the current wave's without a passing
+    (or allowed idle) verdict, and any issued agent short of ``min_inferences``."""
+    gates = plan.gates
+    missing = {
+        a: v.reason if (v := report.verdicts.get(a)) else "not judged"
+        for a in plan.waves[plan.current_wave]
+        if a not in tolerated and not has_evidence(report.verdicts.get(a), gates)
+    }
+    if gates.min_inferences:
+        for a in issued_and_pending(plan)[0]:
+            obs, base = observations.get(a), baselines.get(a, Baseline())
+            results, errors = window(obs, base.inferences, base.errors) if obs else (0, 0)
+            if a not in tolerated and results - errors < gates.min_inferences:
+                missing.setdefault(
+                    a, f"{results - errors}/{gates.min_inferences} inferences since issued"
+                )
+    return missing

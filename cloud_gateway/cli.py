@@ -18,7 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic.fields import FieldInfo
+
 from cloud_gateway import commands
+from cloud_gateway.schemas import Gates, RolloutRequest
 from cloud_gateway.settings import GatewaySettings
 from models.errors import EdgecloudError
 
@@ -45,6 +48,29 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
 
 def _flag(p: argparse.ArgumentParser, name: str, typ: type, help_: str) -> None:
     p.add_argument(f"--{name}", type=typ, default=argparse.SUPPRESS, help=help_)
+
+
+def _doc(name: str) -> str:
+    return RolloutRequest.model_fields[name].description or ""
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "off") else float(text)
+
+
+def _gate_flag(group: argparse._ArgumentGroup, name: str, field: FieldInfo) -> None:
+    """``--max-p99-ratio`` etc.: one flag per Gates field, sent only when given (dest
+    ``gate_<field>``, so no gate can collide with a GatewaySettings field)."""
+    flag, dest = "--" + name.replace("_", "-"), f"gate_{name}"
+    kind: dict[str, Any] = {"type": float, "metavar": "X"}
+    if field.annotation is bool:
+        kind = {"action": argparse.BooleanOptionalAction}
+    elif field.annotation is int:
+        kind = {"type": int, "metavar": "N"}
+    elif "None" in str(field.annotation):  # optional limits: "none" switches them off
+        kind = {"type": _optional_float, "metavar": "X|none"}
+    help_ = f"{field.description} (default {field.default})"
+    group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=help_, **kind)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,12 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--site", action="append", default=[], help="select a site (repeat)")
     start.add_argument("--label", action="append", default=[], help="select KEY=VALUE")
     start.add_argument("--agent", action="append", default=[], help="select an agent id")
-    start.add_argument("--bake-s", type=float, default=30.0)
-    start.add_argument("--rollout-wave-timeout-s", type=float, default=None)
-    start.add_argument("--max-error-rate", type=float, default=0.05)
-    start.add_argument("--max-p99-ms", type=float, default=None)
-    start.add_argument("--max-p99-ratio", type=float, default=3.0)
-    start.add_argument("--max-nan-outputs", type=int, default=0)
+    start.add_argument("--bake-s", type=float, default=argparse.SUPPRESS, help=_doc("bake_s"))
+    start.add_argument(
+        "--wave-timeout-s",
+        "--rollout-wave-timeout-s",
+        dest="rollout_wave_timeout_s",  # not the serve setting of the same name
+        type=float,
+        default=argparse.SUPPRESS,
+        help=_doc("wave_timeout_s"),
+    )
+    gates = start.add_argument_group("gates (default: the gateway's defaults)")
+    for name, field in Gates.model_fields.items():
+        _gate_flag(gates, name, field)
     start.add_argument("--wait", action="store_true", help="follow until it finishes")
     status = rsub.add_parser("status", help="one rollout with its agents and events")
     status.add_argument("rollout_id")

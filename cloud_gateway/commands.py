@@ -73,17 +73,52 @@ def _show_rollout(r: dict[str, Any]) -> None:
         f"wave {r['current_wave']}/{r['wave_count']}"
         + (f"  reason: {r['reason']}" if r.get("reason") else "")
     )
+    gate = r.get("gate")
+    if r.get("agents") is not None:  # the detailed view: settings and evaluation too
+        g = r["gates"]
+        ratio = f"{g['max_p99_ratio']:g}x" if g["max_p99_ratio"] else "off"
+        print(
+            f"gates: p99 ratio {ratio} (+{g['p99_slack_ms']:g} ms slack), error rate <= "
+            f"{g['max_error_rate']:g}, min samples {g['min_samples']}, idle agents "
+            f"{'allowed' if g['allow_idle_agents'] else 'not allowed'}; bake {r['bake_s']:g} s, "
+            f"wave timeout {r['wave_timeout_s']:g} s"
+        )
+        if gate:
+            _show_gate(gate)
     if r.get("agents"):
-        table = Table("agent", "wave", "previous", "state", "reason")
+        table = Table("agent", "wave", "previous", "state", "verdict", "gate", "why")
         for a in r["agents"]:
+            verdict = a.get("gate") or {}
             table.add_row(
                 a["agent_id"],
                 str(a["wave"]),
                 str(a["previous_version"]),
                 a["state"],
-                a["reason"] or "",
+                verdict.get("state", ""),
+                verdict.get("gate", ""),
+                a["reason"] or verdict.get("reason", ""),
             )
-        Console(width=140).print(table)
+        Console(width=160).print(table)
+
+
+def _show_gate(gate: dict[str, Any]) -> None:
+    """The gate evaluation: on what basis, against which control group, and the tally."""
+    print(f"gate basis: {gate['basis']}")
+    control = gate.get("control")
+    if control:
+        names = ", ".join(control["agents"][:12]) + (" ..." if len(control["agents"]) > 12 else "")
+        print(f"control agents ({len(control['agents'])}): {names}")
+    tally: dict[str, int] = {}
+    for v in gate["verdicts"].values():
+        tally[v["state"]] = tally.get(v["state"], 0) + 1
+    print("verdicts: " + (", ".join(f"{n} {s}" for s, n in sorted(tally.items())) or "none yet"))
+    if gate.get("failure"):
+        print(f"failure: {gate['failure']}")
+
+
+def gates_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The gate settings given on the command line (the rest keep the gateway's defaults)."""
+    return {k[5:]: v for k, v in vars(args).items() if k.startswith("gate_")}
 
 
 def _follow(client: GatewayClient, rid: str) -> dict[str, Any]:
@@ -106,17 +141,15 @@ def _rollout(args: argparse.Namespace, client: GatewayClient) -> int:
             "model": args.model,
             "version": args.model_version,
             "strategy": args.strategy,
-            "waves": [w for w in args.waves.split(",") if w.strip()],
+            "waves": [w.strip() for w in args.waves.split(",") if w.strip()],
             "selector": {"sites": args.site, "labels": labels, "agents": args.agent},
-            "bake_s": args.bake_s,
-            "wave_timeout_s": args.rollout_wave_timeout_s,
-            "gates": {
-                "max_error_rate": args.max_error_rate,
-                "max_p99_ms": args.max_p99_ms,
-                "max_p99_ratio": args.max_p99_ratio,
-                "max_nan_outputs": args.max_nan_outputs,
-            },
+            "gates": gates_from(args),
         }
+        # Only what was given: the gateway's defaults apply to the rest.
+        if "bake_s" in args:
+            body["bake_s"] = args.bake_s
+        if "rollout_wave_timeout_s" in args:
+            body["wave_timeout_s"] = args.rollout_wave_timeout_s
         r = client.post("/api/v1/rollouts", body)
     elif args.rollout_command == "status":
         r = client.get(f"/api/v1/rollouts/{args.rollout_id}")

@@ -171,8 +171,7 @@ class RolloutEngine:
             self._event(rid, "wave-passed", {"wave": plan.current_wave + 1, "gate": gate})
         if isinstance(action, canary.Issue):
             if action.wave == 0 and self.cloud_load is not None and row["cloud"] is None:
-                # In the background: a slow or unreachable cloud tier must not hold up
-                # the edge waves (or other rollouts' ticks).
+                # In the background: a slow cloud tier must not hold up the edge waves.
                 self.db.table("rollouts").update(rid, {"cloud": "loading"})
                 task = asyncio.create_task(self._load_cloud(rid, row["model"], row["version"]))
                 self._background.add(task)
@@ -182,6 +181,7 @@ class RolloutEngine:
             self._update(rid, wave_converged_at=now)
             self._event(rid, "wave-converged", {"wave": action.wave + 1})
         elif isinstance(action, canary.Fail):
+            gate["failure"] = gate["failure"] or action.reason  # a timeout fails no gate
             self._rollback(row, action.rollback, action.reason, gate)
         elif isinstance(action, canary.Succeed):
             self._gates.pop(rid, None)

@@ -121,7 +121,31 @@ class Gates(_Body):
     max_nan_outputs: int = Field(default=0, ge=0, description="NaN outputs since the swap")
     max_failed_updates: int = Field(default=0, ge=0, description="agent-reported failures")
     min_samples: int = Field(
-        default=20, ge=0, description="new-version results before latency/error gates apply"
+        default=20,
+        ge=0,
+        description=(
+            "new-version results each agent must report before latency/error gates judge "
+            "it; a wave's bake ends only when every agent has a verdict"
+        ),
+    )
+    p99_confirm_samples: int = Field(
+        default=40,
+        ge=0,
+        description=(
+            "a p99 over its limit fails a canary only if it still is once the canary has "
+            "this many new-version results (before: 'waiting'), so a swap's transient "
+            "does not roll back a good version"
+        ),
+    )
+    allow_idle_agents: bool = Field(
+        default=False,
+        description=(
+            "let agents with no new-version results at all during bake + idle_grace_s pass "
+            "the wave as 'idle' (default: the wave waits for evidence until its timeout)"
+        ),
+    )
+    idle_grace_s: float = Field(
+        default=10.0, ge=0, description="after the bake, how long a silent agent has to report"
     )
     min_inferences: int = Field(
         default=0, ge=0, description="inferences each agent must serve before the bake passes"
@@ -138,7 +162,15 @@ class RolloutRequest(_Body):
     )
     selector: Selector = Field(default_factory=Selector)
     bake_s: float = Field(default=30.0, ge=0, description="healthy time before the next wave")
-    wave_timeout_s: float | None = Field(default=None, gt=0)
+    wave_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "how long a wave may take to converge, and again after its bake to get a gate "
+            "verdict for every agent; either expiring rolls the rollout back "
+            "(default: the gateway's wave_timeout_s)"
+        ),
+    )
     gates: Gates = Field(default_factory=Gates)
 
     @field_validator("model")
@@ -148,8 +180,10 @@ class RolloutRequest(_Body):
 
 
 class GateVerdict(_Body):
-    state: Literal["pass", "fail", "waiting"]
-    gate: str = Field(description="the deciding gate: update, nan, error-rate, p99 or empty")
+    state: Literal["pass", "fail", "waiting", "idle"]
+    gate: str = Field(
+        description="the deciding gate: update, nan, error-rate, p99, idle or empty (waiting)"
+    )
     reason: str = Field(description="what was compared, with the numbers")
 
 

@@ -16,6 +16,7 @@ from aiohttp import web
 ASSETS: dict[str, str] = {
     "app.js": "text/javascript",
     "dom.js": "text/javascript",
+    "gates.js": "text/javascript",
     "style.css": "text/css",
 }
 STATIC_PREFIX = "/dashboard"

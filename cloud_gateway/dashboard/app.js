@@ -2,6 +2,7 @@
 // typed in (kept in this tab's sessionStorage only) and offers the two admin actions.
 
 import { $, fmtNum, fmtPct, fmtTime, isNum, setText, syncRows } from "./dom.js";
+import { agentSummary, gatesFromForm, renderGates, runningText } from "./gates.js";
 
 const API = {
   agents: "api/v1/fleet",
@@ -111,22 +112,6 @@ function renderAgents(agents) {
   setText("fleet-inferences", fmtNum(inferences, 0), inferences);
 }
 
-function agentSummary(agents) {
-  if (!Array.isArray(agents) || !agents.length) return { text: "–", done: null };
-  const counts = new Map();
-  for (const a of agents) counts.set(a.state, (counts.get(a.state) || 0) + 1);
-  const done = agents.filter((a) => a.state === "updated").length;
-  const text = [...counts].map(([state, n]) => `${state} ${n}`).join(" · ");
-  return { text, done: done / agents.length };
-}
-
-function gateText(event) {
-  const d = event.detail || {};
-  if (event.kind === "wave-issued") return `wave ${d.wave} issued, converging`;
-  if (event.kind === "wave-converged") return `wave ${d.wave} converged, baking`;
-  return event.kind;
-}
-
 function renderRollouts(rollouts, details) {
   const sorted = rollouts.slice().sort((a, b) => (b.created_at || 0) - (a.created_at || 0));
   let active = 0;
@@ -139,9 +124,7 @@ function renderRollouts(rollouts, details) {
     let progress = summary.done;
     if (progress === null && r.wave_count) progress = (r.current_wave ?? 0) / r.wave_count;
     if (r.state === "succeeded") progress = 1;
-    const events = Array.isArray(detail.events) ? detail.events : [];
-    const last = events.length ? events[events.length - 1] : null;
-    const gate = r.reason || (ACTIVE.has(r.state) ? `gates passing${last ? " · " + gateText(last) : ""}` : "–");
+    const gate = r.reason || (ACTIVE.has(r.state) ? runningText(detail) : "–");
     return {
       key: r.id,
       cls: r.state === "failed" || r.state === "rolled-back" || r.state === "rolled_back" ? "failed" : "",
@@ -152,6 +135,7 @@ function renderRollouts(rollouts, details) {
   });
   syncRows($("rollouts"), rows, { max: 20, empty: "no rollouts yet", columns: 9 });
   setText("rollouts-active", String(active), active);
+  renderGates(sorted, details);
 }
 
 function fillSelect(select, values, keep = true) {
@@ -257,6 +241,7 @@ async function startRollout(ev) {
     waves,
     bake_s: Number($("rollout-bake").value || 0),
     selector: { sites },
+    gates: gatesFromForm(),
   };
   try {
     const r = await call("POST", API.rollouts, body);

@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 
 from cloud_gateway.cli import build_parser, main, settings_from
+from cloud_gateway.client import GatewayClient
+from cloud_gateway.commands import gates_from
+from cloud_gateway.schemas import Gates
 from cloud_gateway.settings import GatewaySettings
 from tests.cloud_gateway.bundles import BundleSet
 from tests.cloud_gateway.conftest import TOKENS
@@ -48,6 +51,47 @@ def test_every_serve_flag_is_a_settings_field(monkeypatch: pytest.MonkeyPatch) -
     assert s.port == 4321 and s.broker == "mqtt://env:1883"  # flags override env
     for field in GatewaySettings.model_fields.values():
         assert field.description, "every settings field is documented"
+
+
+def test_rollout_start_gate_flags_map_to_the_gates_fields() -> None:
+    parser = build_parser()
+    words = ["rollout", "start", "motion-edge", "2"]
+    args = parser.parse_args(words)
+    assert gates_from(args) == {}  # nothing given: the gateway's defaults apply
+    assert "bake_s" not in args and "rollout_wave_timeout_s" not in args
+    given = [
+        *("--max-p99-ratio", "none", "--min-samples", "50", "--allow-idle-agents"),
+        *("--no-control", "--max-error-rate", "0.1", "--idle-grace-s", "4"),
+        *("--p99-confirm-samples", "80", "--bake-s", "12", "--wave-timeout-s", "90"),
+    ]
+    args = parser.parse_args([*words, *given])
+    gates = gates_from(args)
+    assert gates == {
+        "max_p99_ratio": None,
+        "min_samples": 50,
+        "allow_idle_agents": True,
+        "control": False,
+        "max_error_rate": 0.1,
+        "idle_grace_s": 4.0,
+        "p99_confirm_samples": 80,
+    }
+    assert Gates.model_validate(gates).allow_idle_agents is True
+    assert (args.bake_s, args.rollout_wave_timeout_s) == (12.0, 90.0)
+    # Every Gates field has a flag, and none is mistaken for a gateway setting.
+    start = parser.parse_args([*words, "--no-allow-idle-agents"])
+    assert gates_from(start) == {"allow_idle_agents": False}
+    flags = {a.dest for a in _subparser(parser, "rollout", "start")._actions}
+    assert {f"gate_{name}" for name in Gates.model_fields} <= flags
+    assert not flags & set(GatewaySettings.model_fields)
+    assert settings_from(args).wave_timeout_s == 300.0  # the serve default, untouched
+
+
+def _subparser(parser: Any, *names: str) -> Any:
+    for name in names:
+        parser = next(
+            a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"
+        ).choices[name]
+    return parser
 
 
 def test_tokens_from_a_secrets_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,6 +145,10 @@ def _cli(url: str, role: str, *args: str) -> int:
     return main(["--url", url, "--token", TOKENS[role], *args])
 
 
+def _api_get(url: str, path: str) -> Any:
+    return GatewayClient(url, TOKENS["viewer"]).get(path)
+
+
 def test_client_commands_against_a_served_gateway(
     served: str,
     bundle_set: BundleSet,
@@ -150,6 +198,7 @@ def test_client_commands_against_a_served_gateway(
                 "all-at-once",
                 "--agent",
                 "cli-a1",
+                *("--min-samples", "5", "--allow-idle-agents", "--max-p99-ratio", "none"),
             )
             == 0
         )
@@ -168,6 +217,24 @@ def test_client_commands_against_a_served_gateway(
         # The engine issues the wave on its next tick; a rollback before that touches
         # no agent and publishes nothing.
         wait_for(1)
+        # The gates given as flags reached the rollout; status shows how it is judged.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert _cli(served, "viewer", "rollout", "status", rid) == 0
+            out = capsys.readouterr().out
+            if "1 waiting" in out:
+                break
+            time.sleep(0.1)
+        assert "gate basis: no control group (every target has the new version" in out, out
+        assert "verdicts: 1 waiting" in out
+        row = next(line for line in out.splitlines() if "cli-a1" in line)
+        assert "waiting" in row and "not on v2 yet" in row, row
+        gates = _api_get(served, f"/api/v1/rollouts/{rid}")["gates"]
+        assert (gates["min_samples"], gates["allow_idle_agents"], gates["max_p99_ratio"]) == (
+            5,
+            True,
+            None,
+        )
         assert _cli(served, "admin", "rollback", "motion-edge") == 0
         assert "state=rolled_back" in capsys.readouterr().out
         assert _cli(served, "viewer", "rollout", "list") == 0

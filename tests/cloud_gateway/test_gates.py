@@ -198,3 +198,23 @@ def test_heartbeat_update_field_is_an_update_state() -> None:
             StatusReport.model_validate(base | {"update": bad})
     assert stored_update(upd) == UpdateState(**upd)
     assert stored_update({"state": "exploded"}) is None and stored_update(None) is None
+
+
+def test_a_p99_breach_must_still_hold_at_the_confirmation_count() -> None:
+    control, _ = control_of([5.0, 6.0, 4.0])
+    # 30 new-version results: a swap transient could still sit in the latency window.
+    early = evaluate(obs(p99_ms=50.0, inferences=30), SETTLED, G, NEW, RID, control)
+    assert early.state is GateState.WAIT
+    assert early.reason == (
+        "p99 50.0 ms > 15.0 ms = max(3x, +5 ms) the control group's median 5.0 ms; "
+        "confirming at 30/40 results"
+    )
+    sustained = evaluate(obs(p99_ms=50.0, inferences=40), SETTLED, G, NEW, RID, control)
+    assert (sustained.state, sustained.gate) == (GateState.FAIL, "p99")
+    gone = evaluate(obs(p99_ms=6.0, inferences=40), SETTLED, G, NEW, RID, control)
+    assert gone.state is GateState.PASS
+    # Healthy numbers pass at min_samples, without waiting for the confirmation count.
+    assert evaluate(obs(inferences=20), SETTLED, G, NEW, RID, control).state is GateState.PASS
+    absolute = Gates(max_p99_ms=30.0, p99_confirm_samples=0)  # 0: no confirmation
+    now = evaluate(obs(p99_ms=31.0, inferences=20), SETTLED, absolute, NEW, RID, control)
+    assert now.reason == "p99 31.0 ms > absolute limit 30.0 ms"

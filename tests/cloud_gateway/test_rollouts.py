@@ -14,14 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cloud_gateway.db import open_db
-from cloud_gateway.fleet import Fleet as FleetState
-from cloud_gateway.registry import Registry
-from cloud_gateway.rollouts import RolloutEngine
-from cloud_gateway.schemas import RolloutInfo, RolloutRequest, StatusReport
 from cloud_gateway.service import Gateway, serve
 from models import signing
-from offload.topics import Topics
 from tests.cloud_gateway.bundles import BundleSet
 from tests.cloud_gateway.conftest import TOKENS, auth, push
 from tests.cloud_gateway.mqttutil import Peer, until
@@ -95,10 +89,13 @@ async def test_canary_reaches_twenty_agents_in_waves_without_losing_a_request(
     await push(http, gateway, bundle_set.good[1], bundle_set.good[2])
     async with sim_fleet(gateway, 20) as agents:
         t0 = time.monotonic()
-        # Latency gates off: twenty agents on two shared cores give noisy tails, and this
-        # test is about waves and lossless swaps (gates have their own tests).
+        # Latency gate on: a wave passes only once each of its agents has a verdict on
+        # 20 new-version results against the v1 agents beside it. Its noise floor suits
+        # twenty agents swapping on two shared cores, where one sample delayed by a
+        # neighbour's model load tops a 20-sample p99 (the slow-variant tests below show
+        # the gate catching real regressions).
         started = await _start(
-            http, gateway, version=2, waves=["10%", "50%", "100%"], gates=NO_LATENCY_GATE
+            http, gateway, version=2, waves=["10%", "50%", "100%"], gates={"p99_slack_ms": 30.0}
         )
         assert started["wave_count"] == 3
         done = await _finished(gateway, started["id"], within=60)
@@ -120,6 +117,18 @@ async def test_canary_reaches_twenty_agents_in_waves_without_losing_a_request(
             assert next_issued >= converged + done["bake_s"] - 0.05, "bake skipped"
         kinds = [e["kind"] for e in done["events"]]
         assert kinds.count("wave-issued") == 3 and kinds[-1] == "succeeded"
+        passed = [e["detail"] for e in done["events"] if e["kind"] == "wave-passed"]
+        assert [d["wave"] for d in passed] == [1, 2, 3]
+        for d in passed:  # every agent of the wave was judged, none just waited it out
+            verdicts = d["gate"]["verdicts"]
+            for a in by_wave[d["wave"]]:
+                assert verdicts[a["agent_id"]]["state"] == "pass", verdicts[a["agent_id"]]
+                assert "p99" in verdicts[a["agent_id"]]["reason"]
+        # Wave 1 judged against the agents not yet issued (those with a fresh p99).
+        later = {a["agent_id"] for w in (2, 3) for a in by_wave[w]}
+        control = passed[0]["gate"]["control"]
+        assert control is not None and set(control["agents"]) <= later, passed[0]["gate"]
+        assert passed[0]["gate"]["basis"].startswith("control group of")
         total = sum(len(a.served) for a in agents)
         print(f"\ncanary over 20 agents: converged in {converge_s:.1f} s, {total} inferences")
 
@@ -288,135 +297,3 @@ async def test_agent_reported_update_failure_fails_the_gate(
         for agent in agents:
             assert agent.version == 1
             agent.check_no_loss()
-
-
-# -- the engine on a fake clock: real SQLite, registry and fleet, hand-made heartbeats --
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-async def clocked(tmp_path: Path, bundle_set: BundleSet) -> tuple[RolloutEngine, _Clock, list]:
-    db = open_db(tmp_path / "gw.sqlite")
-    keys = signing.load_trusted_keys(bundle_set.trusted_dir)
-    registry = Registry(db, tmp_path / "blobs", keys, max_bytes=1 << 28)
-    for version in (1, 2):
-        data = bundle_set.good[version].read_bytes()
-
-        async def chunks(data: bytes = data) -> AsyncIterator[bytes]:
-            yield data
-
-        await registry.upload(chunks())
-    clock = _Clock()
-    published: list[tuple[str, bytes]] = []
-    engine = RolloutEngine(
-        db,
-        registry,
-        FleetState(db, 15.0, clock),
-        Topics(),
-        lambda topic, payload: published.append((topic, payload)),
-        lambda: "http://127.0.0.1:9",
-        clock=clock,
-    )
-    return engine, clock, published
-
-
-def _beat(engine: RolloutEngine, agent: str, version: int, p99: float, n: int) -> None:
-    engine.fleet.apply(
-        StatusReport(
-            agent_id=agent,
-            site="s",
-            models={"motion-edge": {"version": version, "state": "serving"}},
-            metrics={"inferences": n, "errors": 0, "nan_outputs": 0, "p99_ms": p99},
-        )
-    )
-
-
-async def _wave_one_baking(engine: RolloutEngine, clock: _Clock) -> str:
-    """Four agents at 4 ms; wave 1 (e0) is issued, swaps and starts baking."""
-    for i in range(4):
-        _beat(engine, f"e{i}", 1, 4.0, 1000)
-    req = RolloutRequest(model="motion-edge", version=2, waves=["1", "100%"], bake_s=10.0)
-    rid = engine.start(req)["id"]
-    await engine.tick()  # wave 1 issued
-    clock.now += 1
-    _beat(engine, "e0", 2, 4.0, 1000)
-    await engine.tick()  # e0 serves v2: converged, its window starts now
-    assert engine.get(rid, detail=False)["state"] == "running"
-    return rid
-
-
-async def test_engine_passes_a_wave_through_a_fleet_wide_burst(clocked: Any) -> None:
-    engine, clock, published = clocked
-    rid = await _wave_one_baking(engine, clock)
-    for t in range(2, 13, 2):  # the whole bake under a burst: everyone ~10x slower
-        clock.now = 1000 + t
-        for i in range(4):
-            _beat(engine, f"e{i}", 2 if i == 0 else 1, 40.0 + i, 1000 + 50 * t)
-        await engine.tick()
-        view = engine.get(rid)
-        assert view["state"] == "running", view["reason"]
-    assert view["current_wave"] == 2  # the bake passed: wave 2 issued
-    passed = [e for e in view["events"] if e["kind"] == "wave-passed"]
-    assert len(passed) == 1 and passed[0]["detail"]["wave"] == 1
-    gate = passed[0]["detail"]["gate"]
-    assert gate["basis"].startswith("control group of 3 agent(s) on v1: median p99 42.0 ms")
-    assert gate["verdicts"]["e0"]["state"] == "pass"
-    assert "p99 40.0 ms <= 126.0 ms" in gate["verdicts"]["e0"]["reason"]
-    # Last wave: no control group left, each agent against its own pre-update p99.
-    clock.now += 1
-    for i in range(4):
-        _beat(engine, f"e{i}", 2, 5.0, 2000)
-    await engine.tick()
-    clock.now += 1
-    for i in range(4):
-        _beat(engine, f"e{i}", 2, 5.0, 2100)
-    await engine.tick()
-    live = engine.get(rid)
-    assert live["gate"]["control"] is None
-    assert "no control group (every target has the new version" in live["gate"]["basis"]
-    assert {a["gate"]["state"] for a in live["agents"]} == {"pass"}
-    reasons = [a["gate"]["reason"] for a in live["agents"]]
-    assert "its own pre-update (no control group) 4.0 ms;" in reasons[0]
-    # Wave 2 was issued mid-burst: that is its agents' own pre-update p99.
-    assert "its own pre-update (no control group) 41.0 ms;" in reasons[1]
-    clock.now += 11
-    await engine.tick()
-    done = engine.get(rid)
-    assert done["state"] == "succeeded"
-    assert done["gate"]["basis"] == live["gate"]["basis"]  # as recorded in the history
-    assert RolloutInfo.model_validate(done).gate is not None
-    assert {t for t, _ in published} == {f"fleet/e{i}/desired" for i in range(4)}
-
-
-async def test_engine_rolls_back_a_canary_ten_times_slower_than_its_control(
-    clocked: Any,
-) -> None:
-    engine, clock, published = clocked
-    rid = await _wave_one_baking(engine, clock)
-    clock.now += 2
-    _beat(engine, "e0", 2, 40.0, 1100)
-    for i in (1, 2, 3):
-        _beat(engine, f"e{i}", 1, 4.0 + i / 10, 1100)
-    await engine.tick()
-    done = engine.get(rid)
-    assert done["state"] == "rolled_back"
-    assert done["reason"] == (
-        "gate failed in wave 1: e0: p99 40.0 ms > 12.6 ms = max(3x, +5 ms) "
-        "the control group's median 4.2 ms"
-    )
-    agents = {a["agent_id"]: a for a in done["agents"]}
-    assert agents["e0"]["gate"]["state"] == "fail" and agents["e0"]["gate"]["gate"] == "p99"
-    assert {agents[f"e{i}"]["state"] for i in (1, 2, 3)} == {"pending"}
-    rolled = [e for e in done["events"] if e["kind"] == "rolled-back"]
-    assert rolled[0]["detail"]["gate"]["control"]["agents"] == ["e1", "e2", "e3"]
-    versions = [json.loads(p)["models"]["motion-edge"]["version"] for _, p in published]
-    assert [t for t, _ in published] == ["fleet/e0/desired"] * 2 and versions == [2, 1]
-    listed = engine.list("motion-edge")
-    assert listed[0]["gate"]["failure"] == done["reason"].removeprefix("gate failed in wave 1: ")

@@ -191,6 +191,11 @@ def test_rollout_from_the_page_shows_progress_then_rolls_back(
     by_testid(page, "rollout-strategy").select_option("canary")
     by_testid(page, "rollout-waves").fill("50%, 100%")
     by_testid(page, "rollout-bake").fill("3")
+    # Latency ratio off: a real edge-agent reports p99 over its last 8192 results, so the
+    # queueing of its own swap stays in it and one canary is judged against one control
+    # agent. The verdicts still need 10 new-version results each.
+    by_testid(page, "rollout-p99-ratio").fill("off")
+    by_testid(page, "rollout-min-samples").fill("10")
     by_testid(page, "start-rollout").click()
     message = by_testid(page, "admin-message")
     wait_until(lambda: message.get_attribute("data-status") == "ok", 10, "the rollout to start")
@@ -198,8 +203,11 @@ def test_rollout_from_the_page_shows_progress_then_rolls_back(
     assert rollout_id in (message.text_content() or "")
 
     row = by_testid(page, "rollouts").locator(f'tr[data-key="{rollout_id}"]')
+    gate = page.locator(f'[data-testid="rollout-gate"][data-rollout="{rollout_id}"]')
+    basis = gate.locator('[data-testid="gate-basis"]')
     waves_seen: set[str] = set()
     states_seen: set[str] = set()
+    bases_seen: set[str] = set()
     shot = False
 
     def finished() -> bool:
@@ -209,6 +217,8 @@ def test_rollout_from_the_page_shows_progress_then_rolls_back(
             return False
         states_seen.add(cells[3])
         waves_seen.add(cells[4])
+        if gate.count():
+            bases_seen.add(basis.get_attribute("data-value") or "")
         if cells[3] == "running" and cells[4] == "1 / 2" and not shot:
             watch.screenshot("fleet-rollout-wave1")
             shot = True
@@ -222,6 +232,30 @@ def test_rollout_from_the_page_shows_progress_then_rolls_back(
     assert api_rollout["state"] == "succeeded"
     assert cells[4] == f"{api_rollout['current_wave']} / {api_rollout['wave_count']}"
     assert cells[5] == "100 %" and cells[6] == "updated 2"
+    # Wave 1 was judged against the agent still on v1 (the page showed that basis), the
+    # last wave against each agent's own pre-update numbers; the page shows the verdicts
+    # the API recorded when the rollout passed, with the numbers they compared.
+    assert any(b.startswith("control group of 1 agent(s) on v1") for b in bases_seen), bases_seen
+    api_gate = api_rollout["gate"]
+    gates = api_rollout["gates"]
+    assert (gates["max_p99_ratio"], gates["min_samples"]) == (None, 10)  # from the form
+    wait_until(lambda: gate.get_attribute("data-state") == "succeeded", 10, "final gate block")
+    assert basis.get_attribute("data-value") == api_gate["basis"]
+    assert api_gate["basis"].startswith("no control group (every target has the new version")
+    verdict_rows = gate.locator('[data-testid="gate-verdicts"] tr')
+    shown_verdicts = {
+        verdict_rows.nth(i).get_attribute("data-key"): verdict_rows.nth(i)
+        .locator("td")
+        .all_text_contents()
+        for i in range(verdict_rows.count())
+    }
+    assert set(shown_verdicts) == set(api_gate["verdicts"]) == {"edge-0", "edge-1"}
+    waves = {a["agent_id"]: str(a["wave"]) for a in api_rollout["agents"]}
+    for agent, verdict in api_gate["verdicts"].items():
+        assert verdict["state"] == "pass", verdict
+        assert "p99" in verdict["reason"] and "error rate" in verdict["reason"]
+        expected = [agent, waves[agent], "pass", verdict["gate"] or "\u2013", verdict["reason"]]
+        assert shown_verdicts[agent] == expected
     # The agents themselves run v2, and the page says so.
     for agent in stack.agents:
         wait_until(lambda a=agent: a.status()["model"]["version"] == 2, 10, "agent on v2")
