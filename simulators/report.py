@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from simulators.capacity import describe
 from simulators.runner import RunResult, write_raw
 
 
@@ -19,7 +20,10 @@ def _pct(v: float | None) -> str:
 def summary_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
     """(figure, value) pairs shared by summary.md and the terminal table."""
     lat, loss = f["latency_ms"], f["loss"]
-    rows = [
+    rows = []
+    if f.get("edge_capacity"):
+        rows.append(("local capacity per agent", describe(f["edge_capacity"])))
+    rows += [
         ("readings published / seen by agents",
          f"{f['readings_published']:,} / {f.get('agent_readings', 0):,}"),
         ("results received", f"{f['results']:,}"),

@@ -18,6 +18,7 @@ from typing import Any
 from models.recipes import build_all
 from models.repository import ModelRepository
 from offload.topics import Topics
+from simulators.capacity import capacity_figures
 from simulators.collector import Collector
 from simulators.metrics import analyze, detection
 from simulators.payloads import BasicMotionsReplay, VibrationSource
@@ -113,6 +114,7 @@ class ScenarioRun:
             connections=sc.sensors.connections,
             topics=Topics(),
             seed=sc.seed,
+            start_spread_s=sc.sensors.start_spread_s,
         )
         await fleet.connect()
         wan0 = (stack.wan.bytes_up, stack.wan.bytes_down) if stack.wan else (0, 0)
@@ -158,6 +160,7 @@ class ScenarioRun:
         if stack.wan is not None:
             figures["wan_bytes_up"] = stack.wan.bytes_up - wan0[0]
             figures["wan_bytes_down"] = stack.wan.bytes_down - wan0[1]
+        figures["edge_capacity"] = capacity_figures(sc, hop)
         figures["late_ticks"] = stats.late_ticks
         figures["bad_results"] = collector.bad
         figures["agent_versions"] = collector.versions()

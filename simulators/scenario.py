@@ -11,9 +11,9 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simulators.payloads import FaultWindow
 from simulators.settings import SimSettings
@@ -33,6 +33,12 @@ class SensorSpec(_Strict):
     source: Literal["basicmotions", "vibration"] = "basicmotions"
     qos: int = Field(default=0, ge=0, le=1)
     connections: int = Field(default=2, ge=1, description="raw MQTT sockets to share")
+    start_spread_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="streams start at random moments within this many seconds, so their "
+        "windows do not complete in lockstep (0: all start together)",
+    )
     vibration_faults: list[FaultWindow] = Field(default_factory=list)
 
 
@@ -94,6 +100,19 @@ class Scenario(_Strict):
     faults: list[Fault] = Field(default_factory=list)
     rollouts: list[Rollout] = Field(default_factory=list)
     expect: Expect = Field(default_factory=Expect)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _edge_into_stack(cls, data: Any) -> Any:
+        """The TOML's top-level ``[edge]`` table is ``stack.edge`` (one source of truth)."""
+        if isinstance(data, dict) and "edge" in data:
+            data = dict(data)
+            stack = dict(data.get("stack") or {})
+            if "edge" in stack:
+                raise ValueError("give the edge device once: [edge] or [stack.edge], not both")
+            stack["edge"] = data.pop("edge")
+            data["stack"] = stack
+        return data
 
 
 def builtin_names() -> list[str]:

@@ -5,6 +5,13 @@ Rate control is per tick, not per sensor: every tick the fleet integrates
 fixed phase ``phi_k``) has sent ``floor(C + phi_k)`` readings by then. That is exact
 on average, spreads sensors evenly within a period, costs one numpy op per tick and
 catches up after a late tick instead of drifting.
+
+``start_spread_s`` additionally starts each stream at a random moment within that many
+seconds. Without it every stream's n-th reading goes out within the same reading
+period, so all streams complete a window (every ``hop`` readings) in lockstep and an
+agent sees its whole fleet's windows as one clump per hop instead of a steady flow -
+a synchronisation real fleets do not have, and one that turns a comfortable average
+load into a periodic overload of the edge device.
 """
 
 from __future__ import annotations
@@ -64,9 +71,12 @@ class SensorFleet:
         topics: Topics | None = None,
         client_prefix: str = "fleet-sim",
         seed: int = 0,
+        start_spread_s: float = 0.0,
     ) -> None:
         if rate_hz <= 0:
             raise ValueError("rate_hz must be positive")
+        if start_spread_s < 0:
+            raise ValueError("start_spread_s must be >= 0")
         self.streams = list(streams)
         self.source = source
         self.rate_hz = rate_hz
@@ -80,6 +90,9 @@ class SensorFleet:
         self._header = bytes([0x30 | (qos << 1)])
         rng = np.random.default_rng(seed)
         self._phase = rng.random(len(self.streams))
+        # A late start is a negative phase (in readings at the base rate): the stream's
+        # count stays at 0 until the fleet's cumulative count C passes its offset.
+        self._phase -= rng.random(len(self.streams)) * start_spread_s * rate_hz
         self._sent = np.zeros(len(self.streams), dtype=np.int64)
         self._conn_of = [i % connections for i in range(len(self.streams))]
         self._pubs = [
@@ -126,7 +139,7 @@ class SensorFleet:
             last = now
             if hasattr(self.source, "elapsed_s"):
                 self.source.elapsed_s = t  # drives scheduled faults in the payload source
-            target = np.floor(cumulative + self._phase).astype(np.int64)
+            target = np.maximum(np.floor(cumulative + self._phase), 0).astype(np.int64)
             due = np.nonzero(target > self._sent)[0]
             if due.size:
                 second_count += await self._publish(due, target)

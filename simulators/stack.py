@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from simulators.broker import free_port, start_broker
+from simulators.edge_device import EdgeDevice
 from simulators.health import wait_http, wait_port
 from simulators.procs import Managed, ProcessSet
 from simulators.wan import WanEvent, WanProfile, WanProxy, netem_available
@@ -42,7 +43,7 @@ class StackSpec(BaseModel):
     slo_ms: float = Field(default=100.0, gt=0, description="per-request SLO")
     max_batch: int = Field(default=64, ge=1)
     max_wait_ms: float = Field(default=2.0, ge=0)
-    workers: int = Field(default=1, ge=1, description="agent local inference threads")
+    edge: EdgeDevice = Field(default_factory=EdgeDevice, description="edge device capacity")
     offload: bool = Field(default=True, description="start offload-server (the cloud tier)")
     offload_workers: int = Field(default=2, ge=1)
     gateway: bool = Field(default=True, description="start cloud-gateway")
@@ -242,9 +243,9 @@ class Stack:
             "--topics-filter", f"sensors/{site}/+/+",
             "--max-batch", str(s.max_batch),
             "--max-wait-ms", str(s.max_wait_ms),
-            "--workers", str(s.workers),
             "--heartbeat-s", str(s.heartbeat_s),
             "--db-path", str(adir / "agent.db"),
+            *s.edge.argv(),
         ]  # fmt: skip
         if self.cloud_target:
             argv += ["--cloud", self.cloud_target]

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from simulators.capacity import capacity_figures, describe
 from simulators.cli import build_parser, main
 from simulators.compare import SECTION, markdown, replace_section
+from simulators.edge_device import EdgeDevice
 from simulators.scenario import apply_overrides, builtin_names, load_scenario
 from simulators.settings import SimSettings
 
@@ -46,6 +48,33 @@ def test_builtin_scenarios_load_and_overrides_apply() -> None:
     assert demo.stack.agents == 3  # the original is untouched
 
 
+def test_edge_table_sets_every_agents_device_and_capacity(tmp_path: Path) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text(
+        'name = "e"\n[stack]\nagents = 2\nmax_batch = 4\n'
+        "[edge]\nemulate_ms_per_batch = 2\nemulate_ms_per_item = 8\nworkers = 2\n"
+        "[sensors]\ncount = 100\nrate_hz = 10\n"
+        'shape = { kind = "burst", at = [5], length_s = 2, multiplier = 3 }\n'
+    )
+    sc = load_scenario(path)
+    edge = sc.stack.edge
+    assert (edge.emulate_ms_per_batch, edge.emulate_ms_per_item, edge.workers) == (2, 8, 2)
+    assert edge.capacity_per_s(1) == 200.0 and edge.capacity_per_s(4) == 2 * 4000 / 34
+    c = capacity_figures(sc, hop=10)
+    assert c["offered_per_s_base"] == 50.0 and c["offered_per_s_peak"] == 150.0
+    assert c["peak_over_capacity"] == 150.0 / (8000 / 34)
+    assert "200-235 windows/s" in describe(c) and "0.6x capacity at peak" in describe(c)
+    assert "--emulate-ms-per-item" in edge.argv() and EdgeDevice().capacity_per_s(4) is None
+    path.write_text(path.read_text() + "[stack.edge]\nworkers = 1\n")
+    with pytest.raises(ValueError, match="edge"):
+        load_scenario(path)
+    # The CI and demo bursts exceed local capacity through the emulated device, no CPU hog.
+    for name in ("ci", "demo", "compare"):
+        builtin = load_scenario(name)
+        assert not [f for f in builtin.faults if f.kind == "cpu-hog"]
+        assert capacity_figures(builtin, hop=10)["peak_over_capacity"] > 1.5, name
+
+
 def test_bad_scenario_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\n[stack]\nagents = 0\n')
@@ -65,7 +94,7 @@ def test_list_command_runs_as_a_module() -> None:
 def test_benchmarks_section_is_replaced_in_place(tmp_path: Path) -> None:
     path = tmp_path / "benchmarks.md"
     path.write_text("# Benchmarks\n\n## Edge agent\n\nkeep me\n\n" + SECTION + "\n\nold\n")
-    body = markdown(load_scenario("compare"), [["local-only"] + ["1"] * 10], "fleet-sim compare")
+    body = markdown(load_scenario("compare"), [["local-only"] + ["1"] * 11], "fleet-sim compare")
     replace_section(path, body)
     replace_section(path, body)
     text = path.read_text()

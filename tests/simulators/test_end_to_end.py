@@ -1,7 +1,8 @@
 """CI-sized end to end: the `ci` scenario on the real stack (every engineer's processes).
 
-5 agents, 300 sensors at 10 Hz with a 3x burst and a CPU hog, 40 ms round-trip WAN, a canary rollout
-of motion-edge v2 after the burst (shrunk from 10 agents x 1,000 sensors: see ci.toml).
+5 agents, each an emulated slow edge device (29 windows/s), 100 sensors at 10 Hz with a 3x
+burst (2x local capacity), 40 ms round-trip WAN, a canary rollout of motion-edge v2 after
+the burst (shrunk from the issue's 10 agents x 1,000 sensors: see ci.toml).
 Asserts what the issue asks: nothing lost, SLO attainment at or above the scenario's
 target (slo-aware), offload share above zero during the burst, every agent on the new
 version at the end; and no process left behind.
@@ -35,6 +36,12 @@ async def test_ci_scenario_end_to_end(tmp_path: Path) -> None:
     f = result.figures
     summary = (tmp_path / "report" / "summary.md").read_text()
 
+    # The burst exceeds local capacity by design (emulated device), not by starving the CPU.
+    cap = f["edge_capacity"]
+    assert cap["emulated"] and cap["peak_over_capacity"] > 1.5, cap
+    assert cap["offered_per_s_base"] < cap["capacity_per_s_batch1"], cap
+    assert "local capacity per agent" in summary
+    assert not [x for x in scenario.faults if x.kind == "cpu-hog"]
     assert f["results"] > 0, summary
     assert f["loss"]["missing"] == 0, summary
     assert f["loss"]["duplicates"] == 0, summary

@@ -82,6 +82,26 @@ async def test_steady_rate_is_accurate_and_payloads_valid(mosquitto, topic_prefi
     assert len(body["values"]) == 6 and t0 <= body["ts"] <= time.time()
 
 
+async def test_start_spread_desynchronises_window_boundaries(mosquitto, topic_prefix: str) -> None:
+    # 10 Hz with a 1 s spread: every stream starts within the first second, so after 2.5 s
+    # stream counts differ by up to 10 readings (a hop): windows no longer end in lockstep.
+    streams = make_streams(200, ["s1"])
+    fleet = SensorFleet(
+        "127.0.0.1", mosquitto.port, streams, BasicMotionsReplay(), rate_hz=10.0,
+        topics=Topics(sensors=topic_prefix), start_spread_s=1.0,
+    )  # fmt: skip
+    await fleet.connect()
+    stats = await fleet.run(2.5)
+    await fleet.close()
+    counts = sorted(stats.sent.values())
+    assert counts[0] >= 14 and counts[-1] <= 26, counts
+    assert counts[-1] - counts[0] >= 8, counts  # spread over (almost) a whole hop
+    ends = {n % 10 for n in counts}
+    assert len(ends) == 10, ends  # window boundaries fall in every tenth of the hop
+    expected = 200 * 10.0 * 2.5 - 200 * 10.0 * 0.5  # each stream starts 0.5 s late on average
+    assert abs(stats.total - expected) / expected < 0.05, stats.total
+
+
 async def test_ramp_rate_follows_shape(mosquitto, topic_prefix: str) -> None:
     streams = make_streams(200, ["s1"])
     fleet = SensorFleet(

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from simulators.broker import mosquitto_config
+from simulators.edge_device import EdgeDevice
 from simulators.runner import ensure_models
 from simulators.stack import Stack, StackSpec
 
@@ -116,7 +117,12 @@ def test_argv_matches_the_real_clis(tmp_path: Path) -> None:
     from edge_agent.cli import build_parser as agent_parser
     from offload.cli import build_parser as offload_parser
 
-    spec = StackSpec(agents=1, cloud_model="motion-cloud", agent_args=["--max-batch", "8"])
+    spec = StackSpec(
+        agents=1,
+        cloud_model="motion-cloud",
+        agent_args=["--max-batch", "8"],
+        edge=EdgeDevice(emulate_ms_per_batch=2, emulate_ms_per_item=40, workers=3),
+    )
     stack = Stack(spec, tmp_path, tmp_path / "models")
     stack.broker_port, stack.offload_port, stack.gateway_port = 1883, 8001, 8600
     agent = agent_parser().parse_args(stack.agent_argv(0, 8080, tmp_path / "repo")[1:])
@@ -127,6 +133,7 @@ def test_argv_matches_the_real_clis(tmp_path: Path) -> None:
     )
     assert agent.gateway_url == "http://127.0.0.1:8600" and agent.max_batch == 8
     assert agent.cloud_model == "motion-cloud"
+    assert (agent.emulate_ms_per_batch, agent.emulate_ms_per_item, agent.workers) == (2, 40, 3)
     offload = offload_parser().parse_args(stack.offload_argv()[1:])
     assert offload.grpc_port == 8001 and offload.host == "127.0.0.1"
     gateway = gateway_parser().parse_args(stack.gateway_argv()[1:])
