@@ -20,30 +20,18 @@ from edge_agent.dispatch import Dispatcher
 from edge_agent.mqtt_link import MqttLink
 from edge_agent.registry import ModelSlot
 from edge_agent.settings import EdgeSettings
-from edge_agent.state import load_streams, save_streams
+from edge_agent.shutdown import stop_agent
+from edge_agent.state import load_streams
 from edge_agent.stats import Stats
 from edge_agent.status import heartbeat_doc, status_doc
 from edge_agent.store import Store
 from edge_agent.telemetry import Telemetry
-from edge_agent.wiring import make_dispatcher, make_remote, make_updater, probe_cloud
+from edge_agent.wiring import make_dispatcher, make_remote, make_topics, make_updater, probe_cloud
 from models.backends.base import BackendOptions
 from models.manifest import Manifest
 from offload.mqtt import BrokerUrl
-from offload.topics import Topics
 
 log = logging.getLogger(__name__)
-
-
-def make_topics(prefix: str) -> Topics:
-    p = f"{prefix.rstrip('/')}/" if prefix else ""
-    return Topics(
-        sensors=f"{p}sensors",
-        results=f"{p}results",
-        alerts=f"{p}alerts",
-        deadletter=f"{p}deadletter",
-        fleet=f"{p}fleet",
-        uplink=f"{p}uplink",
-    )
 
 
 class EdgeAgent:
@@ -83,6 +71,8 @@ class EdgeAgent:
             max_payload_bytes=s.max_payload_bytes,
             anomaly_threshold=s.anomaly_threshold,
             hop=s.hop,
+            deadline_from=s.deadline_from,
+            max_clock_skew_s=s.max_clock_skew_s,
         )
         self.core.on_results = self._on_results
         self.core.on_alert = self._on_alert
@@ -98,8 +88,8 @@ class EdgeAgent:
             "reason": None,
         }
         self.http_port: int | None = None
-        self._runner: Any = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.http_runner: Any = None
+        self.tasks: list[asyncio.Task[None]] = []
         self._connected_event = asyncio.Event()
 
     # -- Publisher protocol for the core (before the link exists, drop) -------------------
@@ -167,12 +157,12 @@ class EdgeAgent:
             self.store.start()
         if self.remote is not None:
             await self.remote.start()
-            self._tasks.append(asyncio.create_task(probe_cloud(self), name="cloud-rtt-probe"))
+            self.tasks.append(asyncio.create_task(probe_cloud(self), name="cloud-rtt-probe"))
         self._wire_updater()
         from edge_agent.http import start_http
 
-        self._runner, self.http_port = await start_http(self, s.http_host, s.http_port)
-        self._tasks += [
+        self.http_runner, self.http_port = await start_http(self, s.http_host, s.http_port)
+        self.tasks += [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._telemetry_loop(), name="telemetry"),
         ]
@@ -259,47 +249,5 @@ class EdgeAgent:
             await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        if self.link is not None and not self.link.started:
-            self.link.stop()  # start() failed before the session began: nothing to drain
-        elif self.link is not None:
-            # Stop reading first (unread QoS-1 readings stay with the broker), answer
-            # everything already accepted, then save open windows for the next start.
-            self.link.pause_reading()
-            await asyncio.sleep(0.05)
-            await self.dispatcher.drain(within_s=5.0)
-            state = self.settings.stream_state_path()
-            if state is not None:
-                save_streams(self.core, state)
-            if self.link.connected:
-                doc = {
-                    "agent_id": self.settings.agent_id,
-                    "site": self.settings.site,
-                    "online": False,
-                    "ts": time.time(),
-                }
-                self.link.client.publish(
-                    self.topics.status(self.settings.agent_id), json.dumps(doc), 1, True
-                )
-            end = time.monotonic() + 2.0
-            # The socket is owned by the MQTT thread: poll until it has written everything.
-            while not self.link.flushed() and time.monotonic() < end:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-            self.link.stop()
-        if self.updater is not None:
-            with contextlib.suppress(Exception):
-                await self.updater.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self.remote is not None:
-            with contextlib.suppress(Exception):
-                await self.remote.close()
-        if self.store is not None:
-            self.store.stop()
-        self.models.close()
-        self.executor.shutdown(wait=False)
-        self.telemetry.close()
+        """Drain and close everything (safe after a failed or partial start)."""
+        await stop_agent(self)

@@ -16,12 +16,26 @@ log = logging.getLogger(__name__)
 
 
 class Request:
-    """One window waiting for inference."""
+    """One window waiting for inference.
 
-    __slots__ = ("arrival", "deadline", "seq", "stream", "ts", "window")
+
+    ``arrival`` (monotonic) is when the agent read the window's last reading; ``origin``
+    (monotonic, <= arrival) is when its latency clock started, i.e. the sensor's publish
+    time where that is trusted (:mod:`edge_agent.deadlines`); ``deadline`` is
+    ``origin + slo``. Batching waits count from arrival, reported latency from origin.
+    """
+
+    __slots__ = ("arrival", "deadline", "origin", "seq", "stream", "ts", "window")
 
     def __init__(
-        self, stream: Any, window: np.ndarray, seq: int, ts: float, arrival: float, deadline: float
+        self,
+        stream: Any,
+        window: np.ndarray,
+        seq: int,
+        ts: float,
+        arrival: float,
+        deadline: float,
+        origin: float | None = None,
     ) -> None:
         self.stream = stream
         self.window = window
@@ -29,6 +43,7 @@ class Request:
         self.ts = ts
         self.arrival = arrival
         self.deadline = deadline
+        self.origin = arrival if origin is None else origin
 
 
 class BatchDone:

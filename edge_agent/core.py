@@ -3,14 +3,15 @@
 The MQTT layer calls :meth:`AgentCore.ingest` from its network thread for every message;
 that hot path validates, windows and hands complete windows to the event loop in bulk
 (a deque drained by one coalesced wakeup, not one ``call_soon_threadsafe`` per message).
-The loop batches and routes them (:mod:`edge_agent.dispatch`) and :meth:`complete`
-publishes one result per request. HTTP and heartbeat only read :meth:`status`.
+Each window's deadline runs from the sensor ``ts`` of its last reading
+(:mod:`edge_agent.deadlines`). The loop batches and routes them
+(:mod:`edge_agent.dispatch`) and :meth:`complete` publishes one result per request
+(:mod:`edge_agent.completion`). HTTP and heartbeat only read :meth:`status`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
@@ -20,16 +21,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge_agent.batch import BatchDone, Request
+from edge_agent.completion import complete_batch
+from edge_agent.deadlines import DeadlineFrom, LatencyClock
 from edge_agent.dispatch import Dispatcher
 from edge_agent.payloads import PayloadError, dead_letter_json, decode
-from edge_agent.results import (
-    Outputs,
-    alert_for,
-    batch_results,
-    error_output,
-    model_part,
-    stream_prefix,
-)
+from edge_agent.results import stream_prefix
 from edge_agent.stats import Stats
 from edge_agent.windowing import StreamWindow
 from models.errors import InvalidInput
@@ -64,6 +60,8 @@ class AgentCore:
         result_qos: int = 0,
         anomaly_threshold: float | None = None,
         hop: int | None = None,
+        deadline_from: DeadlineFrom = "sensor",
+        max_clock_skew_s: float = 300.0,
     ) -> None:
         self.agent_id = agent_id
         self.site = site
@@ -71,7 +69,9 @@ class AgentCore:
         self.publisher = publisher
         self.stats = stats
         self.slo_override = slo_s
-        self.slo_s = slo_s or 0.1
+        self.clock = LatencyClock(
+            slo_s or 0.1, source=deadline_from, max_clock_skew_s=max_clock_skew_s
+        )
         self.max_bytes = max_payload_bytes
         self.max_streams = max_streams
         self.result_qos = result_qos
@@ -93,12 +93,16 @@ class AgentCore:
         self._hop = 1
         self._deadletter_topic = topics.dead_letter(agent_id)
 
+    @property
+    def slo_s(self) -> float:
+        return self.clock.slo_s
+
     # -- model changes -------------------------------------------------------------------
     def use_manifest(self, manifest: Manifest, event: str = "loaded") -> None:
         """Adopt the windowing of a newly active model (streams re-initialise lazily)."""
         pre = manifest.preprocessing
         layout = (tuple(pre.channels), pre.window, self.hop_override or pre.hop)
-        self.slo_s = self.slo_override or manifest.slo_ms / 1000.0
+        self.clock.slo_s = self.slo_override or manifest.slo_ms / 1000.0
         if layout != (self._names, self._window, self._hop):
             # Open windows only survive a swap when the new model reads the same layout.
             self._names, self._window, self._hop = layout
@@ -184,7 +188,7 @@ class AgentCore:
                 return
         elif st.next_seq is None:
             st.reset(seq, r.rows)
-        ts = r.ts if r.ts is not None else time.time()
+        ts = r.ts
         if r.rows == 1:
             win = st.push_row(values, seq)  # type: ignore[arg-type]
             if win is not None:
@@ -196,9 +200,14 @@ class AgentCore:
         for win, i in st.push_rows(values, seq):  # type: ignore[arg-type]
             self._emit(st, win, last - (len(values) - 1 - i), ts, arrival)
 
-    def _emit(self, st: StreamWindow, win: np.ndarray, seq: int, ts: float, arrival: float) -> None:
+    def _emit(
+        self, st: StreamWindow, win: np.ndarray, seq: int, ts: float | None, arrival: float
+    ) -> None:
         self.stats.requests += 1
-        self._pending.append(Request(st, win, seq, ts, arrival, arrival + self.slo_s))
+        origin, deadline = self.clock.window(ts, arrival)
+        if ts is None:
+            ts = time.time()  # results always carry a ts; this one is ours
+        self._pending.append(Request(st, win, seq, ts, arrival, deadline, origin))
         if not self.inline:
             self._wake_loop()
 
@@ -262,44 +271,4 @@ class AgentCore:
 
     def complete(self, done: BatchDone) -> None:
         """Publish one result per request of a finished batch (called by the dispatcher)."""
-        reqs = done.requests
-        n = len(reqs)
-        manifest = done.loaded.manifest
-        now = time.monotonic()  # one clock read per batch: results leave together
-        queue_ms = [(done.dispatched - r.arrival) * 1000.0 for r in reqs]
-        compute_ms = done.compute_s * 1000.0
-        network_ms = (
-            max(0.0, done.network_s * 1000.0 - compute_ms) if done.route == "cloud" else 0.0
-        )
-        mpart = model_part(manifest)
-        if done.outputs is not None:
-            try:
-                outs: Outputs | None = Outputs(manifest, done.outputs, n, self.threshold)
-                jsons = outs.json  # type: ignore[union-attr]
-            except Exception as exc:  # wrong output count/shape from a backend: answer anyway
-                log.warning("bad model output: %s", exc)
-                outs, jsons, done.error = None, [error_output("bad-output")] * n, "bad-output"
-        else:
-            outs, jsons = None, [error_output(done.error or "error")] * n
-        bodies, lat, met = batch_results(done, jsons, mpart, now, queue_ms, compute_ms, network_ms)
-        publish, qos = self.publisher.publish, self.result_qos
-        produced: list[tuple[Request, str]] = []
-        for i, (r, body) in enumerate(zip(reqs, bodies, strict=True)):
-            publish(r.stream.result_topic, body, qos, False)
-            produced.append((r, body))
-            if outs is not None:
-                self._check_alert(r.stream, r, outs, i)
-        errors = n if done.error else 0
-        nan = outs.nan if outs is not None else 0
-        self.stats.record_batch(done.route, lat, met, done.compute_s, errors, nan)
-        if self.on_results is not None:
-            self.on_results(produced, done)
-
-    def _check_alert(self, st: StreamWindow, r: Request, outs: Outputs, i: int) -> None:
-        alert = alert_for(st, r.seq, outs, i, self.agent_id)
-        if alert is None:
-            return
-        self.alerts.append(alert)
-        self.publisher.publish(st.alert_topic, json.dumps(alert), 1, False)
-        if self.on_alert is not None:
-            self.on_alert(alert)
+        complete_batch(self, done)

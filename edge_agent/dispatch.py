@@ -7,9 +7,12 @@ eat into its deadline. Each batch gets one routing decision from the policy:
 * LOCAL / SHED: run on the local backend in the inference executor (a local batch only
   leaves when a worker is free, so batches grow under load instead of queueing in the
   executor); SHED results are flagged ``reason="shed"`` - answered, never dropped.
-* REMOTE: the offload client; on any failure, or a deadline the remote cannot make,
-  the batch falls back to local execution (counted).
+* REMOTE: the offload client (:mod:`edge_agent.remote_exec`); on any failure, or a
+  deadline the remote cannot make, the batch falls back to local execution (counted).
 * HEDGE: remote and local race; the first answer is published, the other discarded.
+
+Deadlines come from the sensor's timestamp by default (:mod:`edge_agent.deadlines`), so
+a request that waited in a broker backlog is already late here and is routed as such.
 
 Every request handed to :meth:`Dispatcher.add` completes exactly once through ``complete``.
 """
@@ -25,17 +28,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-import numpy as np
-
 from edge_agent.batch import BatchDone, Request, run_and_complete
-from edge_agent.registry import Loaded, ModelSlot
+from edge_agent.registry import ModelSlot
+from edge_agent.remote_exec import run_remote
 from edge_agent.remote_rtt import RemoteRtt
-from models.errors import EdgecloudError
 
 log = logging.getLogger(__name__)
-
-#: How stale a cached service-time estimate may get (they are medians of many batches).
-_EST_TTL_S = 0.1
 
 
 class Dispatcher:
@@ -79,8 +77,6 @@ class Dispatcher:
         self._pressure = pressure
         self.inline_max_s = inline_max_s
         self._heap: list[tuple[float, int, Request]] = []
-        self._est_cache: dict[int, float] = {}
-        self._est_expiry = 0.0
         self._tie = itertools.count()
         self.local_busy = 0
         self.remote_busy = 0
@@ -101,26 +97,10 @@ class Dispatcher:
             heapq.heappush(heap, (r.deadline, next(tie), r))
         self.kick()
 
-    def estimate(self, n: int) -> float:
-        """``service.estimate(n)``, recomputed at most every ``_EST_TTL_S`` per size.
-
-        The service model's estimate for a size it has not seen fits a line over the
-        medians of every size seen: ~1 ms with a few dozen sizes. Asked three times per
-        batch on the MQTT thread, that was most of the stream workload's per-batch cost.
-        """
-        now = time.monotonic()
-        if now >= self._est_expiry:
-            self._est_cache.clear()
-            self._est_expiry = now + _EST_TTL_S
-        v = self._est_cache.get(n)
-        if v is None:
-            v = self._est_cache[n] = self.service.estimate(n)
-        return v
-
     def _observe(self, now: float, n: int, deadline: float) -> Any:
-        est = self.estimate(n)
+        est = self.service.estimate(n)
         busy = self.local_busy
-        backlog = (busy / self.workers) * self.estimate(self.max_batch) if busy else 0.0
+        backlog = (busy / self.workers) * self.service.estimate(self.max_batch) if busy else 0.0
         pressure = self._pressure()
         remote = self.remote
         rtt, p95 = self.rtt.estimate(remote.stats if remote is not None else None)
@@ -146,7 +126,9 @@ class Dispatcher:
             now = time.monotonic()
             n = min(len(heap), self.max_batch)
             first = heap[0][2]
-            due_at = min(first.arrival + self.max_wait, first.deadline - self.estimate(n) * 2.0)
+            due_at = min(
+                first.arrival + self.max_wait, first.deadline - self.service.estimate(n) * 2.0
+            )
             if n < self.max_batch and now < due_at:
                 self._arm(due_at)
                 return
@@ -156,22 +138,27 @@ class Dispatcher:
                 return
             obs = self._observe(now, n, first.deadline)
             decision = self.policy.decide(obs)
-            route, reason = decision.route, decision.reason
-            R = self._Route
-            if route == R.SHED:
-                # Late whichever way it goes: answer as soon as possible, flagged "shed".
-                reason = f"shed:{reason}"
-                fast_remote = (
-                    obs.remote_available and obs.budget_ok and obs.remote_rtt_s <= obs.local_eta_s
-                )
-                route = R.REMOTE if remote_free and fast_remote else R.LOCAL
-            if route in (R.REMOTE, R.HEDGE) and not remote_free:
-                route = R.LOCAL
-            if route == R.LOCAL and not local_free:
+            route, reason = self._settle(obs, decision, remote_free)
+            if route == self._Route.LOCAL and not local_free:
                 return  # wait for a worker; the batch keeps growing meanwhile
             batch = [heapq.heappop(heap)[2] for _ in range(n)]
             self.on_route(str(decision.route), reason)
             self._start(batch, route, reason, now)
+
+    def _settle(self, obs: Any, decision: Any, remote_free: bool) -> tuple[Any, str]:
+        """(route to run, reason) for a decision, given whether a remote slot is free."""
+        R = self._Route
+        route, reason = decision.route, decision.reason
+        if route == R.SHED:
+            # Late whichever way it goes: answer as soon as possible, flagged "shed".
+            reason = f"shed:{reason}"
+            fast_remote = (
+                obs.remote_available and obs.budget_ok and obs.remote_rtt_s <= obs.local_eta_s
+            )
+            route = R.REMOTE if remote_free and fast_remote else R.LOCAL
+        if route in (R.REMOTE, R.HEDGE) and not remote_free:
+            route = R.LOCAL
+        return route, reason
 
     def try_inline(self, batch: list[Request]) -> bool:
         """Run ``batch`` right here (the MQTT thread) if that is the policy's local choice.
@@ -179,28 +166,35 @@ class Dispatcher:
         Cheap models gain more from skipping three thread hand-offs (loop, executor, back)
         than from overlapping compute with reading; on a busy node every hand-off waits
         for the scheduler. Declines (False) when the batch is expensive, when the loop has
-        a backlog (EDF order), or when the policy wants anything but LOCAL.
+        a backlog (EDF order), or when the policy wants the cloud.
         """
         n = len(batch)
         if self.inline_max_s <= 0 or self._heap or self.local_busy:
             return False
-        est = self.estimate(n)
+        est = self.service.estimate(n)
         if est > self.inline_max_s:
             return False
         now = time.monotonic()
         deadline = min(r.deadline for r in batch)
-        decision = self.policy.decide(self._observe(now, n, deadline))
-        if decision.route != self._Route.LOCAL:
+        obs = self._observe(now, n, deadline)
+        decision = self.policy.decide(obs)
+        if decision.route not in (self._Route.LOCAL, self._Route.SHED):
+            return False
+        # A shed batch (already late, e.g. it sat in a broker backlog) is answered the
+        # fastest way: here, unless the cloud would be quicker (then the loop sends it).
+        remote_free = self.remote is not None and self.remote_busy < self._remote_limit
+        route, reason = self._settle(obs, decision, remote_free)
+        if route != self._Route.LOCAL:
             return False
         loaded = self.models.lease()
-        done = BatchDone(batch, loaded, "edge", decision.reason, now)
+        done = BatchDone(batch, loaded, "edge", reason, now)
         try:
             run_and_complete(done, self._complete)
         finally:
             loaded.release()
         if done.error is None:
             self.service.observe(n, done.compute_s)
-        self.on_route(str(decision.route), decision.reason)
+        self.on_route(str(decision.route), reason)
         return True
 
     def _arm(self, at: float) -> None:
@@ -219,17 +213,32 @@ class Dispatcher:
         R = self._Route
         loaded = self.models.lease()
         if route == R.LOCAL:
-            self._local(BatchDone(batch, loaded, "edge", reason, now))
+            self.run_local(BatchDone(batch, loaded, "edge", reason, now))
             return
         if self.budget is not None:
             self.budget.try_take(len(batch), 0)
+        self.remote_busy += 1  # now, not when the task starts: kick() may launch more
+        deadline = min(r.deadline for r in batch)
+        if reason.startswith("shed:"):
+            # Already late (often from a backlog before the agent): the cloud gets one SLO
+            # from now to answer; the expired deadline would fail the call at once and
+            # push the batch onto the local device, the collapse the shed tried to avoid.
+            deadline = max(deadline, now + max(r.deadline - r.origin for r in batch))
         task = self._loop.create_task(
-            self._remote_call(batch, loaded, route == R.HEDGE, reason, now)
+            run_remote(
+                self,
+                batch,
+                loaded,
+                hedge=route == R.HEDGE,
+                reason=reason,
+                now=now,
+                deadline=deadline,
+            )
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _local(self, done: BatchDone, race: asyncio.Future[BatchDone] | None = None) -> None:
+    def run_local(self, done: BatchDone, race: asyncio.Future[BatchDone] | None = None) -> None:
         self.local_busy += 1
         # Results of a plain local batch are published from the worker thread itself: one
         # thread hop less than returning to the loop first (the loop only does bookkeeping).
@@ -258,56 +267,7 @@ class Dispatcher:
             return self._remote_model()
         return manifest.name, manifest.version
 
-    async def _remote_call(
-        self, batch: list[Request], loaded: Loaded, hedge: bool, reason: str, now: float
-    ) -> None:
-        self.remote_busy += 1
-        race: asyncio.Future[BatchDone] = self._loop.create_future()
-        if hedge:
-            loaded.acquire()
-            self._local(BatchDone(batch, loaded, "edge", "hedge-local", now), race)
-        done = BatchDone(batch, loaded, "cloud", reason, now)
-        try:
-            name, version = self.remote_target(loaded.manifest)
-            x = np.stack([r.window for r in batch])
-            deadline = min(r.deadline for r in batch)
-            t0 = time.perf_counter()
-            call = self.remote.infer(name, version, {loaded.manifest.inputs[0].name: x}, deadline)
-            if hedge:
-                rtask = asyncio.ensure_future(call)
-                await asyncio.wait([rtask, race], return_when=asyncio.FIRST_COMPLETED)
-                if race.done() and not rtask.done():
-                    rtask.add_done_callback(lambda t: t.cancelled() or t.exception())
-                    rtask.cancel()
-                    self._finish(race.result())
-                    loaded.release()
-                    return
-                outputs = await rtask
-            else:
-                outputs = await call
-            done.network_s = time.perf_counter() - t0
-            done.outputs = outputs
-            self.rtt.observed()
-            if hedge and not race.done():
-                race.set_result(done)  # local twin finishes later and is discarded
-            elif hedge:
-                self._finish(race.result())
-                loaded.release()
-                return
-            self._finish(done)
-        except Exception as exc:  # any remote failure falls back: no request is lost
-            why = exc.reason if isinstance(exc, EdgecloudError) else type(exc).__name__
-            self.on_fallback(why)
-            if hedge:
-                self._finish(await race)
-                loaded.release()
-            else:
-                self._local(BatchDone(batch, loaded, "edge", f"fallback:{why}", now))
-        finally:
-            self.remote_busy -= 1
-            self.kick()
-
-    def _finish(self, done: BatchDone) -> None:
+    def finish(self, done: BatchDone) -> None:
         try:
             self._complete(done)
         finally:

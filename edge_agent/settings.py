@@ -115,6 +115,17 @@ class EdgeSettings(BaseSettings):
     slo_ms: float | None = Field(
         default=None, gt=0, description="Latency SLO per request; default from the manifest."
     )
+    deadline_from: Literal["sensor", "arrival"] = Field(
+        default="sensor",
+        description="Where a request's latency clock starts: the sensor ts of the window's "
+        "last reading (what users see, backlog included) or the agent's arrival time.",
+    )
+    max_clock_skew_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A reading whose sensor ts is further than this from our clock (either "
+        "way) is taken as clock skew, timed from arrival, and counted as clock_skew.",
+    )
     max_batch: int = Field(default=64, ge=1, description="Largest micro-batch.")
     max_wait_ms: float = Field(default=2.0, ge=0, description="Longest a request waits to batch.")
     workers: int = Field(default=1, ge=1, description="Local inference executor threads.")

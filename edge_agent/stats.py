@@ -65,7 +65,7 @@ class Stats:
         r = self.registry
         self.m_latency = Histogram(
             "edge_result_latency_seconds",
-            "Arrival to result publish",
+            "Sensor ts (or arrival, see --deadline-from) to result publish",
             ["route"],
             buckets=_BUCKETS,
             registry=r,

@@ -18,6 +18,42 @@ def _cloud_state(agent: EdgeAgent) -> str:
         return "closed"
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def cloud_doc(agent: EdgeAgent) -> dict[str, Any]:
+    """The cloud tier as the routing policy sees it: RTT prior vs measurement, breaker."""
+    s = agent.settings
+    doc: dict[str, Any] = {
+        "configured": agent.remote is not None,
+        "target": s.cloud,
+        "model": s.cloud_model,
+        "rtt_prior_ms": s.cloud_rtt_prior_ms,
+    }
+    dispatcher = getattr(agent, "dispatcher", None)  # built in start()
+    if agent.remote is None or dispatcher is None:
+        return doc | {"breaker": "none"}
+    st = agent.remote.stats
+    rtt = dispatcher.rtt
+    used_rtt, used_p95 = rtt.estimate(st)
+    measured = rtt.samples > 0 and st.rtt_ewma_s > 0.0
+    return doc | {
+        "measured": rtt.measured,  # enough samples that the prior no longer counts
+        "samples": rtt.samples,
+        "rtt_ms": _ms(used_rtt),  # what the policy uses now (prior, blend or measurement)
+        "p95_ms": _ms(used_p95),
+        "rtt_measured_ms": _ms(st.rtt_ewma_s if measured else None),
+        "p95_measured_ms": _ms(st.rtt_p95_s if measured else None),
+        "server_ms": _ms(st.server_ewma_s if measured else None),
+        "breaker": str(st.breaker_state),
+        "available": bool(agent.remote.available),
+        "calls": st.calls,
+        "failures": st.failures,
+        "in_flight": dispatcher.remote_busy,
+    }
+
+
 def status_doc(agent: EdgeAgent) -> dict[str, Any]:
     s, st = agent.settings, agent.stats
     loaded = agent.models.loaded
@@ -66,7 +102,10 @@ def status_doc(agent: EdgeAgent) -> dict[str, Any]:
             "late": st.late,
             "gaps": st.gaps,
             "missing": st.missing,
+            "clock_skew": agent.core.clock.skewed,
         },
+        "deadline_from": s.deadline_from,
+        "cloud": cloud_doc(agent),
         "totals": {
             "readings": st.readings,
             "inferences": st.inferences,
@@ -112,4 +151,5 @@ def heartbeat_doc(agent: EdgeAgent) -> dict[str, Any]:
             "slo_attainment": round(st.slo_attainment, 6),
             "offload_share": round(st.offload_share, 6),
         },
+        "cloud": cloud_doc(agent),
     }

@@ -1,4 +1,4 @@
-"""Builders for the agent's pluggable parts: offload client, dispatcher, model updater."""
+"""Builders for the agent's parts: topics, offload client, dispatcher, RTT probes, updater."""
 
 from __future__ import annotations
 
@@ -15,9 +15,22 @@ from edge_agent.updater import ModelUpdater
 from models.errors import ConfigError
 from models.repository import ModelRepository
 from offload.policy import OffloadBudget, ServiceTimeModel, make_policy
+from offload.topics import Topics
 
 if TYPE_CHECKING:
     from edge_agent.agent import EdgeAgent
+
+
+def make_topics(prefix: str) -> Topics:
+    p = f"{prefix.rstrip('/')}/" if prefix else ""
+    return Topics(
+        sensors=f"{p}sensors",
+        results=f"{p}results",
+        alerts=f"{p}alerts",
+        deadletter=f"{p}deadletter",
+        fleet=f"{p}fleet",
+        uplink=f"{p}uplink",
+    )
 
 
 def make_remote(s: EdgeSettings) -> Any:

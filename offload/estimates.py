@@ -3,43 +3,101 @@ offload budget (cloud cost). Both take an injectable clock and hold no I/O."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-
-import numpy as np
 
 
 class ServiceTimeModel:
     """Measured compute time per batch size (median of a recent window per size).
 
-    Unseen sizes are predicted from an affine fit ``a + b * n`` over the sizes seen so
-    far (batching makes cost grow slower than linearly, so the fit is a safe upper side
-    for large batches once a few sizes are known); ``default_s`` until anything is seen.
+    Unseen sizes are predicted from an affine least-squares fit ``a + b * n`` over the
+    per-size medians (batching makes cost grow slower than linearly, so the fit is a safe
+    upper side for large batches once a few sizes are known); ``default_s`` until
+    anything is seen.
+
+    The routing path asks for estimates several times per batch, so both the medians and
+    the fit are maintained incrementally: :meth:`observe` re-medians only the size it
+    touched (``O(window)``) and updates the fit's running sums; :meth:`estimate` is
+    ``O(1)``. The float sums are rebuilt from the medians every ``resync_every`` updates
+    so rounding cannot accumulate. Thread-safe: the MQTT thread (inline batches) and the
+    event loop both observe and estimate.
     """
 
-    def __init__(self, default_s: float = 0.005, window: int = 64) -> None:
+    def __init__(
+        self, default_s: float = 0.005, window: int = 64, resync_every: int = 1024
+    ) -> None:
         self.default_s = default_s
         self._window = window
+        self._resync_every = max(1, resync_every)
         self._samples: dict[int, deque[float]] = {}
+        self._median: dict[int, float] = {}
+        self._lock = threading.Lock()
+        # Least-squares sums over (size, median) points; x sums are exact integers.
+        self._sx = 0
+        self._sxx = 0
+        self._sy = 0.0
+        self._sxy = 0.0
+        self._min: float = 0.0
+        self._updates = 0
 
     def observe(self, batch_size: int, seconds: float) -> None:
         if batch_size < 1 or seconds < 0:
             return
-        self._samples.setdefault(batch_size, deque(maxlen=self._window)).append(seconds)
+        with self._lock:
+            samples = self._samples.get(batch_size)
+            if samples is None:
+                samples = self._samples[batch_size] = deque(maxlen=self._window)
+                self._sx += batch_size
+                self._sxx += batch_size * batch_size
+                old = None
+            else:
+                old = self._median[batch_size]
+            samples.append(seconds)
+            new = _median(samples)
+            self._median[batch_size] = new
+            self._updates += 1
+            if self._updates % self._resync_every == 0:
+                self._resync()
+                return
+            if old is not None:
+                self._sy -= old
+                self._sxy -= batch_size * old
+            self._sy += new
+            self._sxy += batch_size * new
+            if old is None or new <= self._min:
+                self._min = new if len(self._median) == 1 else min(self._min, new)
+            elif old <= self._min:  # the smallest median grew: it may no longer be the min
+                self._min = min(self._median.values())
+
+    def _resync(self) -> None:
+        med = self._median
+        self._sy = sum(med.values())
+        self._sxy = sum(n * m for n, m in med.items())
+        self._min = min(med.values())
 
     def estimate(self, batch_size: int) -> float:
-        samples = self._samples.get(batch_size)
-        if samples:
-            return float(np.median(samples))
-        if not self._samples:
-            return self.default_s
-        sizes = np.array(sorted(self._samples), dtype=float)
-        medians = np.array([np.median(self._samples[int(s)]) for s in sizes])
-        if len(sizes) == 1:
-            return float(medians[0] * batch_size / sizes[0])
-        slope, intercept = np.polyfit(sizes, medians, 1)
-        return float(max(intercept + slope * batch_size, medians.min()))
+        median = self._median.get(batch_size)
+        if median is not None:
+            return median
+        with self._lock:
+            k = len(self._median)
+            if k == 0:
+                return self.default_s
+            if k == 1:
+                ((size, m),) = self._median.items()
+                return m * batch_size / size
+            denom = k * self._sxx - self._sx * self._sx  # > 0: at least two distinct sizes
+            slope = (k * self._sxy - self._sx * self._sy) / denom
+            intercept = (self._sy - slope * self._sx) / k
+            return max(intercept + slope * batch_size, self._min)
+
+
+def _median(values: deque[float]) -> float:
+    s = sorted(values)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2.0
 
 
 class _Bucket:

@@ -98,5 +98,8 @@ def test_mosquitto_pub_stream_matches_direct_ort(
         assert r["model"] == "motion-edge" and r["version"] == 1 and r["route"] == "edge"
         np.testing.assert_allclose(r["output"]["scores"], probs, rtol=1e-5, atol=1e-6)
         assert r["output"]["label"] == manifest_labels[int(np.argmax(probs))]
-        assert set(r["latency_ms"]) == {"total", "queue", "compute", "network"}
+        lat = r["latency_ms"]
+        assert set(lat) == {"total", "queue", "compute", "network", "transit"}
+        # Timed from the sensor ts: the time before the agent read it is part of the total.
+        assert lat["total"] >= lat["transit"] + lat["queue"] - 0.01 and lat["transit"] >= 0.0
         assert r["deadline_met"] in (True, False) and r["agent"] == f"{topic_prefix}-a"

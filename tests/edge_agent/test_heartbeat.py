@@ -41,6 +41,7 @@ def test_heartbeat_fields_and_last_will(mosquitto: Any, repo: Path, topic_prefix
         assert hb["models"] == {"motion-edge": {"version": 1, "state": "serving"}}
         assert set(hb["update"]) == {"rollout_id", "model", "version", "state", "reason"}
         assert hb["health"] == {"ready": True, "broker": True, "cloud": "none"}
+        assert hb["cloud"]["configured"] is False and hb["cloud"]["breaker"] == "none"
         assert set(hb["metrics"]) == {
             "inferences",
             "errors",

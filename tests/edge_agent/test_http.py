@@ -76,6 +76,14 @@ async def test_status_metrics_and_events(
         "temperature_c",
     }
     assert st["latency_ms"]["p99"] > 0
+    assert st["cloud"] == {
+        "configured": False,
+        "target": None,
+        "model": None,
+        "rtt_prior_ms": agent.settings.cloud_rtt_prior_ms,
+        "breaker": "none",
+    }
+    assert st["deadline_from"] == "sensor" and st["streams"]["clock_skew"] == 0
     assert "edge_result_latency_seconds_bucket" in metrics
     assert 'edge_deadletter_total{reason="bad-json"} 1.0' in metrics
     assert line.startswith(b"data: ")

@@ -87,6 +87,12 @@ async def test_agent_uses_prior_at_startup_and_probes_the_real_cloud(
     now = time.monotonic()
     obs = dead.dispatcher._observe(now, 8, now + 0.1)
     assert (obs.remote_rtt_s, obs.remote_p95_s) == (0.2, 0.2)
+    doc = dead.status()["cloud"]
+    assert doc["configured"] is True and doc["rtt_prior_ms"] == 200
+    assert (doc["rtt_ms"], doc["p95_ms"], doc["samples"]) == (200.0, 200.0, 0)
+    assert doc["measured"] is False and doc["rtt_measured_ms"] is None
+    assert doc["breaker"] in ("closed", "open", "half-open")
+    assert set(dead.heartbeat()["cloud"]) == set(doc)  # the same section in both
     # Local is late: the old 0.0 made an unmeasured cloud "fit" and won the batch.
     late = dataclasses.replace(obs, local_service_s=1.0, remote_available=True)
     policy = make_policy("slo-aware")
@@ -120,5 +126,14 @@ async def test_agent_uses_prior_at_startup_and_probes_the_real_cloud(
         obs = agent.dispatcher._observe(now, 8, now + 0.1)
         assert obs.remote_rtt_s == stats.rtt_ewma_s
         assert 0.0 < obs.remote_rtt_s < 0.2  # a loopback round trip, not the prior
+        cloud_st = agent.status()["cloud"]
+        assert cloud_st["target"] == cloud.target and cloud_st["model"] == "motion-cloud"
+        assert cloud_st["measured"] is True and cloud_st["samples"] == 3
+        assert cloud_st["calls"] == 3 and cloud_st["failures"] == 0
+        assert cloud_st["breaker"] == "closed" and cloud_st["available"] is True
+        assert cloud_st["rtt_ms"] == cloud_st["rtt_measured_ms"] == round(stats.rtt_ewma_s * 1e3, 3)
+        assert 0.0 < cloud_st["rtt_ms"] < 200.0
+        assert agent.heartbeat()["health"]["cloud"] == "closed"
+        assert agent.heartbeat()["cloud"]["rtt_measured_ms"] == cloud_st["rtt_measured_ms"]
     finally:
         cloud.kill()

@@ -1,0 +1,66 @@
+"""Publishing a finished batch: one result per request, alerts, counters, side outputs.
+
+Runs where the batch finished (a worker thread for plain local batches, the MQTT thread
+for inline ones, the event loop for remote and hedged ones); it only touches the core's
+publisher, its counters (under ``Stats.lock``) and its alert ring.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from edge_agent.batch import BatchDone, Request
+from edge_agent.results import Outputs, alert_for, batch_results, error_output, model_part
+
+if TYPE_CHECKING:
+    from edge_agent.core import AgentCore
+    from edge_agent.windowing import StreamWindow
+
+log = logging.getLogger(__name__)
+
+
+def complete_batch(core: AgentCore, done: BatchDone) -> None:
+    """Publish one result per request of ``done`` and record the batch."""
+    reqs = done.requests
+    n = len(reqs)
+    manifest = done.loaded.manifest
+    now = time.monotonic()  # one clock read per batch: results leave together
+    queue_ms = [(done.dispatched - r.arrival) * 1000.0 for r in reqs]
+    compute_ms = done.compute_s * 1000.0
+    network_ms = max(0.0, done.network_s * 1000.0 - compute_ms) if done.route == "cloud" else 0.0
+    mpart = model_part(manifest)
+    if done.outputs is not None:
+        try:
+            outs: Outputs | None = Outputs(manifest, done.outputs, n, core.threshold)
+            jsons = outs.json  # type: ignore[union-attr]
+        except Exception as exc:  # wrong output count/shape from a backend: answer anyway
+            log.warning("bad model output: %s", exc)
+            outs, jsons, done.error = None, [error_output("bad-output")] * n, "bad-output"
+    else:
+        outs, jsons = None, [error_output(done.error or "error")] * n
+    bodies, lat, met = batch_results(done, jsons, mpart, now, queue_ms, compute_ms, network_ms)
+    publish, qos = core.publisher.publish, core.result_qos
+    produced: list[tuple[Request, str]] = []
+    for i, (r, body) in enumerate(zip(reqs, bodies, strict=True)):
+        publish(r.stream.result_topic, body, qos, False)
+        produced.append((r, body))
+        if outs is not None:
+            _check_alert(core, r.stream, r, outs, i)
+    errors = n if done.error else 0
+    nan = outs.nan if outs is not None else 0
+    core.stats.record_batch(done.route, lat, met, done.compute_s, errors, nan)
+    if core.on_results is not None:
+        core.on_results(produced, done)
+
+
+def _check_alert(core: AgentCore, st: StreamWindow, r: Request, outs: Outputs, i: int) -> None:
+    alert = alert_for(st, r.seq, outs, i, core.agent_id)
+    if alert is None:
+        return
+    core.alerts.append(alert)
+    core.publisher.publish(st.alert_topic, json.dumps(alert), 1, False)
+    if core.on_alert is not None:
+        core.on_alert(alert)
