@@ -107,6 +107,12 @@ class EdgeAgent:
 
     def _model_changed(self, manifest: Manifest, event: str) -> None:
         self.core.use_manifest(manifest, event)
+        loaded = self.models.loaded
+        dispatcher = getattr(self, "dispatcher", None)  # built in start()
+        if dispatcher is not None and loaded is not None:
+            # Another version may be faster or slower: start from its measured warm-up
+            # times, not from the previous version's history or a blind default.
+            dispatcher.service.reset(loaded.warm_times)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:

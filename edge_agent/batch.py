@@ -59,6 +59,7 @@ class BatchDone:
         "reason",
         "requests",
         "route",
+        "superseded",
     )
 
     def __init__(
@@ -73,11 +74,17 @@ class BatchDone:
         self.error: str | None = None
         self.compute_s = 0.0
         self.network_s = 0.0
+        # Set on the loop thread when a hedge's cloud twin answered first: a local twin
+        # still waiting for a worker then skips its compute (device time is the scarce
+        # resource during a burst). A plain bool: the worker only ever reads it.
+        self.superseded = False
 
 
 def run_and_complete(done: BatchDone, complete: Callable[[BatchDone], None] | None) -> None:
     """Executor job: infer one batch, then (for plain local batches) publish its results."""
     loaded = done.loaded
+    if done.superseded:
+        return
     try:
         x = np.stack([r.window for r in done.requests])
         t0 = time.perf_counter()

@@ -249,7 +249,7 @@ class Dispatcher:
             self.local_busy -= 1
             if f.cancelled() or f.exception() is not None:
                 log.error("local batch failed to complete", exc_info=f.exception())
-            elif done.error is None:
+            elif done.error is None and done.outputs is not None:
                 self.service.observe(len(done.requests), done.compute_s)
             if race is None:
                 done.loaded.release()

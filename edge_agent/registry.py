@@ -15,6 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
+import numpy as np
+
 from models.backends.base import Backend, BackendOptions
 from models.errors import BackendError, EdgecloudError, NotFound
 from models.manifest import Manifest
@@ -25,11 +27,16 @@ log = logging.getLogger(__name__)
 class Loaded:
     """One loaded version with a lease count (leases come from the loop and MQTT threads)."""
 
-    __slots__ = ("_lock", "backend", "closing", "leases", "manifest")
+    __slots__ = ("_lock", "backend", "closing", "leases", "manifest", "warm_times")
 
-    def __init__(self, manifest: Manifest, backend: Backend) -> None:
+    def __init__(
+        self, manifest: Manifest, backend: Backend, warm_times: dict[int, float] | None = None
+    ) -> None:
         self.manifest = manifest
         self.backend = backend
+        # Seconds per batch size, timed once after warm-up: the routing policy's first
+        # service-time estimates for this version (before any real batch has run).
+        self.warm_times = warm_times or {}
         self.leases = 0
         self.closing = False
         self._lock = threading.Lock()
@@ -68,6 +75,18 @@ def _check_compatible(manifest: Manifest, backend: Backend) -> None:
         or shape[2] not in (-1, len(pre.channels))
     ):
         raise BackendError(f"{manifest.ref}: input shape {shape} does not match window/channels")
+
+
+def _time_batch(backend: Backend, n: int) -> float:
+    feeds = {
+        spec.name: np.zeros(
+            tuple(n if i == 0 else max(d, 1) for i, d in enumerate(spec.shape)), spec.numpy_dtype
+        )
+        for spec in backend.inputs
+    }
+    t0 = time.perf_counter()
+    backend.infer(feeds)
+    return time.perf_counter() - t0
 
 
 class ModelSlot:
@@ -136,11 +155,13 @@ class ModelSlot:
         backend = load_backend(path, self._kind, self._options)
         try:
             _check_compatible(manifest, backend)
-            backend.warmup([b for b in self._warmup if b <= manifest.max_batch_size] or [1])
+            sizes = [b for b in self._warmup if b <= manifest.max_batch_size] or [1]
+            backend.warmup(sizes)
+            warm_times = {n: _time_batch(backend, n) for n in sizes}
         except BaseException:
             backend.close()
             raise
-        return Loaded(manifest, backend)
+        return Loaded(manifest, backend, warm_times)
 
     async def load(self, name: str, version: int | None = None) -> Manifest:
         """Load the first model (or swap if one is loaded)."""

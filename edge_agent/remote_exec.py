@@ -37,9 +37,11 @@ async def run_remote(
     See the module docstring for the outcomes.
     """
     race: asyncio.Future[BatchDone] = asyncio.get_running_loop().create_future()
+    twin: BatchDone | None = None
     if hedge:
         loaded.acquire()
-        d.run_local(BatchDone(batch, loaded, "edge", "hedge-local", now), race)
+        twin = BatchDone(batch, loaded, "edge", "hedge-local", now)
+        d.run_local(twin, race)
     done = BatchDone(batch, loaded, "cloud", reason, now)
     try:
         name, version = d.remote_target(loaded.manifest)
@@ -61,7 +63,8 @@ async def run_remote(
         done.network_s = time.perf_counter() - t0
         done.outputs = outputs
         d.rtt.observed()
-        if hedge and not race.done():
+        if twin is not None and not race.done():
+            twin.superseded = True  # not started yet: it never computes
             race.set_result(done)  # the local twin finishes later and is discarded
         elif hedge:
             d.finish(race.result())

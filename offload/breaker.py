@@ -3,6 +3,10 @@
 Closed: calls flow; ``failure_threshold`` consecutive failures open it. Open: calls are
 refused until ``open_s`` has passed. Half-open: up to ``half_open_probes`` calls probe the
 remote; ``success_threshold`` successes close it, any failure re-opens it.
+
+What counts as a failure is the caller's choice, except for one rule kept here with the
+config it reads: a missed deadline is only charged to the remote when the budget was fair
+(:meth:`BreakerConfig.charges_deadline_miss`).
 """
 
 from __future__ import annotations
@@ -25,12 +29,30 @@ class BreakerConfig:
     open_s: float = 2.0
     half_open_probes: int = 1
     success_threshold: int = 1
+    #: A deadline miss with at least this much budget always counts against the remote
+    #: (and, before any successful call has been measured, only such misses count).
+    deadline_floor_s: float = 0.25
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1 or self.half_open_probes < 1 or self.success_threshold < 1:
             raise ValueError("breaker thresholds and probes must be >= 1")
         if self.open_s < 0:
             raise ValueError("open_s must be >= 0")
+        if self.deadline_floor_s <= 0:
+            raise ValueError("deadline_floor_s must be > 0")
+
+    def charges_deadline_miss(self, budget_s: float, answer_p95_s: float | None) -> bool:
+        """Whether a call that ran out of ``budget_s`` says the remote is unhealthy.
+
+        ``answer_p95_s`` is the p95 of the remote's *successful* round trips (None before
+        the first). A request that arrived with less budget than the remote usually needs
+        would have missed against a perfectly healthy remote: opening the breaker for it
+        would push all traffic onto the edge device for the caller's problem. A budget
+        that covers the remote's own p95 (or the floor) should have been met.
+        """
+        if budget_s >= self.deadline_floor_s:
+            return True
+        return answer_p95_s is not None and budget_s >= answer_p95_s
 
 
 class CircuitBreaker:

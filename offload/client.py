@@ -1,9 +1,13 @@
 """The edge-side offload client: one reused grpc.aio channel, deadlines, retries, a breaker.
 
 Every call's gRPC deadline is the request's remaining budget. Only UNAVAILABLE is retried,
-with jittered backoff, and only while the budget lasts. Transport failures, timeouts and
-overload count against the circuit breaker; a remote that answers (even with
-INVALID_ARGUMENT) counts as healthy. Failures surface as :mod:`models.errors` classes.
+with jittered backoff, and only while the budget lasts. Transport failures, overload and
+timeouts with a fair budget count against the circuit breaker; a timeout whose budget was
+below the remote's measured p95 is the caller's problem and is excused (see
+:meth:`BreakerConfig.charges_deadline_miss`); a remote that answers (even with
+INVALID_ARGUMENT) counts as healthy. Every failed call also enters the RTT estimates as a
+censored sample, so a stalling remote looks slow to the routing policy instead of keeping
+its last good numbers. Failures surface as :mod:`models.errors` classes.
 """
 
 from __future__ import annotations
@@ -27,20 +31,16 @@ from offload.status import error_from_rpc
 from offload.stream import InferStream
 from offload.tls import TlsFiles, channel_credentials
 
-#: Codes that say something about the remote's health (they feed the breaker).
-_UNHEALTHY = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.CANCELLED,
-    }
-)
 #: Statuses that prove the remote is up and judging requests (they never open the breaker).
 _HEALTHY_REFUSALS = frozenset(
-    {Status.INVALID_ARGUMENT, Status.NOT_FOUND, Status.FAILED_PRECONDITION}
+    {
+        Status.INVALID_ARGUMENT,
+        Status.NOT_FOUND,
+        Status.ALREADY_EXISTS,
+        Status.FAILED_PRECONDITION,
+        Status.UNAUTHENTICATED,
+        Status.PERMISSION_DENIED,
+    }
 )
 
 
@@ -67,10 +67,11 @@ class OffloadClient:
         self._backoff = retry_backoff_s
         self._use_stream = stream
         self._max_message = max_message_bytes
-        self._rtt = LatencyEstimator()
-        self._server = LatencyEstimator()
+        self._rtt = LatencyEstimator(clock=clock)
+        self._server = LatencyEstimator(clock=clock)
         self._calls = 0
         self._failures = 0
+        self._excused = 0
         self._ids = itertools.count(1)
         self._channel: grpc.aio.Channel | None = None
         self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
@@ -121,6 +122,7 @@ class OffloadClient:
             breaker_state=self.breaker.state.value,
             calls=self._calls,
             failures=self._failures,
+            excused=self._excused,
         )
 
     def _require_stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
@@ -144,42 +146,67 @@ class OffloadClient:
         if not self.breaker.acquire():
             raise Unavailable(f"circuit to {self.target} is {self.breaker.state.value}")
         self._calls += 1
+        call_started = self._clock()
+        unreachable = False  # an UNAVAILABLE on any attempt condemns the call
         attempt = 0
-        while True:
-            started = self._clock()
-            remaining = deadline - started
-            if remaining <= 0:
-                self._fail()
-                raise DeadlineExceeded(f"offload budget to {self.target} spent after retries")
-            try:
-                if self._use_stream:
-                    response = await self._stream_call(request, remaining)
-                else:
-                    response = await stub.ModelInfer(request, timeout=remaining)
-            except grpc.RpcError as exc:
-                code = exc.code() if callable(getattr(exc, "code", None)) else None
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < self.max_retries:
-                    pause = self._backoff * (2**attempt) * random.uniform(0.5, 1.5)
-                    if self._clock() + pause < deadline:
-                        attempt += 1
-                        await asyncio.sleep(pause)
-                        continue
-                if code in _UNHEALTHY or code is None:
-                    self._fail()
-                else:
-                    self.breaker.record_success()
-                raise error_from_rpc(exc, f"{model} on {self.target}") from None
-            except EdgecloudError as exc:  # stream path: errors arrive already mapped
-                if exc.status in _HEALTHY_REFUSALS:
-                    self.breaker.record_success()
-                else:
-                    self._fail()
-                raise
-            self._observe(response, self._clock() - started)
-            return response_arrays(response)
+        try:
+            while True:
+                started = self._clock()
+                remaining = deadline - started
+                if remaining <= 0:  # only after a retry pause, so unreachable is set
+                    error: EdgecloudError = DeadlineExceeded(
+                        f"offload budget to {self.target} spent after retries"
+                    )
+                    self._settle(error, remaining, call_started, unreachable)
+                    raise error
+                try:
+                    if self._use_stream:
+                        response = await self._stream_call(request, remaining)
+                    else:
+                        response = await stub.ModelInfer(request, timeout=remaining)
+                except grpc.RpcError as exc:
+                    code = exc.code() if callable(getattr(exc, "code", None)) else None
+                    if code == grpc.StatusCode.UNAVAILABLE:
+                        unreachable = True
+                        if attempt < self.max_retries:
+                            pause = self._backoff * (2**attempt) * random.uniform(0.5, 1.5)
+                            if self._clock() + pause < deadline:
+                                attempt += 1
+                                await asyncio.sleep(pause)
+                                continue
+                    error = error_from_rpc(exc, f"{model} on {self.target}")
+                    self._settle(error, remaining, call_started, unreachable)
+                    raise error from None
+                except EdgecloudError as exc:  # stream path: errors arrive already mapped
+                    self._settle(exc, remaining, call_started, unreachable)
+                    raise
+                self._observe(response, self._clock() - call_started)
+                return response_arrays(response)
+        except asyncio.CancelledError:
+            # A hedge that lost: says nothing about the remote, but a half-open probe
+            # slot must not leak or the breaker could never close again.
+            self.breaker.release()
+            raise
 
-    def _fail(self) -> None:
+    def _settle(
+        self, error: EdgecloudError, budget_s: float, call_started: float, unreachable: bool
+    ) -> None:
+        """Tell the breaker and the estimates what a failed attempt says about the remote."""
+        if error.status in _HEALTHY_REFUSALS:  # it answered, whatever earlier attempts saw
+            self.breaker.record_success()
+            return
         self._failures += 1
+        self._rtt.observe_censored(self._clock() - call_started)
+        if (
+            error.status is Status.DEADLINE_EXCEEDED
+            and not unreachable
+            and not self.breaker.config.charges_deadline_miss(
+                budget_s, self._rtt.exact_quantile(0.95)
+            )
+        ):
+            self._excused += 1
+            self.breaker.release()
+            return
         self.breaker.record_failure()
 
     def _observe(self, response: service_pb2.ModelInferResponse, rtt: float) -> None:

@@ -42,6 +42,18 @@ class ServiceTimeModel:
         self._min: float = 0.0
         self._updates = 0
 
+    def reset(self, seed: dict[int, float] | None = None) -> None:
+        """Forget every observation (a new model version serves), then observe ``seed``."""
+        with self._lock:
+            self._samples.clear()
+            self._median.clear()
+            self._sx = self._sxx = 0
+            self._sy = self._sxy = 0.0
+            self._min = 0.0
+            self._updates = 0
+        for size, seconds in (seed or {}).items():
+            self.observe(size, seconds)
+
     def observe(self, batch_size: int, seconds: float) -> None:
         if batch_size < 1 or seconds < 0:
             return

@@ -164,10 +164,16 @@ async def test_late_batches_offloaded_get_a_fresh_budget_from_the_cloud(
                 inline_max_ms=0,
             )
         )
-        end = time.monotonic() + 15
-        while not agent.dispatcher.rtt.measured and time.monotonic() < end:  # noqa: ASYNC110
+        def cloud_is_fast() -> bool:
+            # A start-up probe that timed out while the fresh server warmed up leaves
+            # censored RTT evidence for a few seconds: wait until the cloud looks fast.
+            doc = agent.status()["cloud"]
+            return bool(doc.get("measured")) and (doc.get("p95_ms") or 1e9) < 100.0
+
+        end = time.monotonic() + 20
+        while not cloud_is_fast() and time.monotonic() < end:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        assert agent.dispatcher.rtt.measured
+        assert cloud_is_fast(), agent.status()["cloud"]
         results = subscriber(f"{topic_prefix}/results/#")
         rng = np.random.default_rng(9)
         pub = publisher(mosquitto.url)

@@ -57,3 +57,25 @@ async def test_swap_under_traffic_loses_nothing(
     with pytest.raises(EdgecloudError):
         await agent.models.swap("no-such-model", 1)
     assert agent.status()["model"]["version"] == 2
+
+
+async def test_load_times_each_warm_up_size_for_the_router(repo: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edge_agent.registry import ModelSlot
+    from models.backends.base import BackendOptions
+
+    with ThreadPoolExecutor(1) as pool:
+        slot = ModelSlot(
+            repo,
+            pool,
+            kind="onnxruntime",
+            options=BackendOptions(emulate_ms_per_batch=20.0),
+            warmup_batches=(1, 8),
+        )
+        await slot.load("motion-edge")
+        times = slot.loaded.warm_times
+        assert set(times) == {1, 8}
+        # The emulated device's extra time shows up: the router sees a slow node at once.
+        assert all(t >= 0.02 for t in times.values())
+        slot.close()

@@ -121,3 +121,15 @@ def test_budget_limits_bytes_and_peek_takes_nothing() -> None:
     assert budget.try_take(1, 800)
     unlimited = OffloadBudget(clock=clock)
     assert all(unlimited.try_take(1000, 10**9) for _ in range(100))
+
+
+def test_reset_forgets_history_and_takes_a_seed() -> None:
+    model = ServiceTimeModel(default_s=0.005)
+    for _ in range(5):
+        model.observe(1, 0.001)
+        model.observe(8, 0.002)
+    model.reset({1: 0.3, 8: 0.31})
+    assert model.estimate(1) == 0.3
+    assert model.estimate(8) == 0.31
+    model.reset()
+    assert model.estimate(4) == 0.005
