@@ -14,38 +14,13 @@ import os
 import signal
 import sys
 import time
-import typing
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from edge_agent.settings import EdgeSettings
 from models.errors import EdgecloudError
-
-
-def _parse_bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def _arg_kwargs(annotation: Any) -> dict[str, Any]:
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    base = (
-        args[0] if typing.get_origin(annotation) in (typing.Union, type(int | None)) else annotation
-    )
-    if typing.get_origin(base) is typing.Literal:
-        return {"choices": list(typing.get_args(base))}
-    if base is bool:
-        return {"type": _parse_bool, "metavar": "BOOL"}
-    if base in (int, float, Path):
-        return {"type": base}
-    return {"type": str}
+from models.settings_cli import add_settings_arguments, given
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,22 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Edge inference agent: MQTT readings -> windows -> batched local or "
         "offloaded inference -> results. Every flag also reads EDGE_<FLAG> from the environment.",
     )
-    for name, field in EdgeSettings.model_fields.items():
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            default=None,
-            help=field.description,
-            **_arg_kwargs(field.annotation),
-        )
+    add_settings_arguments(parser, EdgeSettings)
     return parser
 
 
 def settings_from_args(argv: Sequence[str] | None = None) -> EdgeSettings:
     ns = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(ns).items() if v is not None}
     secrets = os.environ.get("EDGE_SECRETS_DIR")
-    return EdgeSettings(_secrets_dir=secrets, **overrides)  # type: ignore[call-arg]
+    return EdgeSettings(_secrets_dir=secrets, **given(ns))  # type: ignore[call-arg]
 
 
 async def _run(settings: EdgeSettings) -> int:

@@ -16,39 +16,17 @@ import logging
 import signal
 import sys
 import time
-import typing
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from models.errors import EdgecloudError
+from models.settings_cli import add_settings_arguments, given
 from simulators.procs import install_signal_handlers
 from simulators.settings import SimSettings
 
 COMMANDS = ("run", "demo", "compare", "list")
-
-
-def _parse_bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def _kwargs(annotation: Any) -> dict[str, Any]:
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    base = args[0] if args and typing.get_origin(annotation) is not typing.Literal else annotation
-    if typing.get_origin(base) is typing.Literal:
-        return {"choices": list(typing.get_args(base))}
-    if base is bool:
-        return {"type": _parse_bool, "metavar": "BOOL"}
-    if base in (int, float, Path):
-        return {"type": base}
-    return {"type": str}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,24 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "scenario", nargs="?", default=None, help="scenario TOML path or built-in name (run)"
     )
-    for name, field in SimSettings.model_fields.items():
-        if name == "scenario":
-            continue
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            default=None,
-            help=field.description,
-            **_kwargs(field.annotation),
-        )
+    add_settings_arguments(parser, SimSettings, skip={"scenario"})
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
     try:
-        settings = SimSettings(**overrides)
+        settings = SimSettings(**given(args, skip={"command"}))
     except ValidationError as exc:
         print(f"fleet-sim: invalid settings:\n{exc}", file=sys.stderr)
         return 2
