@@ -107,6 +107,7 @@ class EdgeAgent:
 
     def _model_changed(self, manifest: Manifest, event: str) -> None:
         self.core.use_manifest(manifest, event)
+        self.stats.model_changed(manifest.ref)  # judge a new version on its own latencies
         loaded = self.models.loaded
         dispatcher = getattr(self, "dispatcher", None)  # built in start()
         if dispatcher is not None and loaded is not None:

@@ -29,6 +29,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from edge_agent.batch import BatchDone, Request, run_and_complete
+from edge_agent.local_work import LocalWork
 from edge_agent.registry import ModelSlot
 from edge_agent.remote_exec import run_remote
 from edge_agent.remote_rtt import RemoteRtt
@@ -80,6 +81,7 @@ class Dispatcher:
         self._tie = itertools.count()
         self.local_busy = 0
         self.remote_busy = 0
+        self.local_work = LocalWork()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._loop = asyncio.get_running_loop()
@@ -99,8 +101,7 @@ class Dispatcher:
 
     def _observe(self, now: float, n: int, deadline: float) -> Any:
         est = self.service.estimate(n)
-        busy = self.local_busy
-        backlog = (busy / self.workers) * self.service.estimate(self.max_batch) if busy else 0.0
+        backlog = self.local_wait(now)
         pressure = self._pressure()
         remote = self.remote
         rtt, p95 = self.rtt.estimate(remote.stats if remote is not None else None)
@@ -119,6 +120,10 @@ class Dispatcher:
             budget_ok=self.budget.peek(n, 0) if self.budget is not None else True,
             node_pressure=pressure,
         )
+
+    def local_wait(self, now: float) -> float:
+        """Estimated wait (s) until a local worker is free (see :mod:`edge_agent.local_work`)."""
+        return self.local_work.wait(now, self.workers, self.service.estimate)
 
     def kick(self) -> None:
         heap = self._heap
@@ -243,10 +248,12 @@ class Dispatcher:
         # Results of a plain local batch are published from the worker thread itself: one
         # thread hop less than returning to the loop first (the loop only does bookkeeping).
         complete = self._complete if race is None else None
-        fut = self._loop.run_in_executor(self._executor, run_and_complete, done, complete)
+        token, job = self.local_work.submit(done, lambda: run_and_complete(done, complete))
+        fut = self._loop.run_in_executor(self._executor, job)
 
         def finished(f: asyncio.Future[None]) -> None:
             self.local_busy -= 1
+            self.local_work.finished(token)
             if f.cancelled() or f.exception() is not None:
                 log.error("local batch failed to complete", exc_info=f.exception())
             elif done.error is None and done.outputs is not None:

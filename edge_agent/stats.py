@@ -1,8 +1,9 @@
 """Counters, latency quantiles and the Prometheus registry of one agent.
 
 Ingest counters are written only by the MQTT thread, result counters only by the event
-loop, so plain ints suffice (no lock on the hot path). Quantiles come from a ring of the
-most recent latencies; Prometheus histograms are fed per batch.
+loop, so plain ints suffice (no lock on the hot path). Quantiles cover the last
+``window_s`` seconds of results of the active model version only (see ``LatencyWindow``);
+Prometheus histograms are fed per batch.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge, Histogram
@@ -35,10 +37,71 @@ class Rate:
         return (total - n0) / (now - t0) if now > t0 else 0.0
 
 
+class LatencyWindow:
+    """Latencies of the last ``window_s`` seconds in a fixed ring of per-second buckets.
+
+    Time-based, not count-based: the rollout gates judge a new model version on its own
+    recent results, not on thousands of samples from before a swap. Memory is fixed at
+    ``cap`` floats; a second with more results than its share keeps its most recent ones
+    and the quantiles weight it by how many it saw, so a busy second still counts in full.
+    """
+
+    def __init__(
+        self, window_s: int = 60, cap: int = 32768, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.window_s = max(1, int(window_s))
+        self.per_bucket = max(1, cap // self.window_s)
+        self._clock = clock
+        self._vals = np.zeros((self.window_s, self.per_bucket), dtype=np.float64)
+        self._sec = np.full(self.window_s, -1, dtype=np.int64)  # which second a bucket holds
+        self._seen = np.zeros(self.window_s, dtype=np.int64)  # results in that second
+
+    def clear(self) -> None:
+        self._sec[:] = -1
+        self._seen[:] = 0
+
+    def add(self, latencies: np.ndarray, now: float | None = None) -> None:
+        n = len(latencies)
+        if n == 0:
+            return
+        sec = int(self._clock() if now is None else now)
+        b = sec % self.window_s
+        if self._sec[b] != sec:  # the bucket still holds a second that has aged out
+            self._sec[b], self._seen[b] = sec, 0
+        w, start = self.per_bucket, int(self._seen[b])
+        if n >= w:
+            idx = np.arange(start + n - w, start + n) % w
+            self._vals[b, idx] = latencies[-w:]
+        else:
+            self._vals[b, np.arange(start, start + n) % w] = latencies
+        self._seen[b] += n
+
+    def __len__(self) -> int:
+        return int(self._seen[self._live()].sum())
+
+    def _live(self, now: float | None = None) -> np.ndarray:
+        sec = int(self._clock() if now is None else now)
+        return (self._sec > sec - self.window_s) & (self._sec <= sec) & (self._seen > 0)
+
+    def quantiles(self, qs: list[float], now: float | None = None) -> np.ndarray | None:
+        """Percentiles ``qs`` (0-100) of the live window, None when it is empty."""
+        live = np.flatnonzero(self._live(now))
+        if live.size == 0:
+            return None
+        kept = np.minimum(self._seen[live], self.per_bucket)
+        vals = np.concatenate([self._vals[b, :k] for b, k in zip(live, kept, strict=True)])
+        if np.array_equal(kept, self._seen[live]):
+            return np.percentile(vals, qs)
+        weights = np.repeat(self._seen[live] / kept, kept)
+        return np.percentile(vals, qs, weights=weights, method="inverted_cdf")
+
+
 class Stats:
     """Everything the status API, the heartbeat and /metrics report."""
 
-    def __init__(self, window: int = 8192) -> None:
+    def __init__(
+        self, window_s: int = 60, cap: int = 32768, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.started = time.monotonic()
         self.lock = threading.Lock()  # results are recorded by the loop and worker threads
         self.readings = 0
@@ -57,8 +120,8 @@ class Stats:
         self.fallbacks = 0
         self.routes: Counter[str] = Counter({"local": 0, "remote": 0, "hedge": 0, "shed": 0})
         self.reasons: Counter[str] = Counter()
-        self._lat = np.zeros(window, dtype=np.float64)
-        self._lat_n = 0
+        self.latency = LatencyWindow(window_s, cap, clock)
+        self._model: str | None = None
         self.readings_rate = Rate()
         self.inference_rate = Rate()
         self.registry = CollectorRegistry()
@@ -114,18 +177,7 @@ class Stats:
         self.inferences += n - errors
         self.errors += errors
         self.deadline_met += met
-        w = len(self._lat)
-        i = self._lat_n % w
-        if n >= w:
-            self._lat[:] = latencies[-w:]
-        else:
-            end = i + n
-            if end <= w:
-                self._lat[i:end] = latencies
-            else:
-                self._lat[i:] = latencies[: w - i]
-                self._lat[: end - w] = latencies[w - i :]
-        self._lat_n += n
+        self.latency.add(latencies)
         self.m_batch.observe(n)
         self.m_compute.labels(route).observe(compute_s)
         self.m_results.labels(route).inc(n)
@@ -133,11 +185,23 @@ class Stats:
         for v in latencies[:: max(1, n // 8)]:  # a sample per batch keeps this off the hot path
             hist.observe(float(v))
 
-    def quantiles_ms(self) -> dict[str, float]:
-        n = min(self._lat_n, len(self._lat))
-        if n == 0:
+    def model_changed(self, ref: str) -> None:
+        """Start a fresh latency window when another model version becomes active.
+
+        Results still in flight from the old version land in the new window; they are a
+        batch or two, where the old count-based ring carried thousands.
+        """
+        with self.lock:
+            if ref != self._model:
+                self._model = ref
+                self.latency.clear()
+
+    def quantiles_ms(self, now: float | None = None) -> dict[str, float]:
+        with self.lock:
+            q = self.latency.quantiles([50, 95, 99], now)
+        if q is None:
             return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
-        q = np.percentile(self._lat[:n], [50, 95, 99]) * 1000.0
+        q = q * 1000.0
         return {
             "p50": round(float(q[0]), 3),
             "p95": round(float(q[1]), 3),

@@ -164,6 +164,7 @@ async def test_late_batches_offloaded_get_a_fresh_budget_from_the_cloud(
                 inline_max_ms=0,
             )
         )
+
         def cloud_is_fast() -> bool:
             # A start-up probe that timed out while the fresh server warmed up leaves
             # censored RTT evidence for a few seconds: wait until the cloud looks fast.
