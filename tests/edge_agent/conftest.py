@@ -137,6 +137,27 @@ def reading(seq: int, values: np.ndarray | list[float], ts: float | None = None)
     ).encode()
 
 
+def process_args(
+    agent_id: str, broker_url: str, repository: Path, prefix: str, *extra: str
+) -> list[str]:
+    """edge-agent flags for a process on ``broker_url`` reading ``{prefix}/sensors/+/+/+``."""
+    return [
+        "--agent-id",
+        agent_id,
+        "--broker",
+        broker_url,
+        "--repository",
+        str(repository),
+        "--topic-prefix",
+        prefix,
+        "--topics-filter",
+        f"{prefix}/sensors/+/+/+",
+        "--http-port",
+        "0",
+        *extra,
+    ]
+
+
 class AgentProcess:
     """``edge-agent`` as a subprocess; ``port`` is its HTTP port once ready."""
 

@@ -16,7 +16,7 @@ from edge_agent.payloads import REASONS, encode_binary
 from models import basicmotions
 from models.backends import load_backend
 from simulators.mqtt_wire import WirePublisher, publish_frame
-from tests.edge_agent.conftest import AgentProcess
+from tests.edge_agent.conftest import AgentProcess, process_args
 
 
 def _fuzz(rng: random.Random, i: int) -> bytes:
@@ -60,24 +60,13 @@ def test_fuzz_is_dead_lettered_and_valid_results_stay_correct(
     stream = np.concatenate([x[1], x[9], x[20]])[:n_valid].astype(np.float32)
     topic = f"{topic_prefix}/sensors/s1/d1/acc"
     agent = AgentProcess(
-        [
-            "--agent-id",
+        process_args(
             f"{topic_prefix}-f",
-            "--broker",
             mosquitto.url,
-            "--repository",
-            str(repo),
-            "--topic-prefix",
+            repo,
             topic_prefix,
-            "--topics-filter",
-            f"{topic_prefix}/sensors/+/+/+",
-            "--http-port",
-            "0",
-            "--policy",
-            "local-only",
-            "--log-level",
-            "WARNING",
-        ]
+            *("--policy", "local-only", "--log-level", "WARNING"),
+        )
     )
     agent.wait_ready()
     results = subscriber(f"{topic_prefix}/results/#")

@@ -11,30 +11,18 @@ import pytest
 
 from edge_agent.payloads import encode_binary
 from simulators.mqtt_wire import WirePublisher, publish_frame
-from tests.edge_agent.conftest import AgentProcess, OffloadServer, install_heavy_model
+from tests.edge_agent.conftest import AgentProcess, OffloadServer, install_heavy_model, process_args
 
 
 def _agent(mosquitto: Any, repo: Path, prefix: str, name: str, *extra: str) -> AgentProcess:
     a = AgentProcess(
-        [
-            "--agent-id",
+        process_args(
             f"{prefix}-{name}",
-            "--broker",
             mosquitto.url,
-            "--repository",
-            str(repo),
-            "--topic-prefix",
+            repo,
             prefix,
-            "--topics-filter",
-            f"{prefix}/sensors/+/+/+",
-            "--http-port",
-            "0",
-            "--log-level",
-            "WARNING",
-            "--slo-ms",
-            "100",
-            *extra,
-        ]
+            *("--log-level", "WARNING", "--slo-ms", "100", *extra),
+        )
     )
     a.wait_ready()
     return a

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.edge_agent.conftest import AgentProcess, publisher, reading
+from tests.edge_agent.conftest import AgentProcess, process_args, publisher, reading
 
 
 @pytest.mark.slow
@@ -18,26 +18,14 @@ def test_restart_mid_stream_loses_no_reading(
 ) -> None:
     streams = [f"{topic_prefix}/sensors/s1/d{i}/acc" for i in range(3)]
     n = 400
-    args = [
-        "--agent-id",
+    args = process_args(
         f"{topic_prefix}-r",
-        "--broker",
         mosquitto.url,
-        "--repository",
-        str(repo),
-        "--topic-prefix",
+        repo,
         topic_prefix,
-        "--topics-filter",
-        f"{topic_prefix}/sensors/+/+/+",
-        "--http-port",
-        "0",
-        "--policy",
-        "local-only",
-        "--db-path",
-        str(tmp_path / "edge.db"),
-        "--log-level",
-        "WARNING",
-    ]
+        *("--policy", "local-only", "--db-path", str(tmp_path / "edge.db")),
+        *("--log-level", "WARNING"),
+    )
     results = subscriber(f"{topic_prefix}/results/#")
     pub = publisher(mosquitto.url)
     rng = np.random.default_rng(3)

@@ -13,7 +13,7 @@ import numpy as np
 
 from models import basicmotions
 from models.backends import load_backend
-from tests.edge_agent.conftest import AgentProcess
+from tests.edge_agent.conftest import AgentProcess, process_args
 
 
 def test_mosquitto_pub_stream_matches_direct_ort(
@@ -23,24 +23,13 @@ def test_mosquitto_pub_stream_matches_direct_ort(
     x, _ = basicmotions.load("test")
     stream = np.concatenate([x[0], x[5]])[:130]  # 130 readings -> windows ending 99..129
     agent = AgentProcess(
-        [
-            "--agent-id",
+        process_args(
             f"{topic_prefix}-a",
-            "--broker",
             mosquitto.url,
-            "--repository",
-            str(repo),
-            "--model",
-            "motion-edge",
-            "--topic-prefix",
+            repo,
             topic_prefix,
-            "--topics-filter",
-            f"{topic_prefix}/sensors/+/+/+",
-            "--http-port",
-            "0",
-            "--policy",
-            "local-only",
-        ]
+            *("--model", "motion-edge", "--policy", "local-only"),
+        )
     )
     try:
         agent.wait_ready()
