@@ -97,6 +97,10 @@ class EdgeAgent:
         if self.link is not None:
             self.link.publish(topic, payload, qos, retain)
 
+    def publish_many(self, messages: list[tuple[str, str]], qos: int = 0) -> None:
+        if self.link is not None:
+            self.link.publish_many(messages, qos)
+
     @property
     def broker_connected(self) -> bool:
         return self.link is not None and self.link.connected

@@ -42,12 +42,13 @@ def complete_batch(core: AgentCore, done: BatchDone) -> None:
     else:
         outs, jsons = None, [error_output(done.error or "error")] * n
     bodies, lat, met = batch_results(done, jsons, mpart, now, queue_ms, compute_ms, network_ms)
-    publish, qos = core.publisher.publish, core.result_qos
-    produced: list[tuple[Request, str]] = []
-    for i, (r, body) in enumerate(zip(reqs, bodies, strict=True)):
-        publish(r.stream.result_topic, body, qos, False)
-        produced.append((r, body))
-        if outs is not None:
+    core.publisher.publish_many(
+        [(r.stream.result_topic, body) for r, body in zip(reqs, bodies, strict=True)],
+        core.result_qos,
+    )
+    produced = list(zip(reqs, bodies, strict=True))
+    if outs is not None:
+        for i, r in enumerate(reqs):
             _check_alert(core, r.stream, r, outs, i)
     errors = n if done.error else 0
     nan = outs.nan if outs is not None else 0

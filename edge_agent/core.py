@@ -42,6 +42,9 @@ class Publisher(Protocol):
         self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False
     ) -> None: ...
 
+    def publish_many(self, messages: list[tuple[str, str]], qos: int = 0) -> None:
+        """One batch's results at once (QoS 0 ones leave as pre-encoded frames)."""
+
 
 class AgentCore:
     """Ingest -> windows -> dispatcher -> results, plus counters and status."""

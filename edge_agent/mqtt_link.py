@@ -3,10 +3,13 @@
 Why not ``loop_start()``: paho's loop does one ``select()`` per received packet and wakes
 itself through a socket pair on every publish from another thread. Here the thread
 drains every readable packet after one ``select()`` (``loop_read`` until no message
-arrives), and other threads' publishes only poke a wake-up socket when paho flips into
-"wants to write" (``on_socket_register_write``), so all socket writes happen on this one
-thread. Readings go straight to ``AgentCore.ingest`` on this thread (the hot path);
-everything else (desired state, connection changes) is handed to the event loop.
+arrives), and other threads' publishes only poke a wake-up socket when there was nothing
+to write before, so all socket writes happen on this one thread. QoS-0 readings and
+QoS-0 results take the fast paths of :mod:`edge_agent.mqtt_client`. Readings go straight
+to ``AgentCore.ingest`` on this thread (the hot path); readings that arrive at QoS 1 go
+to ``ingest_acked`` when given (it must make them durable before it returns: paho
+acknowledges right after); everything else (desired state, connection changes) is handed
+to the event loop.
 
 Reconnects use full-jitter exponential backoff (``offload.mqtt.backoff_delays``); the
 session is persistent (``clean_session=False``, client id = agent id) so QoS-1 readings
@@ -28,7 +31,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from edge_agent.mqtt_client import FastClient, install
 from offload.mqtt import BrokerUrl, backoff_delays, make_client
+from offload.mqtt_frames import FrameEncoder
 
 log = logging.getLogger(__name__)
 
@@ -36,38 +41,6 @@ log = logging.getLogger(__name__)
 def _tls_pending(sock: Any) -> bool:
     pending = getattr(sock, "pending", None)
     return bool(pending and pending())
-
-
-class _BufferedClient(mqtt.Client):
-    """paho reads every packet with two or three tiny ``recv()`` calls (header byte,
-    length bytes, body); at tens of thousands of messages/s those syscalls are a large
-    share of the agent's CPU. This reads up to 64 KiB at once and serves paho's small
-    reads from that buffer. Installed on a client from ``make_client`` by swapping its
-    class (no new state beyond the buffer); pinned to paho-mqtt 2.x's ``_sock_recv``.
-    """
-
-    _rx_buf: bytes = b""
-    _rx_off: int = 0
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        buf, off = self._rx_buf, self._rx_off
-        if off >= len(buf):
-            buf = super()._sock_recv(65536)
-            off = 0
-            self._rx_buf = buf
-            if not buf:  # EOF: let paho see it
-                self._rx_off = 0
-                return buf
-        out = buf[off : off + bufsize]
-        self._rx_off = off + len(out)
-        return out
-
-    def buffered(self) -> bool:
-        return self._rx_off < len(self._rx_buf)
-
-    def reconnect(self) -> mqtt.MQTTErrorCode:
-        self._rx_buf, self._rx_off = b"", 0
-        return super().reconnect()
 
 
 class MqttLink:
@@ -94,12 +67,14 @@ class MqttLink:
         keepalive: int = 30,
         end_of_burst: Callable[[], None] | None = None,
         mid_burst: Callable[[], None] | None = None,
+        ingest_acked: Callable[[str, bytes, float], None] | None = None,
     ) -> None:
         self.url = url
         self._filters = [f"$share/{share_group}/{f}" if share_group else f for f in filters]
         self._qos = qos
         self._control = control_topics
         self._ingest = ingest
+        self._ingest_acked = ingest_acked or ingest
         self._on_control = on_control
         self._on_connection = on_connection
         self._loop = loop
@@ -109,6 +84,8 @@ class MqttLink:
         self.connected = False
         self.reading = True
         self.messages = 0
+        self.dropped_offline = 0  # QoS-0 publishes while disconnected (paho drops them too)
+        self._encoder = FrameEncoder()
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -128,8 +105,7 @@ class MqttLink:
         c.on_disconnect = self._disconnected
         c.on_message = self._message
         c.on_socket_register_write = self._want_write
-        c.__class__ = _BufferedClient
-        self.client: _BufferedClient = c  # type: ignore[assignment]
+        self.client: FastClient = install(c, self._fast_message)
         self._thread = threading.Thread(target=self._run, name=f"mqtt-{client_id}", daemon=True)
 
     # -- paho callbacks (network thread) ------------------------------------------------
@@ -159,13 +135,26 @@ class MqttLink:
             self._loop.call_soon_threadsafe(self._on_connection, False)
 
     def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """paho's path: QoS-1 messages (acknowledged when this returns) and stragglers."""
         self.messages += 1
         topic = msg.topic
         if topic in self._control:
             self._loop.call_soon_threadsafe(self._on_control, topic, msg.payload)
             return
+        ingest = self._ingest_acked if msg.qos else self._ingest
         try:
-            self._ingest(topic, msg.payload, time.monotonic())
+            ingest(topic, msg.payload, time.monotonic())
+        except Exception:  # ingest validates everything; this is a bug guard, not a path
+            log.exception("ingest failed for a message on %s", topic[:200])
+
+    def _fast_message(self, topic: str, payload: bytes) -> None:
+        """The fast path: a QoS-0 PUBLISH split out of the receive buffer."""
+        self.messages += 1
+        if topic in self._control:
+            self._loop.call_soon_threadsafe(self._on_control, topic, payload)
+            return
+        try:
+            self._ingest(topic, payload, time.monotonic())
         except Exception:  # ingest validates everything; this is a bug guard, not a path
             log.exception("ingest failed for a message on %s", topic[:200])
 
@@ -191,17 +180,18 @@ class MqttLink:
                 delays = backoff_delays(0.2, 10.0)
                 self._stop.wait(next(delays))
         with contextlib.suppress(Exception):
+            c.write_pending()  # results queued as raw frames go before the DISCONNECT
             c.disconnect()
             c.loop_write()
 
-    def _serve(self, c: mqtt.Client) -> None:
+    def _serve(self, c: FastClient) -> None:
         next_misc = 0.0
         tls = getattr(c.socket(), "pending", None) is not None
         while not self._stop.is_set():
             sock = c.socket()
             if sock is None:
                 return
-            wlist = [sock] if c.want_write() else []
+            wlist = [sock] if c.wants_write() else []
             try:
                 rlist = [sock, self._wake_r] if self.reading else [self._wake_r]
                 # Bytes already buffered must not wait for the socket to become readable.
@@ -220,16 +210,15 @@ class MqttLink:
                         return
                     if self.messages == before:
                         break
-                    if not i & 15:
-                        # A long burst must not hold back windows completed early in it.
-                        self._mid_burst()
-                        if c.want_write():
-                            c.loop_write()
+                    # A long burst must not hold back windows completed early in it.
+                    self._mid_burst()
+                    if not i & 15 and c.wants_write():
+                        c.write_pending()
                 try:
                     self._end_of_burst()
                 except Exception:  # never let a bug stop the network thread
                     log.exception("end-of-burst hook failed")
-            if c.want_write() and c.loop_write() not in (
+            if c.wants_write() and c.write_pending() not in (
                 mqtt.MQTT_ERR_SUCCESS,
                 mqtt.MQTT_ERR_AGAIN,
             ):
@@ -247,11 +236,27 @@ class MqttLink:
         self._want_write(None, None, None)
 
     def flushed(self) -> bool:
-        return not self.client.want_write()
+        return not self.client.wants_write()
 
     def publish(self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False) -> None:
         """Thread-safe; queued by paho and written by the network thread."""
         self.client.publish(topic, payload, qos, retain)
+
+    def publish_many(self, messages: list[tuple[str, str]], qos: int = 0) -> None:
+        """Thread-safe. QoS 0: encoded here into one buffer of frames and written by the
+        network thread in large writes; higher QoS goes through paho one by one."""
+        if qos:
+            for topic, payload in messages:
+                self.client.publish(topic, payload, qos)
+            return
+        if not self.connected:
+            self.dropped_offline += len(messages)
+            return
+        if (
+            self.client.queue_raw(self._encoder.encode(messages))
+            and threading.get_ident() != self._thread.ident
+        ):
+            self._want_write(None, None, None)
 
     def publish_json(self, topic: str, obj: Any, qos: int = 1, retain: bool = False) -> None:
         self.publish(topic, json.dumps(obj), qos, retain)

@@ -1,4 +1,6 @@
-"""MQTT 3.1.1 packet encoding for the load generators: CONNECT, PUBLISH, varints, replies.
+"""MQTT 3.1.1 packets for the load generators: CONNECT, PUBLISH, replies.
+
+Varints and PUBLISH encoding are shared with the edge agent (:mod:`offload.mqtt_frames`).
 
 Only what a publisher needs; the broker's replies are split into packets by
 :class:`ReplyParser`, which counts PUBACKs and records the CONNACK code.
@@ -7,51 +9,40 @@ Only what a publisher needs; the broker's replies are split into packets by
 from __future__ import annotations
 
 from models.errors import EdgecloudError, Unavailable
+from offload.mqtt_frames import (
+    PUBLISH,
+    decode_remaining_length,
+    encode_remaining_length,
+    publish_frame,
+    utf8_field,
+)
+
+__all__ = [
+    "CONNACK",
+    "CONNECT",
+    "DISCONNECT_FRAME",
+    "PINGREQ_FRAME",
+    "PUBACK",
+    "PUBLISH",
+    "PacketIds",
+    "ReplyParser",
+    "WireError",
+    "check_connack",
+    "connect_frame",
+    "decode_remaining_length",
+    "encode_remaining_length",
+    "publish_frame",
+]
 
 CONNECT = 0x10
 CONNACK = 0x20
-PUBLISH = 0x30
 PUBACK = 0x40
 PINGREQ_FRAME = b"\xc0\x00"
 DISCONNECT_FRAME = b"\xe0\x00"
-_MAX_REMAINING = 268_435_455
 
 
 class WireError(EdgecloudError):
     """The broker refused the connection or sent something unparseable."""
-
-
-def encode_remaining_length(n: int) -> bytes:
-    """MQTT variable-length integer (1-4 bytes, 7 bits each, MSB = continuation)."""
-    if not 0 <= n <= _MAX_REMAINING:
-        raise ValueError(f"remaining length {n} out of range")
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
-
-def decode_remaining_length(buf: bytes | bytearray, start: int) -> tuple[int, int] | None:
-    """(value, bytes used) of the varint at ``buf[start:]``, or None if incomplete."""
-    value, mult = 0, 1
-    for i in range(4):
-        if start + i >= len(buf):
-            return None
-        byte = buf[start + i]
-        value += (byte & 0x7F) * mult
-        if not byte & 0x80:
-            return value, i + 1
-        mult *= 128
-    raise WireError("malformed remaining length")
-
-
-def _utf8(s: str | bytes) -> bytes:
-    raw = s.encode() if isinstance(s, str) else s
-    if len(raw) > 65535:
-        raise ValueError("MQTT strings are limited to 65535 bytes")
-    return len(raw).to_bytes(2, "big") + raw
 
 
 def connect_frame(
@@ -64,36 +55,16 @@ def connect_frame(
 ) -> bytes:
     """A CONNECT packet for protocol level 4 (MQTT 3.1.1)."""
     flags = 0x02 if clean_session else 0
-    payload = _utf8(client_id)
+    payload = utf8_field(client_id)
     if username is not None:
         flags |= 0x80
-        payload += _utf8(username)
+        payload += utf8_field(username)
         if password is not None:
             flags |= 0x40
-            payload += _utf8(password)
-    var = _utf8("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big")
+            payload += utf8_field(password)
+    var = utf8_field("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big")
     body = var + payload
     return bytes([CONNECT]) + encode_remaining_length(len(body)) + body
-
-
-def publish_frame(
-    topic: str | bytes,
-    payload: bytes,
-    *,
-    qos: int = 0,
-    packet_id: int | None = None,
-    retain: bool = False,
-) -> bytes:
-    """A complete PUBLISH packet; QoS 1 needs a packet id in 1..65535."""
-    if qos not in (0, 1):
-        raise ValueError("only QoS 0 and 1 are supported")
-    header = PUBLISH | (qos << 1) | (1 if retain else 0)
-    var = _utf8(topic)
-    if qos:
-        if packet_id is None or not 1 <= packet_id <= 65535:
-            raise ValueError("QoS 1 needs a packet id in 1..65535")
-        var += packet_id.to_bytes(2, "big")
-    return bytes([header]) + encode_remaining_length(len(var) + len(payload)) + var + payload
 
 
 class PacketIds:
@@ -126,7 +97,10 @@ class ReplyParser:
             return
         pos = 0
         while pos + 2 <= len(self.buf):
-            rl = decode_remaining_length(self.buf, pos + 1)
+            try:
+                rl = decode_remaining_length(self.buf, pos + 1)
+            except ValueError as exc:
+                raise WireError(str(exc)) from exc
             if rl is None:
                 break
             length, used = rl

@@ -26,7 +26,12 @@ async def _core_agent(repo: Path, **kw: Any) -> tuple[EdgeAgent, list[tuple[str,
     await agent.models.load("motion-edge", None)
     sent: list[tuple[str, str]] = []
     agent.core.publisher = type(
-        "Capture", (), {"publish": lambda self, t, p, q=0, r=False: sent.append((t, p))}
+        "Capture",
+        (),
+        {
+            "publish": lambda self, t, p, q=0, r=False: sent.append((t, p)),
+            "publish_many": lambda self, msgs, q=0: sent.extend(msgs),
+        },
     )()
     return agent, sent
 

@@ -17,42 +17,8 @@ from simulators.mqtt_wire import (
     WireError,
     WirePublisher,
     connect_frame,
-    decode_remaining_length,
-    encode_remaining_length,
     publish_frame,
 )
-
-
-@pytest.mark.parametrize(
-    ("n", "encoded"),
-    [
-        (0, b"\x00"),
-        (127, b"\x7f"),
-        (128, b"\x80\x01"),
-        (16383, b"\xff\x7f"),
-        (16384, b"\x80\x80\x01"),
-        (2097151, b"\xff\xff\x7f"),
-        (268435455, b"\xff\xff\xff\x7f"),
-    ],
-)
-def test_remaining_length_spec_examples(n: int, encoded: bytes) -> None:
-    assert encode_remaining_length(n) == encoded
-    assert decode_remaining_length(b"\x30" + encoded, 1) == (n, len(encoded))
-
-
-def test_remaining_length_rejects_out_of_range() -> None:
-    with pytest.raises(ValueError):
-        encode_remaining_length(268435456)
-
-
-def test_publish_frame_layout() -> None:
-    frame = publish_frame("a/b", b"xyz", qos=1, packet_id=258)
-    assert frame == b"\x32\x0a\x00\x03a/b\x01\x02xyz"
-    assert publish_frame("a/b", b"", retain=True) == b"\x31\x05\x00\x03a/b"
-    with pytest.raises(ValueError):
-        publish_frame("a", b"", qos=1)
-    with pytest.raises(ValueError):
-        publish_frame("a", b"", qos=2, packet_id=1)
 
 
 def test_connect_frame_layout() -> None:

@@ -1,0 +1,174 @@
+"""The agent's paho client, with fast paths for the two hot packet kinds.
+
+paho stays in charge of the session (CONNECT, subscriptions, QoS-1 acks, keep-alive,
+reconnects); two things it does per packet are too slow at tens of thousands of
+messages/s, so :class:`FastClient` takes them over:
+
+* **Reading.** paho reads every packet with two or three tiny ``recv()`` calls and builds
+  an ``MQTTMessage`` for it. Here one ``recv()`` pulls up to 64 KiB and the complete QoS-0
+  PUBLISH packets at its head are split out directly (:func:`split_publishes`) and handed
+  to ``fast_deliver``. Anything else (QoS-1 publishes, acks, pings, a packet cut by the
+  buffer's end) goes through paho's own parser, served from the same buffer.
+* **Writing QoS-0 results.** paho's ``publish()`` builds a message-info object with a
+  condition variable, queues a dict and pokes a socket pair per message, and writes each
+  packet with its own ``send()``. :meth:`FastClient.queue_raw` takes already-encoded
+  frames (:class:`offload.mqtt_frames.FrameEncoder`) and :meth:`write_pending` sends them
+  in large writes. Frames never interleave with paho's: a half-written raw chunk is
+  finished before paho's queue is written, and raw bytes only start when paho's queue
+  is empty.
+
+Pinned to paho-mqtt 2.x internals (``_sock_recv``, ``_in_packet``, ``_out_packet``,
+``_sock``); the tests in tests/edge_agent/test_mqtt_client.py run it against mosquitto.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+
+from offload.mqtt_frames import split_publishes
+
+_OK = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+_LOST = mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)
+
+
+class FastClient(mqtt.Client):
+    """A paho client whose class was swapped by :func:`install` (see module doc)."""
+
+    _rx_buf: bytes
+    _rx_off: int
+    _raw_out: bytearray
+    _raw_inflight: memoryview | None
+    _raw_lock: threading.Lock
+    raw_limit: int
+    raw_dropped: int
+    fast_count: int
+    fast_deliver: Callable[[str, bytes], None] | None
+    fast_batch: int
+
+    # -- reading -------------------------------------------------------------------------
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf, off = self._rx_buf, self._rx_off
+        if off >= len(buf):
+            buf = super()._sock_recv(65536)
+            off = 0
+            self._rx_buf = buf
+            if not buf:  # EOF: let paho see it
+                self._rx_off = 0
+                return buf
+        out = buf[off : off + bufsize]
+        self._rx_off = off + len(out)
+        return out
+
+    def buffered(self) -> bool:
+        return self._rx_off < len(self._rx_buf)
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        deliver = self.fast_deliver
+        if deliver is None or self._sock is None or self._in_packet["command"] != 0:
+            return super().loop_read(max_packets)  # paho is inside a packet: let it finish
+        if self._rx_off >= len(self._rx_buf):
+            try:
+                data = mqtt.Client._sock_recv(self, 65536)
+            except BlockingIOError:
+                return _OK
+            except OSError:
+                return super().loop_read(max_packets)  # paho reports the error its way
+            if not data:
+                return super().loop_read(max_packets)  # EOF is sticky: paho sees it too
+            self._rx_buf, self._rx_off = data, 0
+        off, n = split_publishes(self._rx_buf, self._rx_off, self.fast_batch, deliver)
+        if n:
+            self._rx_off = off
+            self.fast_count += n
+            self._last_bytes_received = time.monotonic()  # keep-alive bookkeeping
+            return _OK
+        return super().loop_read(max_packets)
+
+    # -- writing -------------------------------------------------------------------------
+    def queue_raw(self, frames: bytes) -> bool:
+        """Queue encoded QoS-0 frames (any thread). True if the queue was empty before
+        (the caller then wakes the network thread); dropped and counted over the limit."""
+        with self._raw_lock:
+            if len(self._raw_out) + len(frames) > self.raw_limit:
+                self.raw_dropped += 1
+                return False
+            was_empty = not self._raw_out
+            self._raw_out += frames
+        return was_empty
+
+    def wants_write(self) -> bool:
+        return bool(self._out_packet) or self._raw_inflight is not None or bool(self._raw_out)
+
+    def write_pending(self) -> mqtt.MQTTErrorCode:
+        """Network thread: write what paho and the raw queue hold, never interleaved."""
+        if self._raw_inflight is not None:
+            rc = self._send_raw()
+            if rc != _OK or self._raw_inflight is not None:
+                return rc
+        if self._out_packet:
+            rc = self.loop_write()
+            if rc != _OK or self._out_packet:
+                return rc  # paho's packet is half-written: it goes first
+        with self._raw_lock:
+            if not self._raw_out:
+                return _OK
+            data = bytes(self._raw_out)
+            self._raw_out.clear()
+        self._raw_inflight = memoryview(data)
+        return self._send_raw()
+
+    def _send_raw(self) -> mqtt.MQTTErrorCode:
+        view = self._raw_inflight
+        sock = self._sock
+        if view is None or sock is None:
+            return _OK if sock is not None else _LOST
+        try:
+            while view:
+                view = view[sock.send(view) :]
+        except _WOULD_BLOCK:
+            self._raw_inflight = view
+            return _OK
+        except OSError:
+            return _LOST
+        self._raw_inflight = None
+        self._last_msg_out = time.monotonic()
+        return _OK
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        # Bytes read or half-written on the old connection mean nothing on the new one.
+        self._rx_buf, self._rx_off = b"", 0
+        self._raw_inflight = None
+        return super().reconnect()
+
+
+def install(
+    client: mqtt.Client,
+    deliver: Callable[[str, bytes], None] | None = None,
+    *,
+    raw_limit: int = 64 * 2**20,
+    fast_batch: int = 64,
+) -> FastClient:
+    """Turn a client from ``offload.mqtt.make_client`` into a :class:`FastClient`.
+
+    ``deliver(topic, payload)`` receives QoS-0 PUBLISHes on the network thread (None:
+    everything goes through paho's ``on_message``). ``fast_batch`` bounds how many
+    packets one ``loop_read`` delivers, so the caller's loop gets control regularly.
+    """
+    client.__class__ = FastClient
+    fast: FastClient = client  # type: ignore[assignment]
+    fast._rx_buf, fast._rx_off = b"", 0
+    fast._raw_out = bytearray()
+    fast._raw_inflight = None
+    fast._raw_lock = threading.Lock()
+    fast.raw_limit = raw_limit
+    fast.raw_dropped = 0
+    fast.fast_count = 0
+    fast.fast_deliver = deliver
+    fast.fast_batch = fast_batch
+    return fast
