@@ -1,7 +1,15 @@
-"""The stack's MQTT broker: mosquitto from PATH, or an embedded amqtt broker as fallback."""
+"""The stack's MQTT broker: mosquitto from PATH, or the embedded amqtt broker.
+
+``broker_kind`` (``--broker-kind``) picks it: ``auto`` (mosquitto when installed, else
+amqtt with a warning), ``mosquitto`` or ``amqtt`` (so the fallback is testable on a
+machine that has mosquitto). Either way the broker is a child in the stack's
+:class:`~simulators.procs.ProcessSet`, so it dies with the stack, and it counts as
+ready only once it answers an MQTT CONNECT.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import logging
 import os
@@ -9,9 +17,15 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import Literal
 
-from models.errors import MissingDependency
+from models.errors import ConfigError, MissingDependency, Unavailable
+from simulators.health import StackError
+from simulators.mqtt_frames import ReplyParser, connect_frame
 from simulators.procs import Managed, ProcessSet
+from simulators.settings import BrokerKind
+
+DISCONNECT = b"\xe0\x00"
 
 log = logging.getLogger(__name__)
 
@@ -46,35 +60,91 @@ def mosquitto_config(port: int, host: str = "127.0.0.1") -> str:
     )
 
 
-_AMQTT_MAIN = """
-import asyncio, sys
-from amqtt.broker import Broker
+def resolve_kind(kind: BrokerKind, mosquitto: str | None) -> Literal["mosquitto", "amqtt"]:
+    """Which broker ``kind`` means given ``mosquitto`` (its path on PATH, or None).
 
-async def main(port):
-    cfg = {"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-           "auth": {"allow-anonymous": True}, "topic-check": {"enabled": False}}
-    broker = Broker(cfg)
-    await broker.start()
-    await asyncio.Event().wait()
-
-asyncio.run(main(int(sys.argv[1])))
-"""
-
-
-def start_broker(procs: ProcessSet, workdir: Path) -> tuple[Managed, int]:
-    """Start a broker on a free loopback port; returns (process, port)."""
-    port = free_port()
-    exe = shutil.which("mosquitto")
-    if exe is not None:
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(mosquitto_config(port))
-        return procs.spawn("mosquitto", [exe, "-c", str(conf)]), port
+    ``auto`` is mosquitto when installed, else amqtt with a warning; an explicit kind
+    is never silently replaced.
+    """
+    if kind == "mosquitto" and mosquitto is None:
+        raise ConfigError(
+            "broker_kind=mosquitto but mosquitto is not on PATH (apt install mosquitto); "
+            "--broker-kind amqtt uses the embedded broker"
+        )
+    if mosquitto is not None and kind != "amqtt":
+        return "mosquitto"
     try:
         import amqtt  # noqa: F401
     except ImportError as exc:
         raise MissingDependency("mosquitto (apt) or amqtt", "sim") from exc
-    log.warning(
-        "mosquitto not found on PATH: using the embedded amqtt broker (slower; it delivers "
-        "nothing on $share subscriptions, so shared-subscription agents will starve)"
-    )
-    return procs.spawn("amqtt", [sys.executable, "-c", _AMQTT_MAIN, str(port)]), port
+    if kind == "auto":
+        log.warning(
+            "mosquitto not found on PATH: using the embedded amqtt broker (several times "
+            "slower; it delivers nothing on $share subscriptions, so agents with a "
+            "share_group starve)"
+        )
+    return "amqtt"
+
+
+def start_broker(
+    procs: ProcessSet, workdir: Path, kind: BrokerKind = "auto"
+) -> tuple[Managed, int]:
+    """Start a broker on a free loopback port; returns (process, port).
+
+    Not ready yet when this returns: await :func:`wait_broker`.
+    """
+    port = free_port()
+    exe = shutil.which("mosquitto")
+    if resolve_kind(kind, exe) == "mosquitto" and exe is not None:
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(mosquitto_config(port))
+        return procs.spawn("mosquitto", [exe, "-c", str(conf)]), port
+    argv = [sys.executable, "-m", "simulators.amqtt_broker", str(port), "127.0.0.1"]
+    return procs.spawn("amqtt", argv), port
+
+
+async def mqtt_handshake(port: int, host: str = "127.0.0.1", timeout_s: float = 2.0) -> int | None:
+    """The CONNACK return code for a clean anonymous CONNECT, None if there was none.
+
+    Stronger than an open port: it proves the broker's auth config admits our clients.
+    """
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (OSError, TimeoutError):
+        return None
+    try:
+        writer.write(connect_frame(f"fleet-sim-probe-{os.getpid()}", keepalive=5))
+        await writer.drain()
+        replies = ReplyParser()
+        while replies.connack is None:
+            data = await asyncio.wait_for(reader.read(64), timeout_s)
+            if not data:
+                return None
+            replies.feed(data)
+        writer.write(DISCONNECT)
+        await writer.drain()
+        return replies.connack
+    except (OSError, TimeoutError):
+        return None
+    finally:
+        writer.close()
+
+
+async def wait_broker(proc: Managed, port: int, limit_s: float) -> None:
+    """Until the broker completes an MQTT handshake; fails fast if it exits."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while loop.time() < deadline:
+        if not proc.alive():
+            raise StackError(
+                f"{proc.name} exited with code {proc.proc.returncode} before it was ready; "
+                f"last log lines:\n{proc.log_tail()}"
+            )
+        code = await mqtt_handshake(port)
+        if code == 0:
+            log.info("%s is ready on port %d", proc.name, port)
+            return
+        if code is not None:
+            raise StackError(f"{proc.name} refused an anonymous CONNECT (code {code})")
+        await asyncio.sleep(0.1)
+    raise Unavailable(f"{proc.name} not ready after {limit_s:.0f}s:\n{proc.log_tail()}")

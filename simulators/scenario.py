@@ -146,6 +146,8 @@ def apply_overrides(sc: Scenario, settings: SimSettings) -> Scenario:
         stack["policy"] = settings.policy
     if settings.slo_ms is not None:
         stack["slo_ms"] = settings.slo_ms
+    if settings.broker_kind is not None:
+        stack["broker_kind"] = settings.broker_kind
     if settings.wan_delay_ms is not None:
         stack["wan"] = sc.stack.wan.model_copy(update={"delay_ms": settings.wan_delay_ms})
     if settings.sensors is not None:

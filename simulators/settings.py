@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Policy = Literal["local-only", "cloud-only", "threshold", "slo-aware", "cascade"]
+BrokerKind = Literal["auto", "mosquitto", "amqtt"]
 
 
 class SimSettings(BaseSettings):
@@ -37,6 +38,11 @@ class SimSettings(BaseSettings):
     slo_ms: float | None = Field(default=None, gt=0, description="Override the latency SLO.")
     wan_delay_ms: float | None = Field(
         default=None, ge=0, description="Override the one-way WAN delay to the cloud tier."
+    )
+    broker_kind: BrokerKind | None = Field(
+        default=None,
+        description="Override the scenario's MQTT broker: auto (mosquitto if on PATH, else "
+        "the embedded amqtt broker with a warning), mosquitto, or amqtt.",
     )
     policies: str = Field(
         default="local-only,cloud-only,threshold,slo-aware,cascade",

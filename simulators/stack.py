@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from simulators.broker import free_port, start_broker
+from simulators.broker import BrokerKind, free_port, start_broker, wait_broker
 from simulators.edge_device import EdgeDevice
 from simulators.health import wait_http, wait_port
 from simulators.procs import Managed, ProcessSet
@@ -57,6 +57,10 @@ class StackSpec(BaseModel):
     heartbeat_s: float = Field(default=1.0, gt=0)
     agent_args: list[str] = Field(default_factory=list, description="extra edge-agent flags")
     ready_timeout_s: float = Field(default=60.0, gt=0)
+    broker_kind: BrokerKind = Field(
+        default="auto",
+        description="auto: mosquitto if on PATH, else the embedded amqtt broker (warning)",
+    )
 
 
 def command(script: str, module: str) -> list[str]:
@@ -132,8 +136,8 @@ class Stack:
 
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        broker, self.broker_port = start_broker(self.procs, self.workdir)
-        waits = [wait_port("broker", broker, self.broker_port, self.spec.ready_timeout_s)]
+        broker, self.broker_port = start_broker(self.procs, self.workdir, self.spec.broker_kind)
+        waits = [wait_broker(broker, self.broker_port, self.spec.ready_timeout_s)]
         if self.spec.offload:
             self._start_offload()
             waits.append(
