@@ -50,6 +50,7 @@ class BatchDone:
     """What ``complete`` receives for one finished batch."""
 
     __slots__ = (
+        "answered_by",
         "compute_s",
         "dispatched",
         "error",
@@ -74,10 +75,19 @@ class BatchDone:
         self.error: str | None = None
         self.compute_s = 0.0
         self.network_s = 0.0
+        # (model, version) of a cloud answer, as the offload server reported it; results
+        # name the model that answered, not the local one the batch was leased with.
+        self.answered_by: tuple[str, int | None] | None = None
         # Set on the loop thread when a hedge's cloud twin answered first: a local twin
         # still waiting for a worker then skips its compute (device time is the scarce
         # resource during a burst). A plain bool: the worker only ever reads it.
         self.superseded = False
+
+
+def answered_by(meta: dict[str, str], name: str, version: int | None) -> tuple[str, int | None]:
+    """(model, version) of a cloud answer: the server's word, else what was asked for."""
+    served = meta.get("version", "")
+    return meta.get("model") or name, int(served) if served.isdigit() else version
 
 
 def run_and_complete(done: BatchDone, complete: Callable[[BatchDone], None] | None) -> None:

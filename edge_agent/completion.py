@@ -31,7 +31,7 @@ def complete_batch(core: AgentCore, done: BatchDone) -> None:
     queue_ms = [(done.dispatched - r.arrival) * 1000.0 for r in reqs]
     compute_ms = done.compute_s * 1000.0
     network_ms = max(0.0, done.network_s * 1000.0 - compute_ms) if done.route == "cloud" else 0.0
-    mpart = model_part(manifest)
+    mpart = model_part(manifest, done.answered_by)
     if done.outputs is not None:
         try:
             outs: Outputs | None = Outputs(manifest, done.outputs, n, core.threshold)

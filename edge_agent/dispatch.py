@@ -11,6 +11,10 @@ eat into its deadline. Each batch gets one routing decision from the policy:
   deadline the remote cannot make, the batch falls back to local execution (counted).
 * HEDGE: remote and local race; the first answer is published, the other discarded.
 
+Under the ``cascade`` policy a plain local batch of a classifier passes through
+:class:`edge_agent.cascade.Escalator` before it is published: its low-confidence rows
+may still be answered by the cloud model.
+
 Deadlines come from the sensor's timestamp by default (:mod:`edge_agent.deadlines`), so
 a request that waited in a broker backlog is already late here and is routed as such.
 
@@ -29,9 +33,10 @@ from concurrent.futures import Executor
 from typing import Any
 
 from edge_agent.batch import BatchDone, Request, run_and_complete
+from edge_agent.cascade import Escalator
 from edge_agent.local_work import LocalWork
 from edge_agent.registry import ModelSlot
-from edge_agent.remote_exec import run_remote
+from edge_agent.remote_exec import start_remote
 from edge_agent.remote_rtt import RemoteRtt
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,7 @@ class Dispatcher:
         inline_max_s: float = 0.0,
         pressure: Callable[[], float] = lambda: 0.0,
         remote_rtt: RemoteRtt | None = None,
+        on_escalation: Callable[[str, int], None] = lambda outcome, n: None,
     ) -> None:
         from offload.policy import Observed, Route
 
@@ -84,10 +90,25 @@ class Dispatcher:
         self.local_work = LocalWork()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_route: Callable[[str, str], None] = lambda route, reason: None
         self.on_fallback: Callable[[str], None] = lambda reason: None
+        # Plain local batches publish through the cascade's second stage when it is on.
+        self.cascade: Escalator | None = None
+        self._complete_local = complete
+        if getattr(policy, "name", None) == "cascade":
+            self.cascade = Escalator(self, policy.min_confidence, on_escalation)
+            self._complete_local = self.cascade.complete
+
+    def complete_now(self, done: BatchDone) -> None:
+        """Publish ``done`` as it is (no cascade stage); the caller keeps its lease."""
+        self._complete(done)
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Keep a reference to a background task until it finishes."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @property
     def depth(self) -> int:
@@ -99,7 +120,8 @@ class Dispatcher:
             heapq.heappush(heap, (r.deadline, next(tie), r))
         self.kick()
 
-    def _observe(self, now: float, n: int, deadline: float) -> Any:
+    def observe(self, now: float, n: int, deadline: float) -> Any:
+        """What the policy is told about a batch of ``n`` due at ``deadline`` (``Observed``)."""
         est = self.service.estimate(n)
         backlog = self.local_wait(now)
         pressure = self._pressure()
@@ -121,6 +143,8 @@ class Dispatcher:
             node_pressure=pressure,
         )
 
+    _observe = observe  # the older private name (tests)
+
     def local_wait(self, now: float) -> float:
         """Estimated wait (s) until a local worker is free (see :mod:`edge_agent.local_work`)."""
         return self.local_work.wait(now, self.workers, self.service.estimate)
@@ -141,7 +165,7 @@ class Dispatcher:
             remote_free = self.remote is not None and self.remote_busy < self._remote_limit
             if not local_free and not remote_free:
                 return
-            obs = self._observe(now, n, first.deadline)
+            obs = self.observe(now, n, first.deadline)
             decision = self.policy.decide(obs)
             route, reason = self._settle(obs, decision, remote_free)
             if route == self._Route.LOCAL and not local_free:
@@ -181,7 +205,7 @@ class Dispatcher:
             return False
         now = time.monotonic()
         deadline = min(r.deadline for r in batch)
-        obs = self._observe(now, n, deadline)
+        obs = self.observe(now, n, deadline)
         decision = self.policy.decide(obs)
         if decision.route not in (self._Route.LOCAL, self._Route.SHED):
             return False
@@ -194,7 +218,7 @@ class Dispatcher:
         loaded = self.models.lease()
         done = BatchDone(batch, loaded, "edge", reason, now)
         try:
-            run_and_complete(done, self._complete)
+            run_and_complete(done, self._complete_local)
         finally:
             loaded.release()
         if done.error is None:
@@ -208,7 +232,7 @@ class Dispatcher:
                 return
             self._timer.cancel()
         self._timer_at = at
-        self._timer = self._loop.call_later(max(0.0, at - time.monotonic()), self._fire)
+        self._timer = self.loop.call_later(max(0.0, at - time.monotonic()), self._fire)
 
     def _fire(self) -> None:
         self._timer = None
@@ -220,36 +244,15 @@ class Dispatcher:
         if route == R.LOCAL:
             self.run_local(BatchDone(batch, loaded, "edge", reason, now))
             return
-        if self.budget is not None:
-            self.budget.try_take(len(batch), 0)
-        self.remote_busy += 1  # now, not when the task starts: kick() may launch more
-        deadline = min(r.deadline for r in batch)
-        if reason.startswith("shed:"):
-            # Already late (often from a backlog before the agent): the cloud gets one SLO
-            # from now to answer; the expired deadline would fail the call at once and
-            # push the batch onto the local device, the collapse the shed tried to avoid.
-            deadline = max(deadline, now + max(r.deadline - r.origin for r in batch))
-        task = self._loop.create_task(
-            run_remote(
-                self,
-                batch,
-                loaded,
-                hedge=route == R.HEDGE,
-                reason=reason,
-                now=now,
-                deadline=deadline,
-            )
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        start_remote(self, batch, loaded, hedge=route == R.HEDGE, reason=reason, now=now)
 
     def run_local(self, done: BatchDone, race: asyncio.Future[BatchDone] | None = None) -> None:
         self.local_busy += 1
         # Results of a plain local batch are published from the worker thread itself: one
         # thread hop less than returning to the loop first (the loop only does bookkeeping).
-        complete = self._complete if race is None else None
+        complete = self._complete_local if race is None else None
         token, job = self.local_work.submit(done, lambda: run_and_complete(done, complete))
-        fut = self._loop.run_in_executor(self._executor, job)
+        fut = self.loop.run_in_executor(self._executor, job)
 
         def finished(f: asyncio.Future[None]) -> None:
             self.local_busy -= 1
@@ -280,9 +283,15 @@ class Dispatcher:
         finally:
             done.loaded.release()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, running, or waiting for a cascade escalation."""
+        pending = self.cascade.pending if self.cascade is not None else 0
+        return not (self._heap or self.local_busy or self.remote_busy or pending)
+
     async def drain(self, within_s: float = 10.0) -> None:
         """Wait (at most ``within_s``) until every queued and running request completed."""
         end = time.monotonic() + within_s
-        while (self._heap or self.local_busy or self.remote_busy) and time.monotonic() < end:
+        while not self.idle and time.monotonic() < end:
             self.kick()
             await asyncio.sleep(0.01)

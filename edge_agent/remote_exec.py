@@ -14,12 +14,31 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.batch import BatchDone, Request
+from edge_agent.batch import BatchDone, Request, answered_by
 from edge_agent.registry import Loaded
 from models.errors import EdgecloudError
 
 if TYPE_CHECKING:
     from edge_agent.dispatch import Dispatcher
+
+
+def start_remote(
+    d: Dispatcher, batch: list[Request], loaded: Loaded, *, hedge: bool, reason: str, now: float
+) -> None:
+    """Launch :func:`run_remote` for a batch the dispatcher routed to the cloud (loop only)."""
+    if d.budget is not None:
+        d.budget.try_take(len(batch), 0)
+    d.remote_busy += 1  # now, not when the task starts: kick() may launch more
+    deadline = min(r.deadline for r in batch)
+    if reason.startswith("shed:"):
+        # Already late (often from a backlog before the agent): the cloud gets one SLO
+        # from now to answer; the expired deadline would fail the call at once and
+        # push the batch onto the local device, the collapse the shed tried to avoid.
+        deadline = max(deadline, now + max(r.deadline - r.origin for r in batch))
+    task = d.loop.create_task(
+        run_remote(d, batch, loaded, hedge=hedge, reason=reason, now=now, deadline=deadline)
+    )
+    d.track(task)
 
 
 async def run_remote(
@@ -47,7 +66,10 @@ async def run_remote(
         name, version = d.remote_target(loaded.manifest)
         x = np.stack([r.window for r in batch])
         t0 = time.perf_counter()
-        call = d.remote.infer(name, version, {loaded.manifest.inputs[0].name: x}, deadline)
+        meta: dict[str, str] = {}
+        call = d.remote.infer(
+            name, version, {loaded.manifest.inputs[0].name: x}, deadline, answered_by=meta
+        )
         if hedge:
             rtask = asyncio.ensure_future(call)
             await asyncio.wait([rtask, race], return_when=asyncio.FIRST_COMPLETED)
@@ -62,6 +84,7 @@ async def run_remote(
             outputs = await call
         done.network_s = time.perf_counter() - t0
         done.outputs = outputs
+        done.answered_by = answered_by(meta, name, version)
         d.rtt.observed()
         if twin is not None and not race.done():
             twin.superseded = True  # not started yet: it never computes

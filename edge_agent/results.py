@@ -99,8 +99,10 @@ def result_json(
     )
 
 
-def model_part(manifest: Manifest, name: str | None = None, version: int | None = None) -> str:
-    return f'"model":"{name or manifest.name}","version":{version or manifest.version},'
+def model_part(manifest: Manifest, answered_by: tuple[str, int | None] | None = None) -> str:
+    """The model that answered: the local one, or the cloud's ``(model, version)``."""
+    name, version = (manifest.name, manifest.version) if answered_by is None else answered_by
+    return f'"model":{json.dumps(name)},"version":{"null" if version is None else version},'
 
 
 def alert_for(st: Any, seq: int, outs: Outputs, i: int, agent_id: str) -> dict[str, Any] | None:

@@ -109,6 +109,20 @@ class EdgeSettings(BaseSettings):
     policy: Literal["local-only", "cloud-only", "threshold", "slo-aware", "cascade"] = Field(
         default="slo-aware", description="Routing policy."
     )
+    pressure_limit: float = Field(
+        default=0.9,
+        ge=0.0,
+        description="slo-aware and cascade policies: node pressure (0..1, from CPU/GPU load "
+        "and temperature) at or above which a batch goes to the cloud even when the device "
+        "would make its deadline; above 1 never (e.g. a node shared with other work).",
+    )
+    cascade_min_confidence: float = Field(
+        default=0.8,
+        ge=0.0,
+        description="Cascade policy: rows of a local classifier batch whose top probability "
+        "is below this are re-asked of the cloud model (--cloud-model) when it can still "
+        "answer in time; above 1 escalates every row, 0 none.",
+    )
     offload_max_rps: float | None = Field(
         default=None, description="Offload budget in requests/s (None: unlimited)."
     )
@@ -144,6 +158,25 @@ class EdgeSettings(BaseSettings):
     state_path: Path | None = Field(
         default=None,
         description="Where open windows are saved on shutdown (default: next to --db-path).",
+    )
+    journal: bool = Field(
+        default=True,
+        description="Journal QoS>=1 readings before they are acknowledged, so that a crash "
+        "(kill -9) loses none; needs --journal-dir or --db-path.",
+    )
+    journal_dir: Path | None = Field(
+        default=None, description="Write-ahead journal directory (default: next to --db-path)."
+    )
+    journal_compact_s: float = Field(
+        default=30.0, gt=0, description="Start a compacted journal segment this often."
+    )
+    journal_segment_mb: float = Field(
+        default=16.0, gt=0, description="Start a compacted journal segment at this size."
+    )
+    journal_fsync: bool = Field(
+        default=False,
+        description="fsync every journal record: also survives power loss, at the cost of a "
+        "disk flush per QoS-1 reading (the page cache already survives a process crash).",
     )
     retention_hours: float = Field(default=24.0, gt=0, description="Keep results this long.")
     retention_mb: float = Field(default=200.0, gt=0, description="Max store size before pruning.")
@@ -181,6 +214,13 @@ class EdgeSettings(BaseSettings):
         if self.state_path is not None:
             return self.state_path
         return self.db_path.with_suffix(".streams.npz") if self.db_path is not None else None
+
+    def journal_path(self) -> Path | None:
+        if not self.journal:
+            return None
+        if self.journal_dir is not None:
+            return self.journal_dir
+        return self.db_path.with_suffix(".journal") if self.db_path is not None else None
 
     def filters(self) -> list[str]:
         return [f.strip() for f in self.topics_filter.split(",") if f.strip()]

@@ -118,6 +118,9 @@ class Stats:
         self.deadline_met = 0
         self.offloaded = 0
         self.fallbacks = 0
+        # Cascade: low-confidence rows answered by the cloud model / left with the edge answer.
+        self.escalated = 0
+        self.low_confidence_kept = 0
         self.routes: Counter[str] = Counter({"local": 0, "remote": 0, "hedge": 0, "shed": 0})
         self.reasons: Counter[str] = Counter()
         self.latency = LatencyWindow(window_s, cap, clock)
@@ -144,6 +147,13 @@ class Stats:
             "edge_batch_size", "Requests per batch", buckets=_BATCH_BUCKETS, registry=r
         )
         self.m_results = PCounter("edge_results", "Results published", ["route"], registry=r)
+        self.m_escalations = PCounter(
+            "edge_cascade_escalations",
+            "Low-confidence rows of the cascade policy by outcome (escalated: the cloud "
+            "model answered; kept: the edge answer was published)",
+            ["outcome"],
+            registry=r,
+        )
         self.m_deadletter = PCounter("edge_deadletter", "Rejected payloads", ["reason"], registry=r)
         self.m_readings = Gauge("edge_readings_total", "Readings accepted", registry=r)
         self.m_queue = Gauge("edge_queue_depth", "Requests waiting to batch", registry=r)
@@ -184,6 +194,15 @@ class Stats:
         hist = self.m_latency.labels(route)
         for v in latencies[:: max(1, n // 8)]:  # a sample per batch keeps this off the hot path
             hist.observe(float(v))
+
+    def record_escalation(self, outcome: str, n: int) -> None:
+        """``n`` low-confidence rows were published: ``escalated`` to the cloud or ``kept``."""
+        with self.lock:
+            if outcome == "escalated":
+                self.escalated += n
+            else:
+                self.low_confidence_kept += n
+        self.m_escalations.labels(outcome).inc(n)
 
     def model_changed(self, ref: str) -> None:
         """Start a fresh latency window when another model version becomes active.

@@ -113,6 +113,8 @@ def status_doc(agent: EdgeAgent) -> dict[str, Any]:
             "deadletter": st.deadletter_total,
             "offloaded": st.offloaded,
             "fallbacks": st.fallbacks,
+            "escalated": st.escalated,  # cascade: low-confidence rows the cloud answered
+            "low_confidence_kept": st.low_confidence_kept,
             "requests": st.requests,
             "errors": st.errors,
         },

@@ -50,6 +50,15 @@ def make_remote(s: EdgeSettings) -> Any:
     return OffloadClient(s.cloud, tls=tls)
 
 
+def policy_params(s: EdgeSettings) -> dict[str, Any]:
+    """Settings that parameterise the chosen policy (``make_policy`` keyword arguments)."""
+    if s.policy == "cascade":
+        return {"min_confidence": s.cascade_min_confidence, "pressure_limit": s.pressure_limit}
+    if s.policy == "slo-aware":
+        return {"pressure_limit": s.pressure_limit}
+    return {}
+
+
 def make_dispatcher(agent: EdgeAgent) -> Dispatcher:
     s = agent.settings
     budget = OffloadBudget(s.offload_max_rps, None, time.monotonic) if s.offload_max_rps else None
@@ -67,7 +76,7 @@ def make_dispatcher(agent: EdgeAgent) -> Dispatcher:
         max_batch=s.max_batch,
         max_wait_s=s.max_wait_ms / 1000.0,
         workers=s.workers,
-        policy=make_policy(s.policy),
+        policy=make_policy(s.policy, **policy_params(s)),
         service=ServiceTimeModel(),
         remote=agent.remote,
         remote_model=remote_model,
@@ -76,6 +85,7 @@ def make_dispatcher(agent: EdgeAgent) -> Dispatcher:
         inline_max_s=s.inline_max_ms / 1000.0,
         pressure=lambda: agent.telemetry.node_pressure,
         remote_rtt=RemoteRtt(s.cloud_rtt_prior_ms / 1000.0, s.cloud_rtt_min_samples),
+        on_escalation=agent.stats.record_escalation,
     )
 
 

@@ -136,8 +136,13 @@ class OffloadClient:
         version: int | None,
         inputs: Mapping[str, np.ndarray],
         deadline: float,
+        answered_by: dict[str, str] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run one batch remotely before ``deadline`` (absolute, on this client's clock)."""
+        """Run one batch remotely before ``deadline`` (absolute, on this client's clock).
+
+        ``answered_by``, when given, receives the ``model`` and ``version`` the server
+        says answered (a request without a version runs whatever the server has ready).
+        """
         stub = self._require_stub()
         if deadline - self._clock() <= 0:
             raise DeadlineExceeded(f"no time left to offload {model} to {self.target}")
@@ -181,6 +186,9 @@ class OffloadClient:
                     self._settle(exc, remaining, call_started, unreachable)
                     raise
                 self._observe(response, self._clock() - call_started)
+                if answered_by is not None:
+                    answered_by["model"] = response.model_name
+                    answered_by["version"] = response.model_version
                 return response_arrays(response)
         except asyncio.CancelledError:
             # A hedge that lost: says nothing about the remote, but a half-open probe

@@ -6,7 +6,7 @@ A policy never reads a clock or does I/O: everything it needs arrives in :class:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -15,6 +15,7 @@ from offload.estimates import OffloadBudget, ServiceTimeModel
 
 __all__ = [
     "POLICIES",
+    "Cascade",
     "Decision",
     "Observed",
     "OffloadBudget",
@@ -159,22 +160,54 @@ class SloAware:
 
 @dataclass(frozen=True)
 class Cascade:
-    """Run the edge model first; send low-confidence inputs to the (larger) cloud model."""
+    """Edge model first, low-confidence rows to the (larger) cloud model; load-aware.
+
+    A batch meets this policy twice:
+
+    * before the edge model runs (``obs.confidence is None``): routed exactly like
+      :class:`SloAware` - when the local device cannot make the deadline the batch goes to
+      the cloud model directly (the cascade would only add the edge compute to a late
+      answer); a local choice that meets the deadline is reported as ``edge-first``;
+    * after a local batch of a classifier ran, for its rows whose top probability is
+      below ``min_confidence`` (``obs.confidence`` is the highest of them,
+      ``obs.deadline`` their earliest deadline): REMOTE ``escalated-low-confidence`` when
+      the cloud is usable and its mean RTT fits the remaining slack, else LOCAL
+      ``low-confidence-kept:<why>`` (the edge answer stands). At or above
+      ``min_confidence`` the answer is LOCAL ``confident``.
+
+    ``min_confidence`` above 1 escalates every row (useful to route all inputs through
+    the edge model as a filter-less pre-pass, and in tests).
+    """
 
     min_confidence: float = 0.8
+    hedge_margin: float = 0.2
+    pressure_limit: float = 0.9
     name: str = "cascade"
+    routing: SloAware = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Frozen: the routing half is built once, not per batch.
+        object.__setattr__(self, "routing", SloAware(self.hedge_margin, self.pressure_limit))
 
     def decide(self, obs: Observed) -> Decision:
         if obs.confidence is None:
-            return Decision(Route.LOCAL, "edge-first", obs.local_eta_s > obs.slack_s)
-        if obs.confidence >= self.min_confidence:
+            d = self.routing.decide(obs)
+            if d.route is Route.LOCAL and d.reason == "local-meets-deadline":
+                return Decision(Route.LOCAL, "edge-first")
+            return d
+        return self.escalate(obs)
+
+    def escalate(self, obs: Observed) -> Decision:
+        """The after-the-edge-model decision for low-confidence rows (see the class doc)."""
+        conf = obs.confidence
+        if conf is not None and conf >= self.min_confidence:
             return Decision(Route.LOCAL, "confident")
         blocker = _remote_blocker(obs)
         if blocker is not None:
-            return Decision(Route.LOCAL, f"low-confidence-{blocker}")
+            return Decision(Route.LOCAL, f"low-confidence-kept:{blocker}")
         if obs.remote_rtt_s > obs.slack_s:
-            return Decision(Route.LOCAL, "low-confidence-no-time")
-        return Decision(Route.REMOTE, "low-confidence")
+            return Decision(Route.LOCAL, "low-confidence-kept:no-time", obs.slack_s <= 0)
+        return Decision(Route.REMOTE, "escalated-low-confidence")
 
 
 POLICIES: dict[str, type[Any]] = {

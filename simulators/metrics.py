@@ -18,6 +18,11 @@ import numpy as np
 from simulators.collector import ResultColumns
 
 
+def _labels(r: ResultColumns) -> list[str]:
+    """``model vN`` per result."""
+    return [f"{m} v{v}" for m, v in zip(r.model, r.version, strict=True)]
+
+
 def expected_seqs(published: int, window: int, hop: int) -> range:
     """Window-end seqs an agent must answer for a stream that sent ``published`` readings."""
     return range(window - 1, published, hop)
@@ -110,7 +115,8 @@ def analyze(
         "agent_deadline_met": float(np.mean(r.deadline_met)) if n else None,
         "offload_share": float(cloud.mean()) if n else None,
         "routes": dict(Counter(r.route)),
-        "versions": {str(k): v for k, v in Counter(r.version).items()},
+        # By model too: cloud answers name the cloud model, edge answers the rolled-out one.
+        "versions": dict(Counter(_labels(r))),
         "loss": loss(r, published, window, hop),
         "readings_published": int(sum(published.values())),
     }
@@ -145,7 +151,7 @@ def buckets(
         return []
     idx = np.floor((np.asarray(r.ts) - start) / bucket_s).astype(np.int64)
     idx = np.clip(idx, 0, None)
-    versions = np.asarray(r.version)
+    versions = np.asarray(_labels(r))
     out = []
     for b in range(int(idx.max()) + 1):
         sel = idx == b
@@ -156,7 +162,7 @@ def buckets(
             row["slo_attainment"] = float(within[sel].mean())
             row["offload_share"] = float(cloud[sel].mean())
             vs, cs = np.unique(versions[sel], return_counts=True)
-            row["versions"] = {str(int(v)): int(c) for v, c in zip(vs, cs, strict=True)}
+            row["versions"] = {str(v): int(c) for v, c in zip(vs, cs, strict=True)}
         out.append(row)
     return out
 

@@ -38,7 +38,7 @@ def summary_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
         ("edge CPU s per 1,000 inferences", f"{f.get('edge_cpu_s_per_1k', 0.0):.3f}"),
         ("bytes to cloud / from cloud",
          f"{f.get('wan_bytes_up', 0):,} / {f.get('wan_bytes_down', 0):,}"),
-        ("result versions", ", ".join(f"v{k}: {v:,}" for k, v in sorted(f["versions"].items()))),
+        ("result versions", ", ".join(f"{k}: {v:,}" for k, v in sorted(f["versions"].items()))),
     ]  # fmt: skip
     if f.get("detection"):
         d = f["detection"]
@@ -143,11 +143,11 @@ def plot(result: RunResult, out: Path) -> list[str]:
     names.append(_save(fig, out, "throughput.png"))
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    versions = sorted({v for x in b for v in x.get("versions", {})}, key=int)
+    versions = sorted({v for x in b for v in x.get("versions", {})})
     bottom = [0.0] * len(b)
     for v in versions:
         share = [100 * x["versions"].get(v, 0) / x["results"] for x in b]
-        ax.bar(t, share, bottom=bottom, width=bucket, label=f"v{v}")
+        ax.bar(t, share, bottom=bottom, width=bucket, label=v)
         bottom = [a + s for a, s in zip(bottom, share, strict=True)]
     ax.set(xlabel="s", ylabel="% of results", title="Model versions serving")
     ax.legend()

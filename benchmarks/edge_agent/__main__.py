@@ -37,9 +37,9 @@ DEFAULT_RATES = {
     ("stream", "naive"): [5000, 10000, 15000, 20000],
     ("stream", "edge-agent x1"): [20000, 30000, 35000],
     ("stream", "edge-agent x2"): [30000, 40000],
-    ("heavy", "naive"): [2000, 3000, 4000, 5000, 6000],
-    ("heavy", "edge-agent x1"): [8000, 10000, 12000, 14000, 16000],
-    ("heavy", "edge-agent x2"): [14000, 18000],
+    ("heavy", "naive"): [6000, 8000, 10000, 12000],
+    ("heavy", "edge-agent x1"): [20000, 25000, 30000, 35000],
+    ("heavy", "edge-agent x2"): [30000, 35000],
 }
 HOPS = {"stream": 10, "heavy": 1}
 

@@ -106,12 +106,70 @@ def test_baselines() -> None:
     )
 
 
-def test_cascade_sends_low_confidence_to_the_cloud() -> None:
-    cascade = make_policy("cascade", min_confidence=0.7)
-    assert cascade.decide(observed()).reason == "edge-first"
-    assert cascade.decide(observed(confidence=0.9)) == Decision(Route.LOCAL, "confident")
-    assert cascade.decide(observed(confidence=0.4)) == Decision(Route.REMOTE, "low-confidence")
-    assert cascade.decide(observed(confidence=0.4, remote_available=False)).route is Route.LOCAL
+CASCADE = make_policy("cascade", min_confidence=0.7)
+
+
+def test_cascade_runs_the_edge_model_first_on_an_idle_node() -> None:
+    assert CASCADE.decide(observed()) == Decision(Route.LOCAL, "edge-first")
+    # No cloud at all: still the edge model first.
+    assert CASCADE.decide(observed(remote_configured=False)) == Decision(Route.LOCAL, "edge-first")
+
+
+def test_cascade_routes_under_load_exactly_like_slo_aware() -> None:
+    """Before the edge model runs, cascade is SloAware (a late edge answer helps nobody)."""
+    loads = [
+        observed(local_queue_s=q, remote_rtt_s=rtt, remote_p95_s=p95, **extra)
+        for q in (0.0, 0.03, 0.08, 0.12, 0.5)
+        for rtt, p95 in ((0.02, 0.03), (0.09, 0.12), (0.2, 0.3), (0.4, 0.6))
+        for extra in ({}, {"remote_available": False}, {"budget_ok": False})
+    ] + [observed(node_pressure=0.95), observed(now=1000.2)]
+    changed = 0
+    for obs in loads:
+        want, got = SLO_AWARE.decide(obs), CASCADE.decide(obs)
+        if want == Decision(Route.LOCAL, "local-meets-deadline"):
+            assert got == Decision(Route.LOCAL, "edge-first")
+        else:
+            assert got == want, obs
+            changed += got.route is not Route.LOCAL
+    assert changed > 10  # the grid really exercises remote, hedge and shed routes
+    # The stub this replaces answered locally however deep the queue was:
+    assert CASCADE.decide(observed(local_queue_s=0.12)) == Decision(
+        Route.REMOTE, "local-late-remote-fits"
+    )
+    assert CASCADE.decide(observed(node_pressure=0.95)).route is Route.REMOTE
+
+
+def test_cascade_escalates_low_confidence_rows_when_the_cloud_makes_it() -> None:
+    assert CASCADE.decide(observed(confidence=0.9)) == Decision(Route.LOCAL, "confident")
+    assert CASCADE.decide(observed(confidence=0.7)) == Decision(Route.LOCAL, "confident")
+    low = observed(confidence=0.4)
+    assert CASCADE.decide(low) == Decision(Route.REMOTE, "escalated-low-confidence")
+    assert CASCADE.escalate(low) == CASCADE.decide(low)
+    # The local load does not matter any more: the edge answer already exists.
+    assert CASCADE.decide(observed(confidence=0.4, local_queue_s=5.0)).route is Route.REMOTE
+
+
+def test_cascade_keeps_the_edge_answer_when_escalation_cannot_work() -> None:
+    cases = {
+        "no-remote": observed(confidence=0.4, remote_configured=False),
+        "breaker-open": observed(confidence=0.4, remote_available=False),
+        "budget-exhausted": observed(confidence=0.4, budget_ok=False),
+        "no-time": observed(confidence=0.4, remote_rtt_s=0.15),  # slack is 100 ms
+    }
+    for why, obs in cases.items():
+        assert CASCADE.decide(obs) == Decision(Route.LOCAL, f"low-confidence-kept:{why}")
+    late = CASCADE.decide(observed(confidence=0.4, now=1000.2))
+    assert late == Decision(Route.LOCAL, "low-confidence-kept:no-time", expected_late=True)
+    # The RTT estimate is what must fit: just inside the slack still escalates.
+    assert CASCADE.decide(observed(confidence=0.4, remote_rtt_s=0.099)).route is Route.REMOTE
+
+
+def test_cascade_threshold_bounds() -> None:
+    everything = make_policy("cascade", min_confidence=1.01)
+    assert everything.decide(observed(confidence=1.0)).route is Route.REMOTE
+    nothing = make_policy("cascade", min_confidence=0.0)
+    assert nothing.decide(observed(confidence=0.0)) == Decision(Route.LOCAL, "confident")
+    assert make_policy("cascade").min_confidence == 0.8  # type: ignore[attr-defined]
 
 
 def test_unknown_policy_and_parameters_are_config_errors() -> None:

@@ -101,7 +101,7 @@ async def test_collector_measures_latency_loss_and_offload(mosquitto, topic_pref
     assert report["loss"]["missing"] == 2 and report["loss"]["duplicates"] == 1
     assert report["slo_attainment"] == 5 / 7
     assert report["offload_share"] == 2 / 7
-    assert report["versions"] == {"1": 5, "2": 2}
+    assert report["versions"] == {"motion-edge v1": 5, "motion-edge v2": 2}
     lat = report["latency_ms"]
     assert 10.0 <= lat["p50"] < 100.0 and 200.0 <= lat["max"] < 400.0
     assert report["buckets"][0]["results"] == 7
