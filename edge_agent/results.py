@@ -6,6 +6,8 @@ Result JSON (contract): ``{"site","device","stream","seq","ts","model","version"
 ``total`` runs from the latency clock's origin (the sensor ``ts`` by default, see
 :mod:`edge_agent.deadlines`) to publish; ``transit`` is the part before the agent read
 the reading (broker backlog, network), so ``total ~= transit + queue + compute + network``.
+``model``/``version`` name the model that answered (for cloud answers, what the offload
+server reports).
 Strings are assembled with cached per-stream prefixes because ``json.dumps`` of a fresh
 dict per result is a measurable share of the agent's CPU at tens of thousands/s.
 """
