@@ -17,6 +17,7 @@ from typing import Any
 from edge_agent.batch import BatchDone, Request
 from edge_agent.core import AgentCore
 from edge_agent.dispatch import Dispatcher
+from edge_agent.journal import Journal
 from edge_agent.mqtt_link import MqttLink
 from edge_agent.registry import ModelSlot
 from edge_agent.settings import EdgeSettings
@@ -78,6 +79,7 @@ class EdgeAgent:
         self.core.on_alert = self._on_alert
         self.remote: Any = None
         self.policy: Any = None
+        self.journal: Journal | None = None
         self.store: Store | None = None
         self.updater: Any = None
         self.update_state: dict[str, Any] = {
@@ -134,6 +136,7 @@ class EdgeAgent:
             share_group=s.share_group,
             clean_session=s.clean_session,
             ingest=self.core.ingest,
+            ingest_acked=self.core.ingest_acked,
             control_topics=[self.topics.desired(s.agent_id), self.topics.desired(s.site)],
             on_control=self._on_control,
             on_connection=self._on_connection,
@@ -155,6 +158,7 @@ class EdgeAgent:
             restored = load_streams(self.core, state)
             if restored:
                 log.info("restored %d open stream windows from %s", restored, state)
+        self._open_journal()
         self.link.start()
         if s.db_path is not None:
             self.store = Store(
@@ -177,8 +181,28 @@ class EdgeAgent:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._telemetry_loop(), name="telemetry"),
         ]
+        if self.journal is not None:
+            self.tasks.append(asyncio.create_task(self._journal_loop(), name="journal-marks"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._connected_event.wait(), self._connect_wait)
+
+    def _open_journal(self) -> None:
+        """Replay what a crashed run acknowledged, before the broker sends anything new."""
+        s = self.settings
+        where = s.journal_path()
+        if where is None:
+            return
+        self.journal = Journal(
+            where,
+            segment_bytes=int(s.journal_segment_mb * 2**20),
+            compact_s=s.journal_compact_s,
+            fsync=s.journal_fsync,
+            connected=lambda: self.broker_connected,
+        )
+        report = self.journal.open(self.core)
+        self.core.journal = self.journal
+        if report["unclean"]:
+            log.warning("unclean stop before; journal %s replayed: %s", where, report)
 
     def _build_routing(self) -> None:
         self.remote = make_remote(self.settings)
@@ -221,10 +245,13 @@ class EdgeAgent:
     def _on_connection(self, up: bool) -> None:
         if up:
             self._connected_event.set()
+            self.core.wake()  # windows replayed from the journal can be answered now
             self.send_heartbeat()
 
     # -- results / alerts side outputs --------------------------------------------------
     def _on_results(self, produced: list[tuple[Request, str]], done: BatchDone) -> None:
+        if self.journal is not None:
+            self.journal.answered(produced)
         if self.store is not None:
             self.store.add_batch(produced, done.route, uplink=self.settings.uplink == "results")
 
@@ -259,6 +286,16 @@ class EdgeAgent:
             self.stats.m_queue.set(self.dispatcher.depth)
             await asyncio.sleep(1.0)
 
+    async def _journal_loop(self) -> None:
+        journal = self.journal
+        while journal is not None:
+            await asyncio.sleep(journal.lag_s)
+            journal.idle()
+
     async def stop(self) -> None:
         """Drain and close everything (safe after a failed or partial start)."""
-        await stop_agent(self)
+        try:
+            await stop_agent(self)
+        finally:
+            if self.journal is not None:
+                self.journal.close()  # after the drain: what was answered is final

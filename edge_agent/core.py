@@ -16,7 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from edge_agent.batch import BatchDone, Request
 from edge_agent.completion import complete_batch
 from edge_agent.deadlines import DeadlineFrom, LatencyClock
 from edge_agent.dispatch import Dispatcher
+from edge_agent.inline import flush_waited, run_inline
 from edge_agent.payloads import PayloadError, dead_letter_json, decode
 from edge_agent.results import stream_prefix
 from edge_agent.stats import Stats
@@ -31,6 +32,9 @@ from edge_agent.windowing import StreamWindow
 from models.errors import InvalidInput
 from models.manifest import Manifest
 from offload.topics import StreamId, Topics
+
+if TYPE_CHECKING:
+    from edge_agent.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,9 @@ class AgentCore:
         self._window = 0
         self._hop = 1
         self._deadletter_topic = topics.dead_letter(agent_id)
+        self.journal: Journal | None = None  # set by the agent: QoS>=1 readings survive kill -9
+        # While the journal replays, emitted windows are collected here instead of queued.
+        self._capture: list[tuple[StreamWindow, np.ndarray, int, float | None]] | None = None
 
     @property
     def slo_s(self) -> float:
@@ -110,6 +117,11 @@ class AgentCore:
             # Open windows only survive a swap when the new model reads the same layout.
             self._names, self._window, self._hop = layout
             self._gen += 1
+
+    @property
+    def generation(self) -> int:
+        """Bumped whenever the window layout changes (streams then start over)."""
+        return self._gen
 
     def signature(self) -> list[object]:
         """What saved stream state must match to be reusable."""
@@ -144,31 +156,50 @@ class AgentCore:
             self.dead_letter(topic, b"", "too-many-streams", f"limit {self.max_streams}")
             return None
         st = StreamWindow(sid, self._window, self._hop, len(self._names), self._gen)
+        st.topic = topic
         st.prefix = stream_prefix(sid.site, sid.device, sid.stream, self.agent_id)
         st.result_topic = self.topics.result(sid)
         st.alert_topic = self.topics.alert(sid)
         self._streams[topic] = st
         return st
 
-    def ingest(self, topic: str, payload: bytes, arrival: float) -> None:
-        """Hot path, called on the MQTT network thread for every reading message."""
-        if not self._window:
-            self.dead_letter(topic, payload, "no-model", "no model loaded yet")
+    def ingest_acked(self, topic: str, payload: bytes, arrival: float) -> None:
+        """A QoS>=1 reading: ingested, then journaled before paho acknowledges it (on
+        return), with its resolved ``seq``. Dropped readings are not journaled."""
+        journal = self.journal
+        if journal is None or not self._window:
+            self.ingest(topic, payload, arrival)
             return
         st = self._streams.get(topic)
         if st is None or st.generation != self._gen:
             st = self._stream(topic)
             if st is None:
                 return
+        if st.pending is None:
+            journal.track(st)  # before ingest: the windows this reading completes count
+        if self.ingest(topic, payload, arrival) is not None:
+            journal.append(st, payload, arrival)
+
+    def ingest(self, topic: str, payload: bytes, arrival: float) -> StreamWindow | None:
+        """Hot path, on the MQTT network thread for every reading message; returns the
+        reading's stream when it added rows (None: rejected or dropped)."""
+        if not self._window:
+            self.dead_letter(topic, payload, "no-model", "no model loaded yet")
+            return None
+        st = self._streams.get(topic)
+        if st is None or st.generation != self._gen:
+            st = self._stream(topic)
+            if st is None:
+                return None
         try:
             r = decode(payload, self._names, self._window, self.max_bytes)
         except PayloadError as exc:
             self.dead_letter(topic, payload, exc.reason, exc.message)
-            return
+            return None
         except Exception as exc:  # a validator bug must not kill ingest
             log.exception("payload decoder failed")
             self.dead_letter(topic, payload, "internal", repr(exc)[:200])
-            return
+            return None
         stats = self.stats
         stats.readings += r.rows
         seq = r.seq
@@ -185,10 +216,10 @@ class AgentCore:
                 values = values[skip:]
             elif kind == "dup":
                 stats.duplicates += r.rows
-                return
+                return None
             else:
                 stats.late += r.rows
-                return
+                return None
         elif st.next_seq is None:
             st.reset(seq, r.rows)
         ts = r.ts
@@ -196,23 +227,47 @@ class AgentCore:
             win = st.push_row(values, seq)  # type: ignore[arg-type]
             if win is not None:
                 self._emit(st, win, st.next_seq - 1, ts, arrival)  # type: ignore[operator]
-            return
+            return st
         if r.rows == self._window:
             st.reset(seq, r.rows)  # a whole window is one request on its own
         last = seq if seq is not None else (st.next_seq or 0) + len(values) - 1
         for win, i in st.push_rows(values, seq):  # type: ignore[arg-type]
             self._emit(st, win, last - (len(values) - 1 - i), ts, arrival)
+        return st
 
     def _emit(
-        self, st: StreamWindow, win: np.ndarray, seq: int, ts: float | None, arrival: float
+        self,
+        st: StreamWindow,
+        win: np.ndarray,
+        seq: int,
+        ts: float | None,
+        arrival: float,
+        wake: bool = True,
     ) -> None:
+        if self._capture is not None:
+            self._capture.append((st, win, seq, ts))
+            return
         self.stats.requests += 1
         origin, deadline = self.clock.window(ts, arrival)
         if ts is None:
             ts = time.time()  # results always carry a ts; this one is ours
-        self._pending.append(Request(st, win, seq, ts, arrival, deadline, origin))
-        if not self.inline:
+        req = Request(st, win, seq, ts, arrival, deadline, origin)
+        if st.pending is not None:
+            st.pending[seq] = req  # journaled stream: unanswered until its result is out
+        self._pending.append(req)
+        if wake and not self.inline:
             self._wake_loop()
+
+    def emit_replayed(
+        self, st: StreamWindow, win: np.ndarray, seq: int, ts: float | None, arrival: float
+    ) -> None:
+        """Queue a window rebuilt from the journal; it waits for :meth:`wake` (the agent
+        calls it once the broker is connected: results published before would be dropped)."""
+        self._emit(st, win, seq, ts, arrival, wake=False)
+
+    def wake(self) -> None:
+        """Hand every queued window to the dispatcher now (any thread)."""
+        self._wake_loop()
 
     def _wake_loop(self) -> None:
         if not self._wake and self.loop is not None:
@@ -220,38 +275,12 @@ class AgentCore:
             self.loop.call_soon_threadsafe(self._drain)
 
     def end_of_burst(self) -> None:
-        """MQTT thread, after each drained socket read: batch what the burst produced.
-
-        In inline mode a cheap local batch runs right here; anything else (remote routes,
-        expensive models, a backlog on the loop) goes to the event loop's dispatcher.
-        """
-        pending = self._pending
-        if not self.inline or not pending or self.dispatcher is None:
-            return
-        if self._wake:
-            return  # the loop is already draining: keep EDF order there
-        limit = self.dispatcher.max_batch
-        while pending:
-            batch = [pending.popleft() for _ in range(min(limit, len(pending)))]
-            try:
-                ran = self.dispatcher.try_inline(batch)
-            except Exception:  # a bug guard: the loop path still answers every request
-                log.exception("inline batch failed; handing it to the dispatcher")
-                ran = False
-            if not ran:
-                pending.extendleft(reversed(batch))
-                self._wake_loop()
-                return
+        """MQTT thread, after each drained socket read (see :mod:`edge_agent.inline`)."""
+        run_inline(self)
 
     def mid_burst(self) -> None:
-        """MQTT thread, every few messages of a long burst: answer what has waited enough.
-
-        Without this, a window completed at the start of a 256-message burst waits for the
-        whole burst to be parsed (several ms on a busy node) before its batch runs.
-        """
-        pending = self._pending
-        if self.inline and pending and time.monotonic() - pending[0].arrival >= self.flush_after_s:
-            self.end_of_burst()
+        """MQTT thread, during a long read: answer what has waited enough (ditto)."""
+        flush_waited(self)
 
     def dead_letter(self, topic: str, payload: bytes, reason: str, detail: str) -> None:
         self.stats.deadletter_by_reason[reason] += 1

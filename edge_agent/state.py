@@ -3,7 +3,9 @@
 A QoS-1 reading is acknowledged once it is in a window. On SIGTERM the agent stops
 reading, answers everything queued, and saves each stream's last ``window`` rows with its
 ``next_seq``; on start it restores them, so windows spanning the restart are still
-produced and a missing ``seq`` after the restart is detected as a gap.
+produced and a missing ``seq`` after the restart is detected as a gap. A crash skips all
+of this; for QoS-1 readings :mod:`edge_agent.journal` covers it (restored after this file,
+so its newer state wins for the streams it journals).
 """
 
 from __future__ import annotations

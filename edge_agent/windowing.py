@@ -15,6 +15,8 @@ are moved to the front, so each reading costs a single row assignment.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from offload.topics import StreamId
@@ -34,11 +36,13 @@ class StreamWindow:
         "hop",
         "last_label",
         "next_seq",
+        "pending",
         "prefix",
         "result_topic",
         "run_start",
         "sid",
         "since",
+        "topic",
         "window",
     )
 
@@ -59,6 +63,9 @@ class StreamWindow:
         self.result_topic = ""
         self.alert_topic = ""
         self.device_json = ""
+        self.topic = ""
+        # Emitted, not yet answered windows by seq; None: not journaled (see journal.py).
+        self.pending: dict[int, Any] | None = None
 
     def classify(self, seq: int | None, rows: int) -> tuple[str, int]:
         """Where a payload whose last row is ``seq`` falls: ok/gap/dup/late and missing count."""
