@@ -35,6 +35,7 @@ from typing import Any
 from edge_agent.batch import BatchDone, Request, run_and_complete
 from edge_agent.cascade import Escalator
 from edge_agent.local_work import LocalWork
+from edge_agent.overflow import offload_overflow
 from edge_agent.registry import ModelSlot
 from edge_agent.remote_exec import start_remote
 from edge_agent.remote_rtt import RemoteRtt
@@ -151,6 +152,8 @@ class Dispatcher:
 
     def kick(self) -> None:
         heap = self._heap
+        if self.remote is not None and len(heap) > self.max_batch:
+            offload_overflow(self, time.monotonic())
         while heap:
             now = time.monotonic()
             n = min(len(heap), self.max_batch)

@@ -8,7 +8,11 @@ there are fewer than ``min_samples``, and uses the measurement alone after that.
 
 Because a pessimistic prior can keep a policy from ever choosing the cloud (and so from
 ever measuring it), :meth:`RemoteRtt.probe` sends single zero windows to the cloud model
-off the hot path until ``min_samples`` round trips are known.
+off the hot path until ``min_samples`` round trips are known. The same trap exists after
+that: round trips measured while the node was overloaded (ten agents starting on two
+cores measured 180 ms over a 40 ms WAN) make the cloud look too slow, no batch goes
+there, and the estimate never moves. So the probe goes on at ``refresh_s`` whenever no
+call has succeeded for that long.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class RemoteRtt:
         self.prior_s = prior_s
         self.min_samples = max(0, min_samples)
         self.samples = 0  # successful calls this agent made (batches and probes)
+        self.last_ok = 0.0  # monotonic time of the last successful call
 
     @property
     def measured(self) -> bool:
@@ -37,6 +42,7 @@ class RemoteRtt:
     def observed(self) -> None:
         """Count one successful remote call (its RTT went into the client's stats)."""
         self.samples += 1
+        self.last_ok = time.monotonic()
 
     def estimate(self, stats: Any) -> tuple[float, float]:
         """(rtt, p95) for ``Observed``: the prior, a blend, or the client's measurement."""
@@ -59,14 +65,23 @@ class RemoteRtt:
         *,
         interval_s: float = 1.0,
         timeout_s: float = 2.0,
+        refresh_s: float = 0.0,
     ) -> None:
-        """Call ``call(deadline)`` until ``min_samples`` calls succeeded (or cancelled).
+        """Call ``call(deadline)`` until ``min_samples`` calls succeeded, then (with
+        ``refresh_s`` > 0) whenever no call succeeded for ``refresh_s``; until cancelled.
 
         Failures (cloud down, model missing) are logged once at INFO and retried every
-        ``interval_s``; meanwhile the prior stands.
+        ``interval_s``; meanwhile the prior (or the last measurement) stands.
         """
         warned = False
-        while not self.measured:
+        while True:
+            if self.measured:
+                if refresh_s <= 0:
+                    return
+                idle = time.monotonic() - self.last_ok
+                if idle < refresh_s:
+                    await asyncio.sleep(refresh_s - idle)
+                    continue
             if available():
                 try:
                     await call(time.monotonic() + timeout_s)

@@ -103,6 +103,13 @@ class EdgeSettings(BaseSettings):
         description="Successful cloud calls before the measured RTT replaces the prior "
         "(blended in between).",
     )
+    cloud_rtt_refresh_s: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="Probe the cloud once when no call succeeded for this long, so an RTT "
+        "measured in a bad moment cannot keep the policy away from the cloud forever "
+        "(0: probe only until measured).",
+    )
     tls_ca: str | None = Field(default=None, description="CA for gRPC TLS to the cloud tier.")
     tls_cert: str | None = Field(default=None, description="Client cert for gRPC mTLS.")
     tls_key: str | None = Field(default=None, description="Client key for gRPC mTLS.")

@@ -103,7 +103,9 @@ async def probe_cloud(agent: EdgeAgent) -> None:
         x = np.zeros([1, *(max(1, n) for n in spec.shape[1:])], dtype=np.float32)
         return await remote.infer(name, version, {spec.name: x}, deadline)
 
-    await d.rtt.probe(call, lambda: bool(remote.available))
+    await d.rtt.probe(
+        call, lambda: bool(remote.available), refresh_s=agent.settings.cloud_rtt_refresh_s
+    )
 
 
 def make_updater(agent: EdgeAgent) -> ModelUpdater:

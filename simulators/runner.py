@@ -115,6 +115,7 @@ class ScenarioRun:
             topics=Topics(),
             seed=sc.seed,
             start_spread_s=sc.sensors.start_spread_s,
+            rows_per_message=sc.sensors.rows_per_message,
         )
         await fleet.connect()
         wan0 = (stack.wan.bytes_up, stack.wan.bytes_down) if stack.wan else (0, 0)

@@ -33,6 +33,13 @@ class SensorSpec(_Strict):
     source: Literal["basicmotions", "vibration"] = "basicmotions"
     qos: int = Field(default=0, ge=0, le=1)
     connections: int = Field(default=2, ge=1, description="raw MQTT sockets to share")
+    rows_per_message: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="readings per MQTT message (1: one reading per message; more: the JSON "
+        "multi-row form, as sensors that buffer samples send them)",
+    )
     start_spread_s: float = Field(
         default=1.0,
         ge=0,

@@ -50,10 +50,14 @@ class FleetStats:
 
 
 class SensorFleet:
-    """Publishes JSON single readings ``{"ts","seq","values"}`` for many streams.
+    """Publishes JSON readings ``{"ts","seq","values"}`` for many streams.
 
     ``seq`` starts at 0 per stream and increases by one per reading; ``ts`` is the unix
-    time at encoding, i.e. the publish time that starts the latency clock.
+    time at encoding, i.e. the publish time that starts the latency clock. With
+    ``rows_per_message`` > 1 a stream holds its readings back until it has that many
+    and sends them as one multi-row message (``values`` a list of rows, ``seq`` the last
+    row's), like a sensor that buffers samples; readings still held at the end are not
+    sent (nor counted).
     """
 
     def __init__(
@@ -72,7 +76,11 @@ class SensorFleet:
         client_prefix: str = "fleet-sim",
         seed: int = 0,
         start_spread_s: float = 0.0,
+        rows_per_message: int = 1,
     ) -> None:
+        if rows_per_message < 1:
+            raise ValueError("rows_per_message must be >= 1")
+        self.rows = rows_per_message
         if rate_hz <= 0:
             raise ValueError("rate_hz must be positive")
         if start_spread_s < 0:
@@ -113,7 +121,13 @@ class SensorFleet:
         return sum(p.pubacks for p in self._pubs)
 
     def _frame(self, i: int, seq: int, ts: float, conn: int) -> bytes:
-        payload = b'{"ts":%.6f,"seq":%d,"values":%s}' % (ts, seq, self.source.row(i, seq))
+        """One message ending at reading ``seq`` (``self.rows`` readings)."""
+        if self.rows == 1:
+            values = self.source.row(i, seq)
+        else:
+            rows = (self.source.row(i, s) for s in range(seq - self.rows + 1, seq + 1))
+            values = b"[" + b",".join(rows) + b"]"
+        payload = b'{"ts":%.6f,"seq":%d,"values":%s}' % (ts, seq, values)
         topic = self._topics[i]
         var = topic + self._ids[conn]().to_bytes(2, "big") if self.qos else topic
         return self._header + encode_remaining_length(len(var) + len(payload)) + var + payload
@@ -140,6 +154,8 @@ class SensorFleet:
             if hasattr(self.source, "elapsed_s"):
                 self.source.elapsed_s = t  # drives scheduled faults in the payload source
             target = np.maximum(np.floor(cumulative + self._phase), 0).astype(np.int64)
+            if self.rows > 1:  # only whole messages: the rest waits for more readings
+                target -= (target - self._sent) % self.rows
             due = np.nonzero(target > self._sent)[0]
             if due.size:
                 second_count += await self._publish(due, target)
@@ -163,7 +179,7 @@ class SensorFleet:
         for i in due.tolist():
             conn = self._conn_of[i]
             out = batches[conn]
-            for seq in range(int(self._sent[i]), int(target[i])):
+            for seq in range(int(self._sent[i]) + self.rows - 1, int(target[i]), self.rows):
                 out.append(self._frame(i, seq, ts, conn))
             n += int(target[i] - self._sent[i])
             self._sent[i] = target[i]

@@ -70,6 +70,35 @@ async def test_probe_against_dead_cloud_keeps_the_prior() -> None:
     assert est.estimate(client.stats) == (0.05, 0.05)
 
 
+async def test_probes_go_on_only_while_no_call_succeeds() -> None:
+    # A stale (bad-moment) measurement must be refreshed when nothing else measures it,
+    # and real traffic must make the refresh probes unnecessary.
+    est = RemoteRtt(prior_s=0.05, min_samples=1)
+    probes: list[float] = []
+
+    async def call(deadline: float) -> object:
+        probes.append(time.monotonic())
+        return None
+
+    task = asyncio.create_task(est.probe(call, lambda: True, refresh_s=0.1))
+    try:
+        await asyncio.sleep(0.45)
+        assert est.measured and 4 <= len(probes) <= 6, probes  # startup + ~1 per 0.1 s
+        n = len(probes)
+        for _ in range(20):  # batches succeed every 20 ms: no probe needed
+            est.observed()
+            await asyncio.sleep(0.02)
+        assert len(probes) == n
+        await asyncio.sleep(0.25)
+        assert len(probes) >= n + 1  # idle again: probing resumes
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finished = RemoteRtt(prior_s=0.05, min_samples=1)
+    await asyncio.wait_for(finished.probe(call, lambda: True, refresh_s=0.0), 1.0)  # returns
+
+
 async def test_agent_uses_prior_at_startup_and_probes_the_real_cloud(
     mosquitto: Any, repo: Path, topic_prefix: str, make_agent: Any
 ) -> None:
@@ -115,6 +144,7 @@ async def test_agent_uses_prior_at_startup_and_probes_the_real_cloud(
                 cloud_model="motion-cloud",
                 cloud_rtt_prior_ms=200,
                 cloud_rtt_min_samples=3,
+                cloud_rtt_refresh_s=0,  # exactly the startup probes here (refresh: below)
             )
         )
         end = time.monotonic() + 15

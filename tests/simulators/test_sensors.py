@@ -19,6 +19,7 @@ class _Counter:
         self.count = 0
         self.last: dict[str, dict] = {}
         self.seqs: dict[str, list[int]] = {}
+        self.bodies: dict[str, list[dict]] = {}
         self._lock = threading.Condition()
         ready = threading.Event()
         self.client = make_client(BrokerUrl("127.0.0.1", port, False), f"cnt-{topic[:12]}")
@@ -35,6 +36,7 @@ class _Counter:
             self.count += 1
             self.last[msg.topic] = body
             self.seqs.setdefault(msg.topic, []).append(body["seq"])
+            self.bodies.setdefault(msg.topic, []).append(body)
             self._lock.notify_all()
 
     def wait_for(self, n: int, timeout: float) -> None:
@@ -80,6 +82,36 @@ async def test_steady_rate_is_accurate_and_payloads_valid(mosquitto, topic_prefi
         assert seqs == list(range(len(seqs))), topic
     body = counter.last[f"{topic_prefix}/s2/dev00001/imu"]
     assert len(body["values"]) == 6 and t0 <= body["ts"] <= time.time()
+
+
+async def test_multi_row_messages_carry_consecutive_readings(mosquitto, topic_prefix: str) -> None:
+    topics = Topics(sensors=topic_prefix)
+    counter = _Counter(mosquitto.port, f"{topic_prefix}/#")
+    streams = make_streams(50, ["s1"])
+    source = BasicMotionsReplay()
+    fleet = SensorFleet(
+        "127.0.0.1",
+        mosquitto.port,
+        streams,
+        source,
+        rate_hz=20.0,
+        topics=topics,
+        rows_per_message=10,
+    )
+    await fleet.connect()
+    stats = await fleet.run(2.0)
+    await fleet.close()
+    assert all(n % 10 == 0 for n in stats.sent.values())  # only whole messages count
+    assert 50 * 20 * 2 * 0.7 <= stats.total <= 50 * 20 * 2
+    await asyncio.to_thread(counter.wait_for, stats.total // 10, 5.0)
+    counter.stop()
+    assert counter.count == stats.total // 10
+    for i, sid in enumerate(streams):
+        got = counter.bodies[f"{topic_prefix}/{sid.site}/{sid.device}/imu"]
+        assert [b["seq"] for b in got] == list(range(9, stats.sent[sid.key], 10))
+        rows = [row for b in got for row in b["values"]]
+        want = [json.loads(source.row(i, s)) for s in range(stats.sent[sid.key])]
+        assert rows == want  # the same readings as single-row messages, in order
 
 
 async def test_start_spread_desynchronises_window_boundaries(mosquitto, topic_prefix: str) -> None:
