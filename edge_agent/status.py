@@ -54,6 +54,19 @@ def cloud_doc(agent: EdgeAgent) -> dict[str, Any]:
     }
 
 
+def mqtt_doc(agent: EdgeAgent) -> dict[str, Any]:
+    """Transport counters: what took the fast paths and what could not be sent."""
+    link = agent.link
+    if link is None:
+        return {"messages": 0, "fast_path": 0, "dropped_offline": 0, "raw_overflows": 0}
+    return {
+        "messages": link.messages,  # every message read, readings and control
+        "fast_path": link.client.fast_count,  # QoS-0 PUBLISHes split without paho
+        "dropped_offline": link.dropped_offline,  # QoS-0 results while disconnected
+        "raw_overflows": link.client.raw_dropped,  # result batches over the send queue cap
+    }
+
+
 def status_doc(agent: EdgeAgent) -> dict[str, Any]:
     s, st = agent.settings, agent.stats
     loaded = agent.models.loaded
@@ -105,6 +118,8 @@ def status_doc(agent: EdgeAgent) -> dict[str, Any]:
             "clock_skew": agent.core.clock.skewed,
         },
         "deadline_from": s.deadline_from,
+        "mqtt": mqtt_doc(agent),
+        "journal": dict(agent.journal.stats) if agent.journal is not None else None,
         "cloud": cloud_doc(agent),
         "totals": {
             "readings": st.readings,

@@ -37,9 +37,11 @@ STATUS_KEYS = {
 
 
 async def test_status_metrics_and_events(
-    mosquitto: Any, repo: Path, topic_prefix: str, make_agent: Any, subscriber: Any
+    mosquitto: Any, repo: Path, topic_prefix: str, make_agent: Any, subscriber: Any, tmp_path: Path
 ) -> None:
-    agent = await make_agent(agent_settings(mosquitto.url, repo, topic_prefix))
+    agent = await make_agent(
+        agent_settings(mosquitto.url, repo, topic_prefix, journal_dir=tmp_path / "journal")
+    )
     base = f"http://127.0.0.1:{agent.http_port}"
     results = subscriber(f"{topic_prefix}/results/#")
     pub = publisher(mosquitto.url)
@@ -67,6 +69,11 @@ async def test_status_metrics_and_events(
     assert st["model"]["name"] == "motion-edge" and st["model"]["version"] == 1
     assert st["totals"]["readings"] == 120 and st["totals"]["results"] == 3
     assert st["deadletter"] == {"total": 1, "by_reason": {"bad-json": 1}}
+    # QoS-1 readings take paho's acknowledged path, never the QoS-0 fast path.
+    assert st["mqtt"]["messages"] >= 121 and st["mqtt"]["fast_path"] == 0
+    assert st["mqtt"]["dropped_offline"] == st["mqtt"]["raw_overflows"] == 0
+    # Every valid acknowledged reading was journaled (records also count answered marks).
+    assert st["journal"]["records"] >= 120 and st["journal"]["write_errors"] == 0
     assert set(st["routes"]) == {"local", "remote", "hedge", "shed"}
     assert set(st["node"]) >= {
         "cpu_percent",
