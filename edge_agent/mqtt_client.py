@@ -5,10 +5,12 @@ reconnects); two things it does per packet are too slow at tens of thousands of
 messages/s, so :class:`FastClient` takes them over:
 
 * **Reading.** paho reads every packet with two or three tiny ``recv()`` calls and builds
-  an ``MQTTMessage`` for it. Here one ``recv()`` pulls up to 64 KiB and the complete QoS-0
-  PUBLISH packets at its head are split out directly (:func:`split_publishes`) and handed
-  to ``fast_deliver``. Anything else (QoS-1 publishes, acks, pings, a packet cut by the
-  buffer's end) goes through paho's own parser, served from the same buffer.
+  an ``MQTTMessage`` for it. Here one ``recv()`` pulls up to 64 KiB and the complete
+  PUBLISH packets at its head are split out directly (:func:`split_publishes`): QoS 0 to
+  ``fast_deliver``, QoS 1 to ``fast_acked`` and, once that returned (the agent's journal
+  has the reading), a PUBACK into the raw write queue, in arrival order as MQTT requires
+  (paho keeps no state for incoming QoS 1). Anything else (QoS 2, acks, pings, a packet
+  cut by the buffer's end) goes through paho's own parser, served from the same buffer.
 * **Writing QoS-0 results.** paho's ``publish()`` builds a message-info object with a
   condition variable, queues a dict and pokes a socket pair per message, and writes each
   packet with its own ``send()``. :meth:`FastClient.queue_raw` takes already-encoded
@@ -30,7 +32,7 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
-from offload.mqtt_frames import split_publishes
+from offload.mqtt_frames import puback_frame, split_publishes
 
 _OK = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 _LOST = mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST
@@ -49,7 +51,9 @@ class FastClient(mqtt.Client):
     raw_dropped: int
     fast_count: int
     fast_deliver: Callable[[str, bytes], None] | None
+    fast_acked: Callable[[str, bytes], None] | None
     fast_batch: int
+    _acks: list[int]
 
     # -- reading -------------------------------------------------------------------------
     def _sock_recv(self, bufsize: int) -> bytes:
@@ -82,7 +86,11 @@ class FastClient(mqtt.Client):
             if not data:
                 return super().loop_read(max_packets)  # EOF is sticky: paho sees it too
             self._rx_buf, self._rx_off = data, 0
-        off, n = split_publishes(self._rx_buf, self._rx_off, self.fast_batch, deliver)
+        acked = self._deliver_acked if self.fast_acked is not None else None
+        off, n = split_publishes(self._rx_buf, self._rx_off, self.fast_batch, deliver, acked)
+        if self._acks:
+            self.queue_raw(b"".join(puback_frame(p) for p in self._acks), ack=True)
+            self._acks.clear()
         if n:
             self._rx_off = off
             self.fast_count += n
@@ -90,12 +98,17 @@ class FastClient(mqtt.Client):
             return _OK
         return super().loop_read(max_packets)
 
+    def _deliver_acked(self, topic: str, payload: bytes, packet_id: int) -> None:
+        self.fast_acked(topic, payload)  # type: ignore[misc]
+        self._acks.append(packet_id)  # acknowledged only after the handler returned
+
     # -- writing -------------------------------------------------------------------------
-    def queue_raw(self, frames: bytes) -> bool:
-        """Queue encoded QoS-0 frames (any thread). True if the queue was empty before
-        (the caller then wakes the network thread); dropped and counted over the limit."""
+    def queue_raw(self, frames: bytes, ack: bool = False) -> bool:
+        """Queue encoded frames (any thread). True if the queue was empty before (the
+        caller then wakes the network thread). Results over the limit are dropped and
+        counted; acknowledgements (``ack``) never are."""
         with self._raw_lock:
-            if len(self._raw_out) + len(frames) > self.raw_limit:
+            if not ack and len(self._raw_out) + len(frames) > self.raw_limit:
                 self.raw_dropped += 1
                 return False
             was_empty = not self._raw_out
@@ -150,6 +163,7 @@ class FastClient(mqtt.Client):
 def install(
     client: mqtt.Client,
     deliver: Callable[[str, bytes], None] | None = None,
+    acked: Callable[[str, bytes], None] | None = None,
     *,
     raw_limit: int = 64 * 2**20,
     fast_batch: int = 64,
@@ -157,7 +171,9 @@ def install(
     """Turn a client from ``offload.mqtt.make_client`` into a :class:`FastClient`.
 
     ``deliver(topic, payload)`` receives QoS-0 PUBLISHes on the network thread (None:
-    everything goes through paho's ``on_message``). ``fast_batch`` bounds how many
+    everything goes through paho's ``on_message``); ``acked(topic, payload)`` receives
+    QoS-1 PUBLISHes, each acknowledged once it returned (None: paho handles QoS 1).
+    ``fast_batch`` bounds how many
     packets one ``loop_read`` delivers, so the caller's loop gets control regularly.
     """
     client.__class__ = FastClient
@@ -170,5 +186,7 @@ def install(
     fast.raw_dropped = 0
     fast.fast_count = 0
     fast.fast_deliver = deliver
+    fast.fast_acked = acked
+    fast._acks = []
     fast.fast_batch = fast_batch
     return fast

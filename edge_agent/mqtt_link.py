@@ -105,7 +105,7 @@ class MqttLink:
         c.on_disconnect = self._disconnected
         c.on_message = self._message
         c.on_socket_register_write = self._want_write
-        self.client: FastClient = install(c, self._fast_message)
+        self.client: FastClient = install(c, self._fast_message, self._fast_acked)
         self._thread = threading.Thread(target=self._run, name=f"mqtt-{client_id}", daemon=True)
 
     # -- paho callbacks (network thread) ------------------------------------------------
@@ -135,26 +135,27 @@ class MqttLink:
             self._loop.call_soon_threadsafe(self._on_connection, False)
 
     def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        """paho's path: QoS-1 messages (acknowledged when this returns) and stragglers."""
-        self.messages += 1
-        topic = msg.topic
-        if topic in self._control:
-            self._loop.call_soon_threadsafe(self._on_control, topic, msg.payload)
-            return
-        ingest = self._ingest_acked if msg.qos else self._ingest
-        try:
-            ingest(topic, msg.payload, time.monotonic())
-        except Exception:  # ingest validates everything; this is a bug guard, not a path
-            log.exception("ingest failed for a message on %s", topic[:200])
+        """paho's path (stragglers the fast path left to it): QoS 1 is acknowledged by
+        paho when this returns."""
+        self._handle(msg.topic, msg.payload, self._ingest_acked if msg.qos else self._ingest)
+
+    def _fast_acked(self, topic: str, payload: bytes) -> None:
+        """Fast path, QoS 1: the client acknowledges it once this returns."""
+        self._handle(topic, payload, self._ingest_acked)
 
     def _fast_message(self, topic: str, payload: bytes) -> None:
-        """The fast path: a QoS-0 PUBLISH split out of the receive buffer."""
+        """Fast path, QoS 0."""
+        self._handle(topic, payload, self._ingest)
+
+    def _handle(
+        self, topic: str, payload: bytes, ingest: Callable[[str, bytes, float], None]
+    ) -> None:
         self.messages += 1
         if topic in self._control:
             self._loop.call_soon_threadsafe(self._on_control, topic, payload)
             return
         try:
-            self._ingest(topic, payload, time.monotonic())
+            ingest(topic, payload, time.monotonic())
         except Exception:  # ingest validates everything; this is a bug guard, not a path
             log.exception("ingest failed for a message on %s", topic[:200])
 

@@ -111,21 +111,32 @@ class FrameEncoder:
         return b"".join(parts)
 
 
-def split_publishes(
-    buf: bytes, off: int, limit: int, deliver: Callable[[str, bytes], None]
-) -> tuple[int, int]:
-    """Deliver the complete QoS-0 PUBLISH packets at ``buf[off:]`` (at most ``limit``).
+def puback_frame(packet_id: int) -> bytes:
+    return b"\x40\x02" + packet_id.to_bytes(2, "big")
 
-    Returns (new offset, packets delivered). Stops at the first packet that is not a
-    QoS-0 PUBLISH (QoS 1 needs an acknowledgement; acks and pings belong to the MQTT
-    client) or that is incomplete, so the caller can hand the rest to a full client.
+
+def split_publishes(
+    buf: bytes,
+    off: int,
+    limit: int,
+    deliver: Callable[[str, bytes], None],
+    deliver_acked: Callable[[str, bytes, int], None] | None = None,
+) -> tuple[int, int]:
+    """Deliver the complete PUBLISH packets at ``buf[off:]`` (at most ``limit``).
+
+    QoS 0 goes to ``deliver(topic, payload)``; QoS 1 to ``deliver_acked(topic, payload,
+    packet_id)`` when given (the caller owes the broker a PUBACK for it). Returns (new
+    offset, packets delivered). Stops at the first packet it does not take (QoS 1
+    without ``deliver_acked``, QoS 2, acks, pings: the MQTT client's) or that is
+    incomplete, so the caller can hand the rest to a full client.
     """
     n = len(buf)
     count = 0
     while count < limit and off + 2 <= n:
         b0 = buf[off]
-        if b0 & 0xF6 != PUBLISH:  # type 3, QoS bits 0 (dup/retain bits allowed)
-            break
+        qos1 = b0 & 0xF6 == PUBLISH | 0x02
+        if b0 & 0xF6 != PUBLISH and not (qos1 and deliver_acked is not None):
+            break  # type 3 with QoS bits 0 (or 1) taken; dup/retain bits allowed
         rl = buf[off + 1]
         start = off + 2
         if rl & 0x80:
@@ -138,10 +149,15 @@ def split_publishes(
         if end > n or rl < 2:
             break
         tlen = (buf[start] << 8) | buf[start + 1]
-        if 2 + tlen > rl:
+        head = 2 + tlen + (2 if qos1 else 0)
+        if head > rl:
             break  # malformed; let the full client report it
         topic = buf[start + 2 : start + 2 + tlen].decode("utf-8", "replace")
-        deliver(topic, buf[start + 2 + tlen : end])
+        if qos1:
+            pid = (buf[start + head - 2] << 8) | buf[start + head - 1]
+            deliver_acked(topic, buf[start + head : end], pid)  # type: ignore[misc]
+        else:
+            deliver(topic, buf[start + head : end])
         off = end
         count += 1
     return off, count

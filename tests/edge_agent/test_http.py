@@ -69,8 +69,8 @@ async def test_status_metrics_and_events(
     assert st["model"]["name"] == "motion-edge" and st["model"]["version"] == 1
     assert st["totals"]["readings"] == 120 and st["totals"]["results"] == 3
     assert st["deadletter"] == {"total": 1, "by_reason": {"bad-json": 1}}
-    # QoS-1 readings take paho's acknowledged path, never the QoS-0 fast path.
-    assert st["mqtt"]["messages"] >= 121 and st["mqtt"]["fast_path"] == 0
+    # QoS-1 readings arrive one by one here; most take the fast path (acked after ingest).
+    assert st["mqtt"]["messages"] >= 121 and 0 < st["mqtt"]["fast_path"] <= st["mqtt"]["messages"]
     assert st["mqtt"]["dropped_offline"] == st["mqtt"]["raw_overflows"] == 0
     # Every valid acknowledged reading was journaled (records also count answered marks).
     assert st["journal"]["records"] >= 120 and st["journal"]["write_errors"] == 0

@@ -144,3 +144,55 @@ async def test_raw_result_frames_never_interleave_with_paho_publishes(
         link.stop()
         sub.loop_stop()
         sub.disconnect()
+
+
+async def test_fast_path_acknowledges_qos1_after_the_handler_returns(
+    mosquitto: Any, topic_prefix: str
+) -> None:
+    """The broker redelivers unacknowledged QoS-1 messages to a persistent session, so an
+    empty redelivery after a reconnect proves every PUBACK of the fast path was sent."""
+    client_id = f"acker-{topic_prefix}"
+    topic = f"{topic_prefix}/s/x"
+    seen: list[bytes] = []
+
+    def handler(t: str, p: bytes, a: float) -> None:
+        seen.append(p)
+
+    def make(ingest_acked: Any) -> MqttLink:
+        link = MqttLink(
+            BrokerUrl.parse(mosquitto.url),
+            client_id,
+            filters=[topic],
+            qos=1,
+            share_group=None,
+            clean_session=False,
+            ingest=lambda t, p, a: None,
+            ingest_acked=ingest_acked,
+            control_topics=[],
+            on_control=lambda t, p: None,
+            on_connection=lambda up: None,
+            loop=asyncio.get_running_loop(),
+        )
+        link.start()
+        return link
+
+    link = make(handler)
+    await _until(lambda: link.connected)
+    await asyncio.sleep(0.2)
+    ids = PacketIds()
+    with WirePublisher("127.0.0.1", mosquitto.port, f"p-{topic_prefix}") as pub:
+        pub.send([publish_frame(topic, b"%d" % i, qos=1, packet_id=ids()) for i in range(100)])
+        assert pub.wait_pubacks(100)
+    await _until(lambda: len(seen) == 100)
+    assert seen == [b"%d" % i for i in range(100)]
+    assert link.client.fast_count >= 50
+    await asyncio.sleep(0.3)  # the PUBACKs leave with the next write
+    link.stop()
+    again: list[bytes] = []
+    link2 = make(lambda t, p, a: again.append(p))
+    try:
+        await _until(lambda: link2.connected)
+        await asyncio.sleep(0.5)
+        assert again == []  # every one was acknowledged: nothing redelivered
+    finally:
+        link2.stop()
