@@ -27,7 +27,14 @@ from edge_agent.stats import Stats
 from edge_agent.status import heartbeat_doc, status_doc
 from edge_agent.store import Store
 from edge_agent.telemetry import Telemetry
-from edge_agent.wiring import make_dispatcher, make_remote, make_topics, make_updater, probe_cloud
+from edge_agent.wiring import (
+    make_dispatcher,
+    make_remote,
+    make_topics,
+    make_updater,
+    open_journal,
+    probe_cloud,
+)
 from models.backends.base import BackendOptions
 from models.manifest import Manifest
 from offload.mqtt import BrokerUrl
@@ -158,7 +165,7 @@ class EdgeAgent:
             restored = load_streams(self.core, state)
             if restored:
                 log.info("restored %d open stream windows from %s", restored, state)
-        self._open_journal()
+        self.journal = open_journal(self)
         self.link.start()
         if s.db_path is not None:
             self.store = Store(
@@ -185,24 +192,6 @@ class EdgeAgent:
             self.tasks.append(asyncio.create_task(self._journal_loop(), name="journal-marks"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._connected_event.wait(), self._connect_wait)
-
-    def _open_journal(self) -> None:
-        """Replay what a crashed run acknowledged, before the broker sends anything new."""
-        s = self.settings
-        where = s.journal_path()
-        if where is None:
-            return
-        self.journal = Journal(
-            where,
-            segment_bytes=int(s.journal_segment_mb * 2**20),
-            compact_s=s.journal_compact_s,
-            fsync=s.journal_fsync,
-            connected=lambda: self.broker_connected,
-        )
-        report = self.journal.open(self.core)
-        self.core.journal = self.journal
-        if report["unclean"]:
-            log.warning("unclean stop before; journal %s replayed: %s", where, report)
 
     def _build_routing(self) -> None:
         self.remote = make_remote(self.settings)

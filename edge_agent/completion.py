@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from edge_agent.batch import BatchDone, Request
 from edge_agent.results import Outputs, alert_for, batch_results, error_output, model_part
@@ -20,6 +20,17 @@ if TYPE_CHECKING:
     from edge_agent.windowing import StreamWindow
 
 log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """What the core needs from a transport: fire-and-forget publishes."""
+
+    def publish(
+        self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False
+    ) -> None: ...
+
+    def publish_many(self, messages: list[tuple[str, str]], qos: int = 0) -> None:
+        """One batch's results at once (QoS 0 ones leave as pre-encoded frames)."""
 
 
 def complete_batch(core: AgentCore, done: BatchDone) -> None:

@@ -16,12 +16,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_agent.batch import BatchDone, Request
-from edge_agent.completion import complete_batch
+from edge_agent.completion import Publisher, complete_batch
 from edge_agent.deadlines import DeadlineFrom, LatencyClock
 from edge_agent.dispatch import Dispatcher
 from edge_agent.inline import flush_waited, run_inline
@@ -37,17 +37,6 @@ if TYPE_CHECKING:
     from edge_agent.journal import Journal
 
 log = logging.getLogger(__name__)
-
-
-class Publisher(Protocol):
-    """What the core needs from a transport: fire-and-forget publishes."""
-
-    def publish(
-        self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False
-    ) -> None: ...
-
-    def publish_many(self, messages: list[tuple[str, str]], qos: int = 0) -> None:
-        """One batch's results at once (QoS 0 ones leave as pre-encoded frames)."""
 
 
 class AgentCore:

@@ -1,7 +1,9 @@
-"""Builders for the agent's parts: topics, offload client, dispatcher, RTT probes, updater."""
+"""Builders for the agent's parts: topics, offload client, dispatcher, RTT probes, updater,
+journal."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -9,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_agent.dispatch import Dispatcher
+from edge_agent.journal import Journal
 from edge_agent.remote_rtt import RemoteRtt
 from edge_agent.settings import EdgeSettings
 from edge_agent.updater import ModelUpdater
@@ -19,6 +22,8 @@ from offload.topics import Topics
 
 if TYPE_CHECKING:
     from edge_agent.agent import EdgeAgent
+
+log = logging.getLogger(__name__)
 
 
 def make_topics(prefix: str) -> Topics:
@@ -129,3 +134,24 @@ def make_updater(agent: EdgeAgent) -> ModelUpdater:
         keys,
         agent.update_report,
     )
+
+
+def open_journal(agent: EdgeAgent) -> Journal | None:
+    """Open the crash journal (None when disabled) and replay what a crashed run
+    acknowledged, before the broker sends anything new."""
+    s = agent.settings
+    where = s.journal_path()
+    if where is None:
+        return None
+    journal = Journal(
+        where,
+        segment_bytes=int(s.journal_segment_mb * 2**20),
+        compact_s=s.journal_compact_s,
+        fsync=s.journal_fsync,
+        connected=lambda: agent.broker_connected,
+    )
+    report = journal.open(agent.core)
+    agent.core.journal = journal
+    if report["unclean"]:
+        log.warning("unclean stop before; journal %s replayed: %s", where, report)
+    return journal
