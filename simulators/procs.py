@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,3 +172,12 @@ def wait_exit(child: Managed, timeout: float) -> int | None:
             return code
         time.sleep(0.05)
     return None
+
+
+def command(script: str, module: str) -> list[str]:
+    """The console script next to this interpreter, else ``python -m module``."""
+    beside = Path(sys.executable).parent / script
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which(script)
+    return [found] if found else [sys.executable, "-m", module]

@@ -15,7 +15,6 @@ import logging
 import secrets
 import shutil
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from simulators.broker import BrokerKind, free_port, start_broker, wait_broker
 from simulators.edge_device import EdgeDevice
 from simulators.health import wait_http, wait_port
-from simulators.procs import Managed, ProcessSet
+from simulators.procs import Managed, ProcessSet, command
 from simulators.wan import WanEvent, WanProfile, WanProxy, netem_available
 
 log = logging.getLogger(__name__)
@@ -61,15 +60,6 @@ class StackSpec(BaseModel):
         default="auto",
         description="auto: mosquitto if on PATH, else the embedded amqtt broker (warning)",
     )
-
-
-def command(script: str, module: str) -> list[str]:
-    """The console script next to this interpreter, else ``python -m module``."""
-    beside = Path(sys.executable).parent / script
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which(script)
-    return [found] if found else [sys.executable, "-m", module]
 
 
 @dataclass
