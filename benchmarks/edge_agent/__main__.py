@@ -40,8 +40,17 @@ DEFAULT_RATES = {
     ("heavy", "naive"): [6000, 8000, 10000, 12000],
     ("heavy", "edge-agent x1"): [20000, 25000, 30000, 35000],
     ("heavy", "edge-agent x2"): [30000, 35000],
+    ("stream-qos1", "naive"): [5000, 10000, 15000],
+    ("stream-qos1", "edge-agent x1"): [10000, 20000, 30000],
+    ("stream-qos1", "edge-agent x2"): [20000, 30000],
+    ("heavy-qos1", "naive"): [4000, 6000, 8000],
+    ("heavy-qos1", "edge-agent x1"): [10000, 15000, 20000],
+    ("heavy-qos1", "edge-agent x2"): [15000, 20000],
 }
-HOPS = {"stream": 10, "heavy": 1}
+# workload -> (hop, MQTT QoS of readings). The QoS-1 variants measure the reliable path:
+# the broker waits for the agent's PUBACKs, and the edge agent journals every reading
+# before acknowledging it (--journal-dir); the naive agent subscribes at QoS 1 too.
+WORKLOADS = {"stream": (10, 0), "heavy": (1, 0), "stream-qos1": (10, 1), "heavy-qos1": (1, 1)}
 
 
 def expected_results(per_device: list[int], hop: int) -> int:
@@ -58,7 +67,7 @@ def run_cell(
     workdir: Path,
     src: Path | None = None,
 ) -> dict[str, object]:
-    hop = HOPS[workload]
+    hop, qos = WORKLOADS[workload]
     load1 = os.getloadavg()[0]
     n_procs = 2 if agent.endswith("x2") else 1
     sites = 2 if n_procs == 2 else 1
@@ -66,9 +75,12 @@ def run_cell(
     collector.start()
     t0 = time.monotonic()
     if agent == "naive":
-        procs = [start_naive(broker, models, hop)]
+        procs = [start_naive(broker, models, hop, qos)]
     else:
-        procs = [start_edge(broker, models, hop, i, n_procs, workdir, src) for i in range(n_procs)]
+        procs = [
+            start_edge(broker, models, hop, i, n_procs, workdir, src, qos=qos)
+            for i in range(n_procs)
+        ]
     ready_s = max(p.wait_ready() for p in procs) - t0
     ps = [psutil.Process(p.popen.pid) for p in procs]
     cpu0 = [p.cpu_times() for p in ps]
@@ -85,6 +97,8 @@ def run_cell(
             str(rate),
             "--duration",
             str(duration),
+            "--qos",
+            str(qos),
             "--sites",
             str(sites),
         ],

@@ -1,6 +1,7 @@
 """Raw-socket load generator: JSON readings as pre-framed MQTT PUBLISH packets.
 
-One 6-channel reading per message, ``--devices`` devices round-robin, QoS 0. Every
+One 6-channel reading per message, ``--devices`` devices round-robin, QoS 0 (or 1 with
+``--qos 1``: the broker's PUBACKs are counted and awaited at the end). Every
 millisecond the frames due are built (``simulators.mqtt_wire.publish_frame``, ~2 us) and
 written with one ``sendall``; ``ts`` is the send time, so the collector measures
 publish -> result latency. Prints a JSON summary (messages per device) on exit.
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from simulators.mqtt_wire import WirePublisher, publish_frame
+from simulators.mqtt_wire import PacketIds, WirePublisher, publish_frame
 
 
 def _rows(n: int = 512) -> list[bytes]:
@@ -35,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=100)
     p.add_argument("--sites", type=int, default=1, help="devices spread over this many sites")
     p.add_argument("--prefix", default="sensors")
+    p.add_argument("--qos", type=int, default=0, choices=(0, 1))
     p.add_argument(
         "--prefill",
         type=int,
@@ -53,12 +55,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # than that, and a benchmark must report that as lost rate, not crash.
     pub._sock.settimeout(30.0)  # type: ignore[union-attr]
     devices = args.devices
+    ids = PacketIds()
+    qos = args.qos
+
+    def frame(topic: bytes, payload: bytes) -> bytes:
+        return publish_frame(topic, payload, qos=qos, packet_id=ids() if qos else None)
+
     for k in range(args.prefill):
         ts = time.time()
         frames = []
         for d in range(devices):
             payload = b'{"ts":%.6f,"seq":%d,"values":%s}' % (ts, k, rows[k % nrows])
-            frames.append(publish_frame(topics[d], payload))
+            frames.append(frame(topics[d], payload))
         pub.send(b"".join(frames))
         time.sleep(devices / 20000.0)
     seqs = [args.prefill] * devices
@@ -78,11 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 s = seqs[d]
                 seqs[d] = s + 1
                 payload = b'{"ts":%.6f,"seq":%d,"values":%s}' % (ts, s, rows[s % nrows])
-                frames.append(publish_frame(topics[d], payload))
+                frames.append(frame(topics[d], payload))
                 sent += 1
             pub.send(b"".join(frames))
         time.sleep(0.0005)
     elapsed = time.monotonic() - start
+    if qos and not pub.wait_pubacks(sent + args.prefill * devices, timeout=30.0):
+        print(f"loadgen: only {pub.pubacks} PUBACKs arrived", file=sys.stderr)
     pub.close()
     print(json.dumps({"sent": sent, "elapsed": elapsed, "per_device": seqs}), flush=True)
     return 0

@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=100)
     p.add_argument("--hop", type=int, default=10)
     p.add_argument("--client-id", default="naive-agent")
+    p.add_argument("--qos", type=int, default=0, choices=(0, 1))
     args = p.parse_args(argv)
 
     so = ort.SessionOptions()
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             c.publish(f"results/{site}/{device}/{stream}", json.dumps(result))
 
     def on_connect(c, userdata, flags, rc, props=None) -> None:
-        c.subscribe(args.topics_filter, 0)
+        c.subscribe(args.topics_filter, args.qos)
         print("naive-agent ready", flush=True)
 
     client.on_message = on_message

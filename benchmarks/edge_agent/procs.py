@@ -105,6 +105,8 @@ def start_edge(
     n: int,
     workdir: Path,
     src: Path | None = None,
+    *,
+    qos: int = 0,
 ) -> AgentProc:
     """An edge-agent process; with ``src``, its ``edge_agent`` package comes from there
     (the rest of the project from this checkout): the before/after comparison."""
@@ -130,7 +132,7 @@ def start_edge(
         "--clean-session",
         "true",
         "--qos",
-        "0",
+        str(qos),
         "--topics-filter",
         filt,
         "--log-level",
@@ -138,6 +140,8 @@ def start_edge(
         "--heartbeat-s",
         "5",
     ]
+    if qos:  # acknowledged readings are journaled first: measure that cost too
+        cmd += ["--journal-dir", str(workdir / f"journal-{index}-{time.monotonic_ns()}")]
     if src is None:
         return AgentProc(cmd, "edge-agent ready")
     # ``-m`` puts the working directory first on sys.path: run from ``src``.
@@ -145,7 +149,7 @@ def start_edge(
     return AgentProc(cmd, "edge-agent ready", cwd=src, env=env)
 
 
-def start_naive(broker: Broker, repo: Path, hop: int) -> AgentProc:
+def start_naive(broker: Broker, repo: Path, hop: int, qos: int = 0) -> AgentProc:
     cmd = [
         sys.executable,
         "-m",
@@ -156,6 +160,8 @@ def start_naive(broker: Broker, repo: Path, hop: int) -> AgentProc:
         str(repo / "motion-edge" / "1" / "model.onnx"),
         "--hop",
         str(hop),
+        "--qos",
+        str(qos),
     ]
     return AgentProc(cmd, "naive-agent ready")
 
