@@ -53,11 +53,10 @@ def complete_batch(core: AgentCore, done: BatchDone) -> None:
     else:
         outs, jsons = None, [error_output(done.error or "error")] * n
     bodies, lat, met = batch_results(done, jsons, mpart, now, queue_ms, compute_ms, network_ms)
-    core.publisher.publish_many(
-        [(r.stream.result_topic, body) for r, body in zip(reqs, bodies, strict=True)],
-        core.result_qos,
-    )
     produced = list(zip(reqs, bodies, strict=True))
+    core.publisher.publish_many(
+        [(r.stream.result_topic, body) for r, body in produced], core.result_qos
+    )
     if outs is not None:
         for i, r in enumerate(reqs):
             _check_alert(core, r.stream, r, outs, i)

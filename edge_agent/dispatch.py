@@ -121,10 +121,10 @@ class Dispatcher:
             heapq.heappush(heap, (r.deadline, next(tie), r))
         self.kick()
 
-    def observe(self, now: float, n: int, deadline: float) -> Any:
-        """What the policy is told about a batch of ``n`` due at ``deadline`` (``Observed``)."""
+    def observe(self, now: float, n: int, deadline: float, queue_s: float | None = None) -> Any:
+        """``Observed`` for a batch of ``n`` due at ``deadline`` (``queue_s``: local wait)."""
         est = self.service.estimate(n)
-        backlog = self.local_wait(now)
+        backlog = self.local_wait(now) if queue_s is None else queue_s
         pressure = self._pressure()
         remote = self.remote
         rtt, p95 = self.rtt.estimate(remote.stats if remote is not None else None)

@@ -57,17 +57,17 @@ class FastClient(mqtt.Client):
 
     # -- reading -------------------------------------------------------------------------
     def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rx_off >= len(self._rx_buf) and not self._refill():
+            return b""  # EOF: let paho see it
         buf, off = self._rx_buf, self._rx_off
-        if off >= len(buf):
-            buf = super()._sock_recv(65536)
-            off = 0
-            self._rx_buf = buf
-            if not buf:  # EOF: let paho see it
-                self._rx_off = 0
-                return buf
         out = buf[off : off + bufsize]
         self._rx_off = off + len(out)
         return out
+
+    def _refill(self) -> bytes:
+        """One ``recv()`` of up to 64 KiB into the buffer (raises what ``recv`` raises)."""
+        self._rx_buf, self._rx_off = mqtt.Client._sock_recv(self, 65536), 0
+        return self._rx_buf
 
     def buffered(self) -> bool:
         return self._rx_off < len(self._rx_buf)
@@ -78,14 +78,13 @@ class FastClient(mqtt.Client):
             return super().loop_read(max_packets)  # paho is inside a packet: let it finish
         if self._rx_off >= len(self._rx_buf):
             try:
-                data = mqtt.Client._sock_recv(self, 65536)
+                data = self._refill()
             except BlockingIOError:
                 return _OK
             except OSError:
                 return super().loop_read(max_packets)  # paho reports the error its way
             if not data:
                 return super().loop_read(max_packets)  # EOF is sticky: paho sees it too
-            self._rx_buf, self._rx_off = data, 0
         acked = self._deliver_acked if self.fast_acked is not None else None
         off, n = split_publishes(self._rx_buf, self._rx_off, self.fast_batch, deliver, acked)
         if self._acks:

@@ -19,7 +19,6 @@ once the queue wait passes its threshold.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import TYPE_CHECKING
 
@@ -31,17 +30,17 @@ def offload_overflow(d: Dispatcher, now: float) -> int:
     """Send tail batches to the cloud while the policy says so; returns batches sent."""
     heap = d._heap
     R = d._Route
+    n = d.max_batch
+    worker_wait = d.local_wait(now)  # nothing below starts local work
+    per_batch = d.service.estimate(n) / max(1, d.workers)
     sent = 0
-    while len(heap) > d.max_batch and d.remote is not None and d.remote_busy < d._remote_limit:
-        n = d.max_batch
-        batches_ahead = math.ceil((len(heap) - n) / d.max_batch)
-        queue_s = d.local_wait(now) + batches_ahead * d.service.estimate(d.max_batch) / max(
-            1, d.workers
-        )
+    while len(heap) > n and d.remote is not None and d.remote_busy < d._remote_limit:
+        queue_s = worker_wait + math.ceil((len(heap) - n) / n) * per_batch
         if queue_s <= heap[0][0] - now:
             return sent  # even the oldest request's slack covers the whole queue
-        heap.sort()  # a sorted list is a valid heap, and popping its end keeps it one
-        obs = dataclasses.replace(d.observe(now, n, heap[-n][0]), local_queue_s=queue_s)
+        if not sent:
+            heap.sort()  # a sorted list is a valid heap, and popping its end keeps it one
+        obs = d.observe(now, n, heap[-n][0], queue_s)
         decision = d.policy.decide(obs)
         if decision.route not in (R.REMOTE, R.HEDGE) or not obs.remote_available:
             return sent
