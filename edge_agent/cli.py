@@ -66,9 +66,9 @@ async def _run(settings: EdgeSettings) -> int:
     gc.collect()
     gc.freeze()
     try:
-        manifest, _ = agent.models.active
+        served = ",".join(f"{name}:{p.version}" for name, p in agent.pipelines.items()) or "-"
         print(
-            f"edge-agent ready agent_id={settings.agent_id} model={manifest.ref} "
+            f"edge-agent ready agent_id={settings.agent_id} model={served} "
             f"broker_connected={agent.broker_connected} http=http://{settings.http_host}:"
             f"{agent.http_port} policy={settings.policy} startup_s={time.monotonic() - t0:.3f}",
             flush=True,

@@ -70,6 +70,7 @@ class MqttLink:
         ingest_acked: Callable[[str, bytes, float], None] | None = None,
     ) -> None:
         self.url = url
+        self._share = share_group
         self._filters = [f"$share/{share_group}/{f}" if share_group else f for f in filters]
         self._qos = qos
         self._control = control_topics
@@ -229,6 +230,20 @@ class MqttLink:
                 next_misc = now + 0.5
                 if c.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
                     return
+
+    def set_filters(self, filters: list[str]) -> None:
+        """Subscribe to ``filters`` from now on (event loop; paho queues the packets and
+        the network thread writes them). Re-applied on every reconnect."""
+        wanted = [f"$share/{self._share}/{f}" if self._share else f for f in filters]
+        old, self._filters = self._filters, wanted
+        if not self.connected:
+            return
+        added = [f for f in wanted if f not in old]
+        dropped = [f for f in old if f not in wanted]
+        if added:
+            self.client.subscribe([(f, self._qos) for f in added])
+        if dropped:
+            self.client.unsubscribe(dropped)
 
     def pause_reading(self) -> None:
         """Stop taking messages (unread QoS-1 ones stay un-acknowledged: the broker keeps

@@ -43,13 +43,17 @@ _HTTP_ERRORS: dict[int, type[EdgecloudError]] = {401: Unauthenticated, 403: Perm
 _NOT_CACHED: tuple[type[EdgecloudError], ...] = (Unauthenticated, PermissionDenied)
 
 
-class SwapTarget(Protocol):
-    """What the updater needs from ``agent.models`` (edge_agent.registry.ModelSlot)."""
+class ModelTarget(Protocol):
+    """What the updater needs from the agent (``EdgeAgent`` implements it)."""
 
-    @property
-    def active(self) -> tuple[Manifest, Any]: ...
+    def serving(self, name: str) -> int | None:
+        """The active version of ``name``, or None when it is not served."""
 
-    async def swap(self, name: str, version: int) -> Manifest: ...
+    async def swap(self, name: str, version: int, topics: str | None = None) -> Manifest:
+        """Serve ``name:version`` (load-before-unload; adds the model if new)."""
+
+    async def remove(self, name: str) -> None:
+        """Stop serving ``name``."""
 
 
 class _Retry(Exception):
@@ -64,7 +68,7 @@ class ModelUpdater:
         agent_id: str,
         site: str,
         repository: ModelRepository,
-        models: SwapTarget,
+        models: ModelTarget,
         token: str | None,
         trusted_keys: dict[str, Any],
         report: Callable[[dict[str, Any]], None],
@@ -169,11 +173,7 @@ class ModelUpdater:
                 fut.set_result(dict(self.state))
 
     def _serving(self, name: str) -> int | None:
-        try:
-            manifest, _ = self.models.active
-        except EdgecloudError:
-            return None
-        return manifest.version if manifest.name == name else None
+        return self.models.serving(name)
 
     async def _apply(self, rid: str | None, name: str, w: WantedModel) -> None:
         job = UpdateState(rollout_id=rid, model=name, version=w.version)
@@ -193,7 +193,7 @@ class ModelUpdater:
             else:
                 await self._fetch_and_install(job, w)
             self._report(job, UpdatePhase.SWAPPING)
-            await self.models.swap(name, w.version)
+            await self.models.swap(name, w.version, getattr(w, "topics", None))
             await loop.run_in_executor(None, self._after_swap, name, w.version)
         except EdgecloudError as exc:
             reason = f"{exc.reason}: {exc.message}"

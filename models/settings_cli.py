@@ -32,6 +32,8 @@ def _arg_kwargs(annotation: Any) -> dict[str, Any]:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     optional = typing.get_origin(annotation) in (typing.Union, type(int | None))
     base = args[0] if optional and args else annotation
+    if typing.get_origin(base) is list:
+        return {"action": "append", "type": str}  # repeatable flag
     if typing.get_origin(base) is typing.Literal:
         return {"choices": list(typing.get_args(base))}
     if base is bool:

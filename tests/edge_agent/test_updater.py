@@ -45,6 +45,23 @@ def desired(version: int, sha: str | None, url: str | None, rid: str = "r1") -> 
     return Desired(rollout_id=rid, models={MODEL: wanted}, issued_at=0).to_bytes()
 
 
+class SlotTarget:
+    """The updater's ModelTarget over one real ModelSlot (what EdgeAgent does per model)."""
+
+    def __init__(self, slot: ModelSlot) -> None:
+        self.slot = slot
+
+    def serving(self, name: str) -> int | None:
+        loaded = self.slot.loaded
+        return loaded.manifest.version if loaded and loaded.manifest.name == name else None
+
+    async def swap(self, name: str, version: int, topics: str | None = None) -> Any:
+        return await self.slot.swap(name, version)
+
+    async def remove(self, name: str) -> None:
+        self.slot.close()
+
+
 class Edge:
     """Repository + slot + updater + a request loop that must never fail."""
 
@@ -58,7 +75,7 @@ class Edge:
             "edge-1",
             "site-a",
             self.repo,
-            self.slot,
+            SlotTarget(self.slot),
             token,
             self.keys,
             self.reports.append,
