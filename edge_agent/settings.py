@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.errors import InvalidInput
+from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
 from offload.topics import check_segment
 
 
@@ -201,7 +202,8 @@ class EdgeSettings(BaseSettings):
     trusted_keys: str | None = Field(
         default=None, description="Public key file or directory trusted to sign bundles."
     )
-    log_level: str = Field(default="INFO", description="Python log level.")
+    log_level: LogLevel = Field(default="INFO", description=LOG_LEVEL_HELP)
+    log_format: LogFormat = Field(default="text", description=LOG_FORMAT_HELP)
 
     @field_validator("agent_id", "site")
     @classmethod
