@@ -22,11 +22,12 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TextIO
+from typing import Annotated, Any, TextIO
 
 from pydantic import BeforeValidator
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -38,11 +39,18 @@ def _check_level(value: object) -> str:
     return text
 
 
-#: A settings field type: any case on input, an upper-case level name once validated.
-#: Validated by pydantic (not by argparse ``choices``) so a bad flag and a bad env value
-#: give the same one-line configuration error.
+def _check_format(value: object) -> str:
+    text = str(value).strip().lower()
+    if text not in FORMATS:
+        raise ValueError(f"unknown log format {value!r}; use 'text' or 'json'")
+    return text
+
+
+#: Settings field types: any case on input, canonical once validated. Checked by pydantic
+#: (not by argparse ``choices``, whose error is the whole usage text) so a bad flag and a
+#: bad env value give the same one-line configuration error.
 LogLevel = Annotated[str, BeforeValidator(_check_level)]
-LogFormat = Literal["text", "json"]
+LogFormat = Annotated[str, BeforeValidator(_check_format)]
 
 LOG_LEVEL_HELP = "Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL."
 LOG_FORMAT_HELP = "Log format: text (human) or json (one object per line, for log shippers)."
@@ -68,15 +76,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def make_formatter(fmt: LogFormat) -> logging.Formatter:
+def make_formatter(fmt: str) -> logging.Formatter:
     return JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
 
 
-def setup_logging(level: str, fmt: LogFormat = "text", *, stream: TextIO | None = None) -> None:
+def setup_logging(level: str, fmt: str = "text", *, stream: TextIO | None = None) -> None:
     """Configure the root logger once per process: one handler on ``stream`` (stderr by
     default), replacing any earlier one (a test may call ``main()`` twice)."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(make_formatter(fmt))
+    handler.setFormatter(make_formatter(_check_format(fmt)))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
