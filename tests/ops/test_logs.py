@@ -208,7 +208,7 @@ def test_fleet_sim_hold_ends_on_sigterm_without_tracebacks(tmp_path: Path, built
         prog.wait_for("holding the stack up", timeout=180)
         children = psutil.Process(prog.proc.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
-        assert "offload" in names and "edge_agent" in names, names
+        assert "offload-server" in names and "edge-agent" in names, names
         code = prog.terminate()
     finally:
         prog.kill()
