@@ -115,6 +115,9 @@ class Outage:
 
     def failed(self, reason: object, retry_s: float | None = None) -> None:
         retry = f"retrying in {retry_s:.1f}s" if retry_s is not None else "retrying"
+        # One line, bounded: gRPC and socket errors can be long multi-line texts.
+        lines = str(reason).strip().splitlines() or [""]
+        reason = lines[0][:300]
         with self._lock:
             first = self._since is None
             if first:
