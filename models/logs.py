@@ -29,6 +29,7 @@ from pydantic import BeforeValidator
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_OURS = "_edgecloud_handler"  # marks the handler setup_logging installed
 
 
 def _check_level(value: object) -> str:
@@ -81,11 +82,18 @@ def make_formatter(fmt: str) -> logging.Formatter:
 
 
 def setup_logging(level: str, fmt: str = "text", *, stream: TextIO | None = None) -> None:
-    """Configure the root logger once per process: one handler on ``stream`` (stderr by
-    default), replacing any earlier one (a test may call ``main()`` twice)."""
+    """Configure the root logger: one handler on ``stream`` (stderr by default).
+
+    Like ``logging.basicConfig``, it leaves a root logger that someone else configured
+    alone (pytest's capture when a test calls ``main()`` in-process); a handler of an
+    earlier call is replaced.
+    """
+    root = logging.getLogger()
+    if any(not getattr(h, _OURS, False) for h in root.handlers):
+        return
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(make_formatter(_check_format(fmt)))
-    root = logging.getLogger()
+    setattr(handler, _OURS, True)
     for old in list(root.handlers):
         root.removeHandler(old)
         old.close()  # a StreamHandler leaves its stream open
