@@ -67,7 +67,10 @@ def _bind(route: Route, gw: Gateway) -> Handler:
 
 
 def make_app(gw: Gateway) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
+    # Metrics outermost: they count the status the error middleware chose.
+    app = web.Application(
+        middlewares=[gw.metrics.middleware, error_middleware], client_max_size=1 << 20
+    )
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _bind(route, gw))
     add_dashboard_routes(app)  # the fleet page at /dashboard (and /): static, no token needed

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -18,12 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from cloud_gateway import commands
 from cloud_gateway.schemas import Gates, RolloutRequest
 from cloud_gateway.settings import GatewaySettings
 from models.errors import EdgecloudError
+from models.logs import setup_logging
+from models.settings_errors import describe
 
 _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("host", str, "address to listen on"),
@@ -42,7 +44,8 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("tick-s", float, "rollout engine period"),
     ("wave-timeout-s", float, "default canary wave convergence timeout"),
     ("max-bundle-bytes", int, "largest accepted upload"),
-    ("log-level", str, "logging level"),
+    ("log-level", str, "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    ("log-format", str, "text or json (one object per line)"),
 )
 
 
@@ -163,14 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from(args)
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        setup_logging(settings.log_level, settings.log_format)
         if args.command == "serve":
             asyncio.run(_serve(settings))
             return 0
         return commands.run(args, settings)
+    except ValidationError as exc:
+        print(f"cloud-gateway: invalid configuration: {describe(exc)}", file=sys.stderr)
+        return 2
     except EdgecloudError as exc:
         print(f"error: {exc.reason}: {exc.message}", file=sys.stderr)
         return 1

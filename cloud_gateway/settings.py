@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
 from offload.topics import Topics
 
 
@@ -69,7 +70,8 @@ class GatewaySettings(BaseSettings):
     max_bundle_bytes: int = Field(
         default=256 * 1024 * 1024, gt=0, description="Largest accepted bundle upload."
     )
-    log_level: str = Field(default="INFO", description="Python logging level.")
+    log_level: LogLevel = Field(default="INFO", description=LOG_LEVEL_HELP)
+    log_format: LogFormat = Field(default="text", description=LOG_FORMAT_HELP)
     url: str = Field(
         default="http://127.0.0.1:8600", description="Gateway URL for client subcommands."
     )

@@ -32,6 +32,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edge_agent.mqtt_client import FastClient, install
+from models.logs import Outage
 from offload.mqtt import BrokerUrl, backoff_delays, make_client
 from offload.mqtt_frames import FrameEncoder
 
@@ -88,6 +89,8 @@ class MqttLink:
         self.dropped_offline = 0  # QoS-0 publishes while disconnected (paho drops them too)
         self._encoder = FrameEncoder()
         self._stop = threading.Event()
+        # One WARNING per outage (not per reconnect attempt), as in every other process.
+        self._outage = Outage(log, f"broker {url}")
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -118,11 +121,12 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
     ) -> None:
         if rc.is_failure:
-            log.warning("broker refused connection: %s", rc)
+            self._outage.failed(f"connection refused: {rc}")
             return
         subs = [(f, self._qos) for f in self._filters] + [(t, 1) for t in self._control]
         client.subscribe(subs)
         self.connected = True
+        self._outage.recovered()
         log.info("connected to %s (session present: %s)", self.url, flags.session_present)
         self._loop.call_soon_threadsafe(self._on_connection, True)
 
@@ -130,7 +134,7 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
     ) -> None:
         if self.connected and not self._stop.is_set():
-            log.warning("disconnected from broker: %s", rc)
+            self._outage.failed(f"connection lost: {rc}")
         self.connected = False
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._on_connection, False)
@@ -172,7 +176,7 @@ class MqttLink:
                 c.connect(self.url.host, self.url.port, keepalive=self._keepalive)
             except (OSError, ValueError) as exc:
                 wait = next(delays)
-                log.info("broker %s unreachable (%s); retrying in %.1fs", self.url, exc, wait)
+                self._outage.failed(exc, wait)
                 self._stop.wait(wait)
                 continue
             self._serve(c)

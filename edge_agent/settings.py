@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edge_agent.bindings import Binding
 from models.errors import EdgecloudError, InvalidInput
+from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
 from offload.topics import check_segment
 
 
@@ -219,7 +220,8 @@ class EdgeSettings(BaseSettings):
     trusted_keys: str | None = Field(
         default=None, description="Public key file or directory trusted to sign bundles."
     )
-    log_level: str = Field(default="INFO", description="Python log level.")
+    log_level: LogLevel = Field(default="INFO", description=LOG_LEVEL_HELP)
+    log_format: LogFormat = Field(default="text", description=LOG_FORMAT_HELP)
 
     @field_validator("agent_id", "site")
     @classmethod

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from models.errors import EdgecloudError
+from models.logs import setup_logging
+from models.settings_errors import describe
 from offload.settings import OffloadSettings
 
 
@@ -36,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", help="server certificate (PEM)")
     p.add_argument("--tls-key", help="server private key (PEM)")
     p.add_argument("--tls-ca", help="client CA (PEM): requires mutual TLS")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)")
+    p.add_argument("--log-format", help="text (default) or json: one object per line")
     return p
 
 
@@ -49,13 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             **overrides,
         )
     except ValidationError as exc:
-        print(f"offload-server: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"offload-server: invalid settings: {describe(exc)}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stdout,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(settings.log_level, settings.log_format, stream=sys.stdout)
     # Lifecycle lines (the ready line a parent waits for) survive --log-level WARNING.
     logging.getLogger("offload.lifecycle").setLevel(logging.INFO)
     from offload.server import run
