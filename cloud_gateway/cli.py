@@ -23,7 +23,9 @@ from pydantic.fields import FieldInfo
 from cloud_gateway import commands
 from cloud_gateway.schemas import Gates, RolloutRequest
 from cloud_gateway.settings import GatewaySettings
+from models.bundle_cli import add_install_parser, add_pack_parser
 from models.errors import EdgecloudError
+from models.settings_cli import annotate_settings_help
 
 _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("host", str, "address to listen on"),
@@ -37,7 +39,7 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("cloud", str, "cloud tier HOST:PORT to load rolled-out versions into"),
     ("cloud-repository", Path, "model repository of the cloud tier (shared volume)"),
     ("trusted-keys", Path, "signer public key file or directory of *.pub"),
-    ("tokens-file", Path, "token file: 'ROLE TOKEN' per line"),
+    ("tokens-file", Path, "token file: 'ROLE TOKEN' per line (or GATEWAY_ADMIN_TOKEN)"),
     ("heartbeat-timeout-s", float, "mark agents offline after this much silence"),
     ("tick-s", float, "rollout engine period"),
     ("wave-timeout-s", float, "default canary wave convergence timeout"),
@@ -73,17 +75,28 @@ def _gate_flag(group: argparse._ArgumentGroup, name: str, field: FieldInfo) -> N
     group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=help_, **kind)
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviations, here and in every subcommand (argparse builds subparsers with
+    the parent's class): ``--slo`` must not silently mean ``--slo-ms``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cloud-gateway", description="edgecloud model registry and rollout service"
     )
-    _flag(parser, "url", str, "gateway URL for client commands (GATEWAY_URL)")
-    _flag(parser, "token", str, "bearer token for client commands (GATEWAY_TOKEN)")
+    _flag(parser, "url", str, "gateway URL for client commands")
+    _flag(parser, "token", str, "bearer token for client commands")
+    annotate_settings_help(parser, GatewaySettings)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
     for name, typ, help_ in _SERVE_FLAGS:
         _flag(serve, name, typ, help_)
+    annotate_settings_help(serve, GatewaySettings, required=("tokens_file", "trusted_keys"))
 
     models = sub.add_parser("models", help="build, push and list model versions")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -100,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     mdel = msub.add_parser("delete", help="delete an unused version")
     mdel.add_argument("name")
     mdel.add_argument("model_version", type=int, metavar="version")
+    add_pack_parser(msub)
+    add_install_parser(msub)
 
     rollout = sub.add_parser("rollout", help="start and follow rollouts")
     rsub = rollout.add_subparsers(dest="rollout_command", required=True)
