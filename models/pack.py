@@ -35,7 +35,7 @@ from models.manifest import (
     TensorSpec,
     validate_model_name,
 )
-from models.servable import check_servable, servable_problem, to_model_input
+from models.servable import check_servable, rank_problem, servable_problem, to_model_input
 from models.vectors import TestVectors
 
 #: What each card field must be, for the one-line errors (field -> expectation).
@@ -111,7 +111,9 @@ def _field_error(field: str, problem: str) -> InvalidInput:
 
 
 def _validation_message(exc: ValidationError, data: dict[str, Any]) -> InvalidInput:
-    err = exc.errors()[0]
+    errors = exc.errors()
+    # A misspelt key is the likeliest cause of a "missing" one: report it first.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     field = str(err["loc"][0]) if err["loc"] else "card"
     if err["type"] == "extra_forbidden":
         return InvalidInput(
@@ -278,6 +280,9 @@ def prepare(model: Path | str, card: ModelCard) -> tuple[Manifest, np.ndarray]:
             f"MODEL: has {len(inputs)} inputs {[s.name for s in inputs]}; an edge agent feeds "
             "exactly one FP32 input"
         )
+    problem = rank_problem(inputs[0], f"{card.name}:{card.version}")
+    if problem is not None:
+        raise UnservableModel(problem)
     window = _infer_window(card, inputs[0])
     pre = _preprocessing(card, window)
     problem = servable_problem(inputs, pre, f"{card.name}:{card.version}")

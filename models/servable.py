@@ -22,6 +22,24 @@ import numpy as np
 from models.errors import UnservableModel
 from models.manifest import Manifest, Preprocessing, TensorSpec
 
+#: The accepted forms when the window is not known yet.
+GENERIC_FORMS = "[N, window, channels]; [N, channels] (window 1); [N, window*channels] (row-major)"
+
+
+def shown_shape(shape: tuple[int, ...]) -> str:
+    """``(-1, 10, 3)`` -> ``[N, 10, 3]`` (-1 elsewhere stays -1: a dynamic axis)."""
+    return "[" + ", ".join("N" if d == -1 and i == 0 else str(d) for i, d in enumerate(shape)) + "]"
+
+
+def rank_problem(spec: TensorSpec, ref: str = "model") -> str | None:
+    """Why no window/channels could make this input servable (rank or batch axis)."""
+    if len(spec.shape) in (2, 3) and spec.shape[0] == -1:
+        return None
+    return (
+        f"{ref} input {spec.name!r} has shape {shown_shape(tuple(spec.shape))}, which no edge "
+        f"agent can serve; accepted: {GENERIC_FORMS}; N must be dynamic (-1)"
+    )
+
 
 def accepted_forms(pre: Preprocessing) -> str:
     """The accepted input shapes for this window/channels, for error messages."""
@@ -64,9 +82,9 @@ def servable_problem(
         )
     if _fits(shape, pre):
         return None
-    shown = "[" + ", ".join("N" if d == -1 and i == 0 else str(d) for i, d in enumerate(shape))
     return (
-        f"{ref} input {spec.name!r} has shape {shown}] ({list(shape)}), which no edge agent "
+        f"{ref} input {spec.name!r} has shape {shown_shape(shape)} ({list(shape)}), which no "
+        "edge agent "
         f"can serve with window {pre.window} and {len(pre.channels)} channels; accepted: "
         f"{accepted_forms(pre)}; N must be dynamic (-1)"
     )
