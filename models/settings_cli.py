@@ -72,6 +72,8 @@ def settings_help(
     text = (description if description is not None else field.description or "").rstrip()
     if required or field.is_required():
         tail = f"required; env {env_name(settings, name)}"
+    elif field.default is None and "default" in text.lower():
+        tail = f"env {env_name(settings, name)}"  # the description says what None means
     else:
         tail = f"default: {_shown_default(field)}; env {env_name(settings, name)}"
     return f"{text} ({tail})".strip().replace("%", "%%")
