@@ -25,7 +25,7 @@ from cloud_gateway.schemas import Gates, RolloutRequest
 from cloud_gateway.settings import GatewaySettings
 from models.bundle_cli import add_install_parser, add_pack_parser
 from models.errors import EdgecloudError
-from models.settings_cli import annotate_settings_help
+from models.settings_cli import DefaultsHelpFormatter, annotate_settings_help
 
 _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("host", str, "address to listen on"),
@@ -81,6 +81,7 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
 
@@ -101,10 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="build, push and list model versions")
     msub = models.add_subparsers(dest="models_command", required=True)
     build = msub.add_parser("build", help="build signed bundles locally (models.recipes)")
-    build.add_argument("--out", type=Path, required=True, help="output directory")
+    build.add_argument("--out", type=Path, required=True, help="output directory (required)")
     build.add_argument("--name", help="one model (default: all built-ins)")
-    build.add_argument("--version", type=int, default=1, dest="model_version")
-    build.add_argument("--variant", default="normal", choices=("normal", "nan", "slow"))
+    build.add_argument(
+        "--version", type=int, default=1, dest="model_version", metavar="V", help="version"
+    )
+    build.add_argument(
+        "--variant", default="normal", choices=("normal", "nan", "slow"), help="model variant"
+    )
     build.add_argument("--key", type=Path, help="signing key (default: OUT/keys/dev.key)")
     push = msub.add_parser("push", help="upload bundles (verified by the gateway)")
     push.add_argument("bundles", nargs="+", type=Path, help="bundle files (.bundle)")
@@ -121,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     start = rsub.add_parser("start", help="start a rollout")
     start.add_argument("model", help="model name (pushed before)")
     start.add_argument("model_version", type=int, metavar="version", help="version to roll out")
-    start.add_argument("--strategy", choices=("canary", "all-at-once"), default="canary")
+    start.add_argument(
+        "--strategy", choices=("canary", "all-at-once"), default="canary", help="wave plan"
+    )
     start.add_argument("--waves", default="10%,50%,100%", help="cumulative, e.g. 1,25%%,100%%")
     start.add_argument("--site", action="append", default=[], help="select a site (repeat)")
     start.add_argument("--label", action="append", default=[], help="select KEY=VALUE")
@@ -143,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("rollout_id", help="id printed by 'rollout start'")
     status.add_argument("--wait", action="store_true", help="follow until it finishes")
     rlist = rsub.add_parser("list", help="rollout history")
-    rlist.add_argument("--model")
+    rlist.add_argument("--model", help="only this model's rollouts (default: all)")
 
     rollback = sub.add_parser("rollback", help="roll a model back to its previous version")
     rollback.add_argument("model", help="model name")

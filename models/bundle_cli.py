@@ -79,13 +79,15 @@ def add_install_parser(msub: Any) -> None:
     install.add_argument(
         "--repository",
         dest="install_repository",
+        metavar="DIR",
         type=Path,
         required=True,
-        help="the agent's model repository directory (required)",
+        help="the agent's model repository directory, as its --repository (required)",
     )
     install.add_argument(
         "--trusted-keys",
         dest="install_trusted_keys",
+        metavar="KEYS",
         type=Path,
         required=True,
         help="signer public key file or directory of *.pub (required)",

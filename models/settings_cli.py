@@ -19,6 +19,24 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to a flag's help unless the help already says its default
+    or that it is required (flags of one request, which have no environment variable)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        low = text.lower()
+        if (
+            not action.option_strings
+            or "default" in low
+            or "required" in low
+            or action.default in (None, argparse.SUPPRESS, False, [])
+            or action.required
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def parse_bool(text: str) -> bool:
     """argparse type for booleans: true/false, yes/no, on/off, 1/0."""
     low = text.strip().lower()

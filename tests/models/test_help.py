@@ -107,3 +107,14 @@ def test_a_prefix_is_an_error_in_the_real_program(module: str, argv: list[str], 
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2, done.stderr
     assert f"unrecognized arguments: {flag}" in done.stderr
+
+
+def test_request_flags_of_the_gateway_show_their_defaults() -> None:
+    parsers = dict(_parsers(gateway_parser()))
+    start = parsers["cloud-gateway rollout start"].format_help()
+    assert "wave plan (default: canary)" in start
+    assert "(default: 10%,50%,100%)" in start
+    build = parsers["cloud-gateway models build"].format_help()
+    assert "model variant (default: normal)" in build
+    pack = parsers["cloud-gateway models pack"].format_help()
+    assert "(default: keys/signing.key)" in pack and "output directory (required)" in pack
