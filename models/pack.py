@@ -145,7 +145,13 @@ def load_card(path: Path | str) -> dict[str, Any]:
 def read_card(card: Path | str | None, overrides: dict[str, Any]) -> ModelCard:
     """Card fields, then the flags actually given (``None`` = not given) on top."""
     data = load_card(card) if card is not None else {}
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    # --labels and --threshold choose the model's kind: a flag replaces the card's choice.
+    if "labels" in given:
+        data.pop("threshold", None)
+    if "threshold" in given:
+        data.pop("labels", None)
+    data.update(given)
     try:
         return ModelCard.model_validate(data)
     except ValidationError as exc:
@@ -169,9 +175,13 @@ def _model_specs(model: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec,
     try:
         return graph_specs(model)
     except EdgecloudError as exc:
-        raise InvalidInput(f"MODEL: {model} is not a readable ONNX model: {exc.message}") from None
+        raise InvalidInput(
+            f"MODEL: {model} is not a readable ONNX model: {_one_line(exc.message)}"
+        ) from None
     except Exception as exc:  # onnx raises its own untyped errors: map them once here
-        raise InvalidInput(f"MODEL: {model} is not a readable ONNX model: {exc}") from None
+        raise InvalidInput(
+            f"MODEL: {model} is not a readable ONNX model: {_one_line(exc)}"
+        ) from None
 
 
 def _infer_window(card: ModelCard, spec: TensorSpec) -> int:
@@ -304,17 +314,31 @@ def prepare(model: Path | str, card: ModelCard) -> tuple[Manifest, np.ndarray]:
     return manifest, _sample_inputs(card, inputs[0], pre)
 
 
-def _vectors(model: Path, manifest: Manifest, x: np.ndarray) -> TestVectors:
-    from models.backends.onnxruntime import OrtBackend
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
 
-    backend = OrtBackend(model)
+
+def _vectors(model: Path, manifest: Manifest, x: np.ndarray) -> TestVectors:
+    """The model's own outputs on ONNX Runtime CPU: the reference every backend must match.
+
+    A session of its own with ORT's logger silenced: a model that fails here is reported
+    once, as one line, not also as ORT's multi-line log on stderr.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.intra_op_num_threads = 1
+    run = ort.RunOptions()
+    run.log_severity_level = 4
+    name = manifest.inputs[0].name
     try:
-        outputs = backend.infer({manifest.inputs[0].name: x})
-    except EdgecloudError as exc:
-        raise InvalidInput(f"MODEL: does not run on the sample inputs: {exc.message}") from None
-    finally:
-        backend.close()
-    return TestVectors(inputs={manifest.inputs[0].name: x}, outputs=outputs)
+        session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+        results = session.run(None, {name: x}, run)
+    except Exception as exc:  # ORT raises its own untyped errors: map them once here
+        raise InvalidInput(f"MODEL: does not run on the sample inputs: {_one_line(exc)}") from None
+    names = [o.name for o in session.get_outputs()]
+    return TestVectors(inputs={name: x}, outputs=dict(zip(names, results, strict=True)))
 
 
 def pack_model(
@@ -333,14 +357,15 @@ def pack_model(
     fields = read_card(card, overrides or {})
     manifest, x = prepare(model, fields)
     key_path = Path(key)
-    key_created = not key_path.exists()
-    private = signing.ensure_key(key_path)
     out = Path(out_dir)
     final = out / bundle_filename(manifest)
     with tempfile.TemporaryDirectory(prefix=f"edgecloud-pack-{manifest.name}-") as tmp:
         src = Path(tmp)
         (src / MODEL).write_bytes(model.read_bytes())
         _vectors(src / MODEL, manifest, x).save(src / VECTORS)
+        # Only now that the model is known to run: a refused pack creates no key either.
+        key_created = not key_path.exists()
+        private = signing.ensure_key(key_path)
         if measure:
             shape = tuple(x.shape[1:])
             metrics = Metrics(

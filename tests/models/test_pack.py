@@ -143,6 +143,24 @@ def test_card_fields_and_flags_override_them(
     args = ["models", "pack", str(model), "--card", str(card), "--out", str(tmp_path / "o")]
     rc, out, err = run_pack([*args, "--key", str(key), "--version", "4", "--slo-ms", "25"], capsys)
     assert rc == 0, err
+    # A flag's --threshold replaces the card's labels (the model becomes an anomaly scorer).
+    rc, out2, err = run_pack(
+        [
+            *args[:-1],
+            str(tmp_path / "o2"),
+            "--key",
+            str(key),
+            "--threshold",
+            "0.9",
+            "--output",
+            "probabilities",
+        ],
+        capsys,
+    )
+    assert rc == 0, err
+    anomaly = manifest_of(Path(out2.strip().splitlines()[-1])).postprocessing
+    assert (anomaly.kind, anomaly.threshold, anomaly.labels) == ("anomaly", 0.9, ())
+    assert rc == 0, err
     manifest = manifest_of(Path(out.strip().splitlines()[-1]))
     assert (manifest.name, manifest.version, manifest.slo_ms) == ("imu-net", 4, 25.0)
     assert manifest.description == "from the card"
@@ -333,3 +351,36 @@ def test_install_seeds_an_agent_repository_offline(
     )
     assert "odd" not in ModelRepository(repo_dir).models()
     assert json.loads((repo_dir / "tiny" / "state.json").read_text())["stack"] == [1]
+
+
+def test_a_model_that_does_not_run_leaves_no_bundle_and_no_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.models.user_models import broken
+
+    model = broken(tmp_path / "broken.onnx")
+    key = tmp_path / "keys" / "k.key"
+    full = ("--channels", CHANNELS, "--sample-rate-hz", "10", "--threshold", "1")
+    rc, out, err = run_pack(pack_args(model, tmp_path / "out", key, *full), capsys)
+    assert rc == 1 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith("error: invalid-input: MODEL: does not run on the sample inputs:")
+    assert not (tmp_path / "out").exists() and not key.exists()
+
+
+def test_a_file_that_is_not_onnx_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"\x00not a model\nat all\n")
+    rc, out, err = run_pack(pack_args(model, tmp_path / "out", tmp_path / "k.key", *FULL), capsys)
+    assert rc == 1 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith(f"error: invalid-input: MODEL: {model} is not a readable ONNX model")
+    rc, _, err = run_pack(
+        pack_args(tmp_path / "nope.onnx", tmp_path / "out", tmp_path / "k.key", *FULL), capsys
+    )
+    assert rc == 1
+    assert (
+        err
+        == f"error: invalid-input: MODEL: {tmp_path / 'nope.onnx'} does not exist; expected an ONNX file\n"
+    )
+    assert not (tmp_path / "out").exists()

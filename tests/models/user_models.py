@@ -47,3 +47,15 @@ def reducer(path: Path, dims: list[int | str]) -> Path:
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
     )
     return _save(graph, path)
+
+
+def broken(path: Path) -> Path:
+    """``x [N, 5]`` reshaped to ``[-1, 3]``: valid ONNX that fails at run time (5N % 3)."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "user-broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 3])],
+        [numpy_helper.from_array(np.array([-1, 3], dtype=np.int64), "shape")],
+    )
+    return _save(graph, path)
