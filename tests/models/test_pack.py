@@ -379,8 +379,6 @@ def test_a_file_that_is_not_onnx_is_one_line(
         pack_args(tmp_path / "nope.onnx", tmp_path / "out", tmp_path / "k.key", *FULL), capsys
     )
     assert rc == 1
-    assert (
-        err
-        == f"error: invalid-input: MODEL: {tmp_path / 'nope.onnx'} does not exist; expected an ONNX file\n"
-    )
+    missing = tmp_path / "nope.onnx"
+    assert err == f"error: invalid-input: MODEL: {missing} does not exist; expected an ONNX file\n"
     assert not (tmp_path / "out").exists()
