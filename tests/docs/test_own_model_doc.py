@@ -96,7 +96,11 @@ def test_own_model_doc_runs_as_written(tmp_path: Path) -> None:
         result = json.loads(payload)
         assert result["model"] == "press-health" and result["version"] == 1
         i = result["seq"]
-        x = np.array([[float(f"0.{i}"), 1.0, float(f"0.{i * 3}"), 0.5, 1.5]], np.float32)
+        x = np.array([[float(f"0.{i}"), 1.0, float(f"0.{i * 3}"), 0.5, 0.5]], np.float32)
         (want,) = session.run(None, {"features": x})
         np.testing.assert_allclose(result["output"]["scores"], want[0], atol=1e-5)
         assert result["output"]["label"] == ("ok", "fault")[int(np.argmax(want[0]))]
+    assert {json.loads(line.split(" ", 1)[1])["output"]["label"] for line in lines} == {
+        "ok",
+        "fault",
+    }
