@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import helper, numpy_helper
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from models import signing
@@ -200,7 +202,10 @@ def _infer_window(card: ModelCard, spec: TensorSpec) -> int:
     )
 
 
-def _preprocessing(card: ModelCard, window: int) -> Preprocessing:
+def _preprocessing(card: ModelCard, window: int) -> tuple[Preprocessing, Normalization | None]:
+    """The manifest's preprocessing, and the normalisation to bake into the graph (the
+    manifest then says ``normalization: null``: the graph normalises internally, so every
+    backend, the agent's and the cloud tier's, applies it the same way)."""
     c = len(card.channels)
     normalization = None
     if (card.normalize_mean is None) != (card.normalize_std is None):
@@ -218,13 +223,48 @@ def _preprocessing(card: ModelCard, window: int) -> Preprocessing:
         if any(s <= 0 for s in card.normalize_std):
             raise _field_error("normalize_std", f"expected {EXPECTED['normalize_std']}")
         normalization = Normalization(mean=card.normalize_mean, std=card.normalize_std)
-    return Preprocessing(
+    pre = Preprocessing(
         window=window,
         hop=card.hop or window,
         channels=card.channels,
         sample_rate_hz=card.sample_rate_hz,
-        normalization=normalization,
     )
+    return pre, normalization
+
+
+def bake_normalization(
+    model: onnx.ModelProto, norm: Normalization, input_shape: tuple[int, ...], window: int
+) -> onnx.ModelProto:
+    """Prepend ``(x - mean) / std`` to the graph, per channel, under the same input name.
+
+    For a flattened ``[N, window*channels]`` input the per-channel values repeat once per
+    sample (row-major: channels vary fastest).
+    """
+    graph = model.graph
+    name = graph.input[0].name
+    raw_mean = np.asarray(norm.mean, dtype=np.float32)
+    raw_std = np.asarray(norm.std, dtype=np.float32)
+    flat = len(input_shape) == 2 and window > 1
+    mean = np.tile(raw_mean, window) if flat else raw_mean
+    std = np.tile(raw_std, window) if flat else raw_std
+    normalized = f"{name}__normalized"
+    for node in graph.node:
+        for i, used in enumerate(node.input):
+            if used == name:
+                node.input[i] = normalized
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(mean, f"{name}__mean"),
+            numpy_helper.from_array(std, f"{name}__std"),
+        ]
+    )
+    nodes = [
+        helper.make_node("Sub", [name, f"{name}__mean"], [f"{name}__centered"]),
+        helper.make_node("Div", [f"{name}__centered", f"{name}__std"], [normalized]),
+    ]
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
+    return model
 
 
 def _postprocessing(card: ModelCard, outputs: tuple[TensorSpec, ...]) -> Postprocessing:
@@ -281,8 +321,11 @@ def _sample_inputs(card: ModelCard, spec: TensorSpec, pre: Preprocessing) -> np.
     return np.ascontiguousarray(arr.astype(np.float32))
 
 
-def prepare(model: Path | str, card: ModelCard) -> tuple[Manifest, np.ndarray]:
-    """Validate everything and return the unsigned manifest and the sample inputs."""
+def prepare(
+    model: Path | str, card: ModelCard
+) -> tuple[Manifest, np.ndarray, Normalization | None]:
+    """Validate everything: the unsigned manifest, the sample inputs and the normalisation
+    to bake into the graph."""
     model = Path(model)
     inputs, outputs = _model_specs(model)
     if len(inputs) != 1:
@@ -294,7 +337,7 @@ def prepare(model: Path | str, card: ModelCard) -> tuple[Manifest, np.ndarray]:
     if problem is not None:
         raise UnservableModel(problem)
     window = _infer_window(card, inputs[0])
-    pre = _preprocessing(card, window)
+    pre, normalization = _preprocessing(card, window)
     problem = servable_problem(inputs, pre, f"{card.name}:{card.version}")
     if problem is not None:  # the same rule and message as the gateway's and the agent's
         raise UnservableModel(problem)
@@ -311,7 +354,7 @@ def prepare(model: Path | str, card: ModelCard) -> tuple[Manifest, np.ndarray]:
         max_batch_size=card.max_batch_size,
     )
     check_servable(manifest)
-    return manifest, _sample_inputs(card, inputs[0], pre)
+    return manifest, _sample_inputs(card, inputs[0], pre), normalization
 
 
 def _one_line(text: object) -> str:
@@ -355,13 +398,19 @@ def pack_model(
 
     model = Path(model)
     fields = read_card(card, overrides or {})
-    manifest, x = prepare(model, fields)
+    manifest, x, normalization = prepare(model, fields)
     key_path = Path(key)
     out = Path(out_dir)
     final = out / bundle_filename(manifest)
     with tempfile.TemporaryDirectory(prefix=f"edgecloud-pack-{manifest.name}-") as tmp:
         src = Path(tmp)
-        (src / MODEL).write_bytes(model.read_bytes())
+        if normalization is None:
+            (src / MODEL).write_bytes(model.read_bytes())
+        else:
+            graph = onnx.load(str(model))
+            shape = manifest.inputs[0].shape
+            window = manifest.preprocessing.window
+            onnx.save(bake_normalization(graph, normalization, shape, window), str(src / MODEL))
         _vectors(src / MODEL, manifest, x).save(src / VECTORS)
         # Only now that the model is known to run: a refused pack creates no key either.
         key_created = not key_path.exists()

@@ -166,7 +166,7 @@ def test_card_fields_and_flags_override_them(
     assert manifest.description == "from the card"
     pre = manifest.preprocessing
     assert (pre.window, pre.hop, pre.sample_rate_hz) == (4, 2, 50.0)
-    assert pre.normalization is not None and pre.normalization.mean == (0.0, 0.0, 9.8)
+    assert pre.normalization is None, "baked into the graph, so every backend applies it"
     unpack_bundle(
         tmp_path / "o" / "imu-net-4.bundle",
         tmp_path / "u",
@@ -175,6 +175,17 @@ def test_card_fields_and_flags_override_them(
     # Windows from the .npy ([N, window, channels]) were flattened row-major for [N, 12].
     vectors = TestVectors.load(tmp_path / "u" / VECTORS)
     np.testing.assert_array_equal(vectors.inputs["x"], samples.reshape(4, 12))
+    # The bundle's graph normalises per channel: raw readings in, the user's model on
+    # (x - mean) / std out (for the flattened input, mean/std repeat per sample).
+    normalized = (samples - np.array([0.0, 0.0, 9.8], np.float32)) / np.array(
+        [1.0, 1.0, 2.0], np.float32
+    )
+    (want,) = ort.InferenceSession(str(model)).run(None, {"x": normalized.reshape(4, 12)})
+    (got,) = ort.InferenceSession(str(tmp_path / "u" / MODEL)).run(
+        None, {"x": samples.reshape(4, 12)}
+    )
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(vectors.outputs["probabilities"], want, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -382,3 +393,26 @@ def test_a_file_that_is_not_onnx_is_one_line(
     missing = tmp_path / "nope.onnx"
     assert err == f"error: invalid-input: MODEL: {missing} does not exist; expected an ONNX file\n"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("dims", "window"), [(["N", 4, 3], 4), (["N", 3], 1), (["N", 12], 4)])
+def test_baked_normalization_is_per_channel_in_every_servable_form(
+    tmp_path: Path, dims: list[int | str], window: int
+) -> None:
+    import onnx
+
+    from models.manifest import Normalization
+    from models.pack import bake_normalization
+
+    path = reducer(tmp_path / "m.onnx", dims)
+    norm = Normalization(mean=(1.0, 2.0, 3.0), std=(2.0, 4.0, 8.0))
+    shape = tuple(-1 if isinstance(d, str) else d for d in dims)
+    baked = bake_normalization(onnx.load(str(path)), norm, shape, window)
+    onnx.checker.check_model(baked)
+    windows = np.random.default_rng(4).standard_normal((5, window, 3)).astype(np.float32)
+    normalized = (windows - np.float32([1, 2, 3])) / np.float32([2, 4, 8])
+    feed = windows.reshape(5, 4, 3) if len(shape) == 3 else windows.reshape(5, -1)
+    want_in = normalized.reshape(feed.shape)
+    (got,) = ort.InferenceSession(baked.SerializeToString()).run(None, {"x": feed})
+    (want,) = ort.InferenceSession(str(path)).run(None, {"x": want_in})
+    np.testing.assert_allclose(got, want, atol=1e-6)
