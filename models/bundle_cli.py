@@ -51,7 +51,10 @@ def add_pack_parser(msub: Any) -> None:
     pack.add_argument("--hop", type=int, help="samples between window starts (default: window)")
     pack.add_argument("--channels", help="channel names in input order, a,b,c (required)")
     pack.add_argument("--sample-rate-hz", type=float, help="readings per second (required)")
-    pack.add_argument("--normalize-mean", help="per-channel mean, m1,m2,... (default: none)")
+    pack.add_argument(
+        "--normalize-mean",
+        help="per-channel mean, m1,m2,...; the graph gets (x - mean) / std (default: none)",
+    )
     pack.add_argument("--normalize-std", help="per-channel std, s1,s2,... (default: none)")
     kind = pack.add_mutually_exclusive_group()
     kind.add_argument("--labels", help="classifier: class labels in output order, x,y,z")
