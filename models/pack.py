@@ -413,8 +413,15 @@ def pack_model(
             onnx.save(bake_normalization(graph, normalization, shape, window), str(src / MODEL))
         _vectors(src / MODEL, manifest, x).save(src / VECTORS)
         # Only now that the model is known to run: a refused pack creates no key either.
+        try:  # before the key: a pack that cannot write its bundle creates nothing
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"out (--out): cannot write {final}: {exc.strerror}") from None
         key_created = not key_path.exists()
-        private = signing.ensure_key(key_path)
+        try:
+            private = signing.ensure_key(key_path)
+        except OSError as exc:
+            raise InvalidInput(f"key (--key): cannot create {key_path}: {exc.strerror}") from None
         if measure:
             shape = tuple(x.shape[1:])
             metrics = Metrics(
@@ -425,14 +432,17 @@ def pack_model(
         (src / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         built = src / "out" / final.name
         manifest = pack_bundle(src, built, private)
-        out.mkdir(parents=True, exist_ok=True)
         part = out / f".{final.name}.part-{os.getpid()}"
         try:
             # Copy next to the target, then one rename: readers see all or nothing.
             part.write_bytes(built.read_bytes())
             os.replace(part, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            raise InvalidInput(f"out (--out): cannot write {final}: {exc.strerror}") from None
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 part.unlink()
             raise
     return Packed(

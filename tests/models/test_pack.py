@@ -392,7 +392,7 @@ def test_a_file_that_is_not_onnx_is_one_line(
     assert rc == 1
     missing = tmp_path / "nope.onnx"
     assert err == f"error: invalid-input: MODEL: {missing} does not exist; expected an ONNX file\n"
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "k.key").exists()
 
 
 @pytest.mark.parametrize(("dims", "window"), [(["N", 4, 3], 4), (["N", 3], 1), (["N", 12], 4)])
@@ -416,3 +416,17 @@ def test_baked_normalization_is_per_channel_in_every_servable_form(
     (got,) = ort.InferenceSession(baked.SerializeToString()).run(None, {"x": feed})
     (want,) = ort.InferenceSession(str(path)).run(None, {"x": want_in})
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_unwritable_out_and_key_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = classifier(tmp_path / "tiny.onnx")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    rc, out, err = run_pack(pack_args(model, blocker / "out", tmp_path / "k.key", *FULL), capsys)
+    assert rc == 1 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith(f"error: invalid-input: out (--out): cannot write {blocker / 'out'}")
+    rc, _, err = run_pack(pack_args(model, tmp_path / "out", blocker / "k.key", *FULL), capsys)
+    assert rc == 1 and err.startswith("error: invalid-input: key (--key): cannot create")
+    assert not (tmp_path / "k.key").exists()
