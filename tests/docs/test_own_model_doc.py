@@ -40,6 +40,8 @@ def test_the_doc_has_its_steps_in_sh_blocks() -> None:
     ):
         assert step in joined, step
     assert "--model" not in joined, "the agent starts with no model"
+    readme = (DOC.parents[1] / "README.md").read_text()
+    assert "(docs/own-model.md)" in readme
 
 
 def test_own_model_doc_runs_as_written(tmp_path: Path) -> None:
