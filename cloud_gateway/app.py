@@ -11,7 +11,7 @@ from aiohttp import web
 from cloud_gateway.auth import require
 from cloud_gateway.dashboard import add_routes as add_dashboard_routes
 from cloud_gateway.routes import ROUTES, Handler, Route
-from models.errors import HTTP_STATUS, BundleTooLarge, EdgecloudError, Status
+from models.errors import HTTP_STATUS, BundleTooLarge, EdgecloudError, Status, UnservableModel
 
 if TYPE_CHECKING:
     from cloud_gateway.service import Gateway
@@ -25,7 +25,7 @@ _HTTP_REASONS = {
 
 
 #: Where HTTP has a more precise code than the status table.
-_OVERRIDES: dict[type[EdgecloudError], int] = {BundleTooLarge: 413}
+_OVERRIDES: dict[type[EdgecloudError], int] = {BundleTooLarge: 413, UnservableModel: 422}
 
 
 def _error_response(exc: EdgecloudError) -> web.Response:

@@ -23,8 +23,10 @@ from pydantic.fields import FieldInfo
 from cloud_gateway import commands
 from cloud_gateway.schemas import Gates, RolloutRequest
 from cloud_gateway.settings import GatewaySettings
+from models.bundle_cli import add_install_parser, add_pack_parser
 from models.errors import EdgecloudError
 from models.logs import setup_logging
+from models.settings_cli import DefaultsHelpFormatter, annotate_settings_help
 from models.settings_errors import describe
 
 _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
@@ -39,7 +41,7 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("cloud", str, "cloud tier HOST:PORT to load rolled-out versions into"),
     ("cloud-repository", Path, "model repository of the cloud tier (shared volume)"),
     ("trusted-keys", Path, "signer public key file or directory of *.pub"),
-    ("tokens-file", Path, "token file: 'ROLE TOKEN' per line"),
+    ("tokens-file", Path, "token file: 'ROLE TOKEN' per line (or GATEWAY_ADMIN_TOKEN)"),
     ("heartbeat-timeout-s", float, "mark agents offline after this much silence"),
     ("tick-s", float, "rollout engine period"),
     ("wave-timeout-s", float, "default canary wave convergence timeout"),
@@ -76,40 +78,60 @@ def _gate_flag(group: argparse._ArgumentGroup, name: str, field: FieldInfo) -> N
     group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=help_, **kind)
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviations, here and in every subcommand (argparse builds subparsers with
+    the parent's class): ``--slo`` must not silently mean ``--slo-ms``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cloud-gateway", description="edgecloud model registry and rollout service"
     )
-    _flag(parser, "url", str, "gateway URL for client commands (GATEWAY_URL)")
-    _flag(parser, "token", str, "bearer token for client commands (GATEWAY_TOKEN)")
+    _flag(parser, "url", str, "gateway URL for client commands")
+    _flag(parser, "token", str, "bearer token for client commands")
+    annotate_settings_help(parser, GatewaySettings)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
     for name, typ, help_ in _SERVE_FLAGS:
         _flag(serve, name, typ, help_)
+    annotate_settings_help(serve, GatewaySettings, required=("tokens_file", "trusted_keys"))
 
     models = sub.add_parser("models", help="build, push and list model versions")
     msub = models.add_subparsers(dest="models_command", required=True)
     build = msub.add_parser("build", help="build signed bundles locally (models.recipes)")
-    build.add_argument("--out", type=Path, required=True, help="output directory")
+    build.add_argument("--out", type=Path, required=True, help="output directory (required)")
     build.add_argument("--name", help="one model (default: all built-ins)")
-    build.add_argument("--version", type=int, default=1, dest="model_version")
-    build.add_argument("--variant", default="normal", choices=("normal", "nan", "slow"))
+    build.add_argument(
+        "--version", type=int, default=1, dest="model_version", metavar="V", help="version"
+    )
+    build.add_argument(
+        "--variant", default="normal", choices=("normal", "nan", "slow"), help="model variant"
+    )
     build.add_argument("--key", type=Path, help="signing key (default: OUT/keys/dev.key)")
     push = msub.add_parser("push", help="upload bundles (verified by the gateway)")
-    push.add_argument("bundles", nargs="+", type=Path)
+    push.add_argument("bundles", nargs="+", type=Path, help="bundle files (.bundle)")
     mlist = msub.add_parser("list", help="list models, or the versions of one")
-    mlist.add_argument("name", nargs="?")
+    mlist.add_argument("name", nargs="?", help="a model name (default: list all models)")
     mdel = msub.add_parser("delete", help="delete an unused version")
-    mdel.add_argument("name")
-    mdel.add_argument("model_version", type=int, metavar="version")
+    mdel.add_argument("name", help="model name")
+    mdel.add_argument("model_version", type=int, metavar="version", help="version number")
+    add_pack_parser(msub)
+    add_install_parser(msub)
 
     rollout = sub.add_parser("rollout", help="start and follow rollouts")
     rsub = rollout.add_subparsers(dest="rollout_command", required=True)
     start = rsub.add_parser("start", help="start a rollout")
-    start.add_argument("model")
-    start.add_argument("model_version", type=int, metavar="version")
-    start.add_argument("--strategy", choices=("canary", "all-at-once"), default="canary")
+    start.add_argument("model", help="model name (pushed before)")
+    start.add_argument("model_version", type=int, metavar="version", help="version to roll out")
+    start.add_argument(
+        "--strategy", choices=("canary", "all-at-once"), default="canary", help="wave plan"
+    )
     start.add_argument("--waves", default="10%,50%,100%", help="cumulative, e.g. 1,25%%,100%%")
     start.add_argument("--site", action="append", default=[], help="select a site (repeat)")
     start.add_argument("--label", action="append", default=[], help="select KEY=VALUE")
@@ -128,13 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         _gate_flag(gates, name, field)
     start.add_argument("--wait", action="store_true", help="follow until it finishes")
     status = rsub.add_parser("status", help="one rollout with its agents and events")
-    status.add_argument("rollout_id")
+    status.add_argument("rollout_id", help="id printed by 'rollout start'")
     status.add_argument("--wait", action="store_true", help="follow until it finishes")
     rlist = rsub.add_parser("list", help="rollout history")
-    rlist.add_argument("--model")
+    rlist.add_argument("--model", help="only this model's rollouts (default: all)")
 
     rollback = sub.add_parser("rollback", help="roll a model back to its previous version")
-    rollback.add_argument("model")
+    rollback.add_argument("model", help="model name")
     rollback.add_argument("--rollout-id", help="default: the model's latest rollout")
 
     sub.add_parser("fleet", help="table of agents")

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from cloud_gateway.client import GatewayClient
 from cloud_gateway.settings import GatewaySettings
+from models.bundle_cli import run_bundle_command
 from models.errors import InvalidInput
 
 _FINAL = ("succeeded", "rolled_back", "failed")
@@ -189,6 +190,8 @@ def _fleet(client: GatewayClient) -> int:
 def run(args: argparse.Namespace, settings: GatewaySettings) -> int:
     if args.command == "models" and args.models_command == "build":
         return _build(args)
+    if args.command == "models" and args.models_command in ("pack", "install"):
+        return run_bundle_command(args.models_command, args)
     client = _client(settings)
     if args.command == "models":
         return _models(args, client)

@@ -27,6 +27,7 @@ import sqlite_utils
 from cloud_gateway.db import loads
 from models.errors import BundleTooLarge, Conflict, InvalidInput, NotFound, Status
 from models.manifest import Manifest, validate_model_name
+from models.servable import check_servable
 
 
 class VersionExists(Conflict):
@@ -42,6 +43,8 @@ def _verify(bundle: Path, trusted_keys: dict[str, Any], max_bytes: int) -> tuple
 
     with tempfile.TemporaryDirectory(prefix="verify-", dir=bundle.parent) as tmp:
         manifest = unpack_bundle(bundle, Path(tmp) / "b", trusted_keys, max_bytes=max_bytes)
+        # Refuse here what no edge agent could feed, before any rollout reaches an agent.
+        check_servable(manifest)
         signer = ""
         sig = Path(tmp) / "b" / "signature.json"
         if sig.exists():

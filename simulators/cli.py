@@ -36,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         epilog="Every flag also reads SIM_<FLAG> from the environment; flags win.",
     )
-    parser.add_argument("command", choices=COMMANDS, help="what to do")
+    parser.add_argument(
+        "command",
+        choices=COMMANDS,
+        help="run: one scenario; demo: the demo scenario with a summary table; compare: every "
+        "deployment of --policies side by side; list: the built-in scenarios",
+    )
     parser.add_argument(
         "scenario", nargs="?", default=None, help="scenario TOML path or built-in name (run)"
     )
