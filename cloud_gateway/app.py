@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from cloud_gateway.auth import require
+from cloud_gateway.auth import PRINCIPAL, Role, require
 from cloud_gateway.dashboard import add_routes as add_dashboard_routes
 from cloud_gateway.routes import ROUTES, Handler, Route
-from models.errors import HTTP_STATUS, BundleTooLarge, EdgecloudError, Status
+from models.errors import HTTP_STATUS, BundleTooLarge, EdgecloudError, PermissionDenied, Status
 
 if TYPE_CHECKING:
     from cloud_gateway.service import Gateway
@@ -59,8 +59,16 @@ def _bind(route: Route, gw: Gateway) -> Handler:
     @functools.wraps(route.handler)
     async def handler(request: web.Request) -> web.StreamResponse:
         if route.role is not None:
-            principal = gw.tokens.authenticate(request.headers.get("Authorization"))
+            principal = gw.tokens.authenticate(
+                request.headers.get("Authorization"), gw.fleet.enrolments.by_token_digest
+            )
             require(principal, route.role)
+            if principal.agent_id is not None and route.role != Role.AGENT:
+                # An agent's own token: report for itself, download bundles; nothing else.
+                raise PermissionDenied(
+                    "an enrolled agent's token may only report its own status and download bundles"
+                )
+            request[PRINCIPAL] = principal
         return await route.handler(request, gw)
 
     return handler

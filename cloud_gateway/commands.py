@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -186,9 +187,47 @@ def _fleet(client: GatewayClient) -> int:
     return 0
 
 
+def _fleet_local(args: argparse.Namespace, settings: GatewaySettings) -> int:
+    """Identity commands: straight on the gateway database (they mint secrets, so they
+    run on the gateway's host, not over the API)."""
+    from cloud_gateway.brokerconf import write_broker_config
+    from cloud_gateway.db import open_db
+    from cloud_gateway.enrolment import Enrolments
+
+    enrolments = Enrolments(open_db(settings.db_path))
+    if args.fleet_command == "enrol":
+        token = enrolments.enrol(args.agent_id, args.site)
+        print(token)
+        print(
+            f"enrolled {args.agent_id} (site {args.site}); the token above is shown only "
+            "once: it is the agent's gateway token and MQTT password (user = agent id). "
+            "Run `fleet broker-config` again and SIGHUP mosquitto.",
+            file=sys.stderr,
+        )
+    elif args.fleet_command == "revoke":
+        enrolments.revoke(args.agent_id)
+        print(f"revoked {args.agent_id}; run `fleet broker-config` again and SIGHUP mosquitto")
+    elif args.fleet_command == "list-enrolled":
+        for row in enrolments.all():
+            print(f"{row['agent_id']}\t{row['site']}")
+    else:
+        pw_file = args.gateway_password_file or args.out / "cloud-gateway.password"
+        passwd, acl = write_broker_config(
+            enrolments,
+            args.out,
+            settings.topics(),
+            gateway_password_file=pw_file,
+            anonymous_clients=args.anonymous_clients,
+        )
+        print(f"wrote {passwd} and {acl} ({len(enrolments.all())} agents)")
+    return 0
+
+
 def run(args: argparse.Namespace, settings: GatewaySettings) -> int:
     if args.command == "models" and args.models_command == "build":
         return _build(args)
+    if args.command == "fleet" and args.fleet_command:
+        return _fleet_local(args, settings)
     client = _client(settings)
     if args.command == "models":
         return _models(args, client)

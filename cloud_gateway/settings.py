@@ -57,6 +57,16 @@ class GatewaySettings(BaseSettings):
     admin_token: SecretStr | None = Field(default=None, description="An admin bearer token.")
     agent_token: SecretStr | None = Field(default=None, description="An agent bearer token.")
     viewer_token: SecretStr | None = Field(default=None, description="A viewer bearer token.")
+    desired_signing_key: Path = Field(
+        default=Path("gateway-desired.key"),
+        description="Ed25519 key signing every desired-state message (created with its .pub "
+        "when missing); agents trust the .pub via --gateway-key.",
+    )
+    require_enrolment: bool | None = Field(
+        default=None,
+        description="Accept status only from enrolled agent ids (default: on as soon as any "
+        "agent is enrolled).",
+    )
     heartbeat_timeout_s: float = Field(
         default=15.0, gt=0, description="Agents silent this long are marked offline."
     )

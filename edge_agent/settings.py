@@ -201,6 +201,11 @@ class EdgeSettings(BaseSettings):
     trusted_keys: str | None = Field(
         default=None, description="Public key file or directory trusted to sign bundles."
     )
+    gateway_key: str | None = Field(
+        default=None,
+        description="The gateway's desired-state public key (.pub, or a directory of them): "
+        "desired state not signed by it is refused.",
+    )
     log_level: str = Field(default="INFO", description="Python log level.")
 
     @field_validator("agent_id", "site")

@@ -14,7 +14,7 @@ from edge_agent.dispatch import Dispatcher
 from edge_agent.journal import Journal
 from edge_agent.remote_rtt import RemoteRtt
 from edge_agent.settings import EdgeSettings
-from edge_agent.updater import ModelUpdater
+from edge_agent.updater import ModelUpdater, SlotTarget
 from models.errors import ConfigError
 from models.repository import ModelRepository
 from offload.policy import OffloadBudget, ServiceTimeModel, make_policy
@@ -120,19 +120,25 @@ def make_updater(agent: EdgeAgent) -> ModelUpdater:
         token = Path(s.gateway_token_file).read_text().strip() if s.gateway_token_file else None
     except OSError as exc:
         raise ConfigError(f"cannot read --gateway-token-file: {exc}") from exc
-    keys: dict[str, Any] = {}
-    if s.trusted_keys:
-        from models.signing import load_trusted_keys
+    from models.signing import load_trusted_keys
 
-        keys = dict(load_trusted_keys(s.trusted_keys))
+    keys: dict[str, Any] = dict(load_trusted_keys(s.trusted_keys)) if s.trusted_keys else {}
+    gateway_keys = load_trusted_keys(s.gateway_key) if s.gateway_key else {}
+    if not gateway_keys:
+        log.warning("no --gateway-key: every desired-state message will be refused")
+    # The agent side of ModelTarget; an agent with several models passes its own.
+    target = getattr(agent, "model_target", None) or SlotTarget(agent.models)
     return ModelUpdater(
         s.agent_id,
         s.site,
         ModelRepository(s.repository, check=False),
-        agent.models,
+        target,
         token,
         keys,
         agent.update_report,
+        gateway_url=s.gateway_url,
+        gateway_keys=gateway_keys,
+        sequence_file=Path(s.repository) / ".desired-sequence.json",
     )
 
 
