@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from cloud_gateway.auth import PRINCIPAL, Role, require
 from cloud_gateway.dashboard import add_routes as add_dashboard_routes
@@ -55,6 +56,29 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.json_response(body, status=500)
 
 
+class _RedactBadRequests(logging.Filter):
+    """aiohttp logs a malformed request with the exception, whose message quotes the
+    start of the offending line: for an oversized ``Authorization`` header that is the
+    start of a bearer token. Keep the event, drop the bytes (and the traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            what = record.getMessage()
+            record.msg = "%s; rejected %s (HTTP %s), request bytes not logged"
+            record.args = (what, type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def redact_bad_request_logs() -> None:
+    """Install :class:`_RedactBadRequests` on aiohttp's server logger (once)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _RedactBadRequests) for f in server_log.filters):
+        server_log.addFilter(_RedactBadRequests())
+
+
 def _bind(route: Route, gw: Gateway) -> Handler:
     @functools.wraps(route.handler)
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -75,6 +99,7 @@ def _bind(route: Route, gw: Gateway) -> Handler:
 
 
 def make_app(gw: Gateway) -> web.Application:
+    redact_bad_request_logs()
     app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _bind(route, gw))
