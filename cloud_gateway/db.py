@@ -139,13 +139,14 @@ def open_db(path: Path) -> sqlite_utils.Database:
     return db
 
 
-def next_counter(db: sqlite_utils.Database, name: str) -> int:
-    """Increase the persisted counter ``name`` by one and return the new value (atomic:
-    the CLI and the server may share the database)."""
+def next_counter(db: sqlite_utils.Database, name: str, floor: int = 0) -> int:
+    """Increase the persisted counter ``name`` to at least ``floor`` and by at least one;
+    returns the new value (atomic: the CLI and the server may share the database)."""
     db.execute("insert or ignore into counters (name, value) values (?, 0)", [name])
     # One statement: two processes incrementing at once still get distinct values.
     row = db.execute(
-        "update counters set value = value + 1 where name = ? returning value", [name]
+        "update counters set value = max(value + 1, ?) where name = ? returning value",
+        [floor, name],
     ).fetchone()
     return int(row[0])
 

@@ -10,6 +10,7 @@ holds (agents keep their last versions locally).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,13 @@ from offload.topics import Topics
 Publish = Callable[[str, bytes], None]
 
 SEQUENCE = "desired-sequence"
+
+
+def next_sequence(db: sqlite_utils.Database) -> int:
+    """The next desired-state sequence number: the persisted counter plus one, but never
+    below the wall clock in milliseconds, so a gateway whose database was restored from
+    a backup (or replaced) still signs documents newer than those its agents accepted."""
+    return next_counter(db, SEQUENCE, floor=int(time.time() * 1000))
 
 
 class DesiredState:
@@ -103,7 +111,7 @@ class DesiredState:
         return Desired(
             target=agent_id,
             target_kind="agent",
-            sequence=next_counter(self.db, SEQUENCE),
+            sequence=next_sequence(self.db),
             rollout_id=rid,
             models=models,
             issued_at=float(now),
