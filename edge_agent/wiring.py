@@ -15,7 +15,7 @@ from edge_agent.journal import Journal
 from edge_agent.remote_rtt import RemoteRtt
 from edge_agent.settings import EdgeSettings
 from edge_agent.updater import ModelUpdater, SlotTarget
-from models.errors import ConfigError
+from models.errors import ConfigError, EdgecloudError
 from models.repository import ModelRepository
 from offload.policy import OffloadBudget, ServiceTimeModel, make_policy
 from offload.topics import Topics
@@ -123,9 +123,14 @@ def make_updater(agent: EdgeAgent) -> ModelUpdater:
     from models.signing import load_trusted_keys
 
     keys: dict[str, Any] = dict(load_trusted_keys(s.trusted_keys)) if s.trusted_keys else {}
-    gateway_keys = load_trusted_keys(s.gateway_key) if s.gateway_key else {}
-    if not gateway_keys:
-        log.warning("no --gateway-key: every desired-state message will be refused")
+    gateway_keys: dict[str, Any] = {}
+    try:
+        gateway_keys = dict(load_trusted_keys(s.gateway_key)) if s.gateway_key else {}
+    except EdgecloudError as exc:
+        # Serving must not depend on the update channel: start, refuse every update.
+        log.error("cannot load --gateway-key: %s", exc.message)
+    if not gateway_keys and (s.gateway_url or s.gateway_key):
+        log.error("no usable --gateway-key: every desired-state message will be refused")
     # The agent side of ModelTarget; an agent with several models passes its own.
     target = getattr(agent, "model_target", None) or SlotTarget(agent.models)
     return ModelUpdater(
