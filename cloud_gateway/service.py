@@ -79,7 +79,7 @@ class Gateway:
         )
         from models.signing import ensure_key
 
-        self.desired_key = ensure_key(settings.desired_signing_key)
+        self.desired_key = ensure_key(settings.signing_key_path())
         self.topics = settings.topics()
         self.bus: Bus | None = None
         self.port = settings.port

@@ -106,7 +106,7 @@ def fleet(
                         "--gateway-url",
                         gateway.url,
                         "--gateway-key",
-                        str(gateway.settings.desired_signing_key.with_suffix(".pub")),
+                        str(gateway.settings.signing_key_path().with_suffix(".pub")),
                         "--log-level",
                         "WARNING",
                     ]
