@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -14,6 +15,7 @@ from rich.table import Table
 from cloud_gateway.client import GatewayClient
 from cloud_gateway.settings import GatewaySettings
 from models.errors import InvalidInput
+from offload.topics import Topics
 
 _FINAL = ("succeeded", "rolled_back", "failed")
 
@@ -187,6 +189,16 @@ def _fleet(client: GatewayClient) -> int:
     return 0
 
 
+def agent_topics(prefix: str) -> Topics:
+    """The topics as an agent with ``--topic-prefix PREFIX`` uses them (every root is
+    prefixed on the agent; the gateway's fleet root gets the same prefix)."""
+    p = prefix.strip("/")
+    if not p:
+        return Topics()
+    roots = {f.name: f"{p}/{f.default}" for f in dataclasses.fields(Topics)}
+    return Topics(**roots)
+
+
 def _fleet_local(args: argparse.Namespace, settings: GatewaySettings) -> int:
     """Identity commands: straight on the gateway database (they mint secrets, so they
     run on the gateway's host, not over the API)."""
@@ -215,7 +227,7 @@ def _fleet_local(args: argparse.Namespace, settings: GatewaySettings) -> int:
         passwd, acl = write_broker_config(
             enrolments,
             args.out,
-            settings.topics(),
+            agent_topics(settings.topic_prefix),
             gateway_password_file=pw_file,
             anonymous_clients=args.anonymous_clients,
         )

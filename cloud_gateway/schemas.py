@@ -154,7 +154,8 @@ class Gates(_Body):
 
 class RolloutRequest(_Body):
     model: str
-    version: int = Field(ge=1, le=MAX_VERSION)
+    # Strict: " 1", "1", 1.0 and true are not the version 1 (issue 16, item 12).
+    version: int = Field(ge=1, le=MAX_VERSION, strict=True)
     topics: str | None = Field(
         default=None,
         max_length=1024,

@@ -298,6 +298,12 @@ def test_attack1_desired_state_cannot_send_the_agent_token_elsewhere(stack: Stac
     )
     _unchanged(stack, 1, [1])
     assert any("refused desired state" in line for line in stack.agent.lines)
+    # agent-b cannot even read agent-a's desired state (the retained message is there).
+    spy = Peer(stack.mqtt("agent-b"))
+    spy.subscribe(topic)
+    time.sleep(0.5)
+    assert watcher.got(topic) and spy.got(topic) == []
+    spy.close()
     for peer in (watcher, node_b):
         peer.publish(topic, b"")
         peer.close()

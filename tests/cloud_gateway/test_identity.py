@@ -204,3 +204,55 @@ async def test_an_oversized_authorization_header_is_not_logged(
     text = "\n".join(r.getMessage() + str(r.exc_text or "") for r in caplog.records)
     assert "request bytes not logged" in text
     assert "SECRET" not in text and TOKENS["admin"] not in text
+
+
+async def test_rollout_topics_reach_the_signed_document(
+    gateway: Gateway, http: aiohttp.ClientSession, bundle_set: BundleSet, mosquitto: Any
+) -> None:
+    token = gateway.fleet.enrolments.enrol("t1", "s1")
+    async with http.post(
+        f"{gateway.url}/api/v1/fleet/t1/status", json=_status("t1"), headers=_bearer(token)
+    ) as resp:
+        assert resp.status == 200
+    await push(http, gateway, bundle_set.good[2])
+    peer = Peer(mosquitto.url)
+    peer.subscribe(gateway.topics.desired("t1"))
+    body = {"model": MODEL, "version": 2, "strategy": "all-at-once", "topics": "sensors/s1/+/acc"}
+    try:
+        async with http.post(
+            f"{gateway.url}/api/v1/rollouts", json=body, headers=auth("admin")
+        ) as resp:
+            assert resp.status == 201, await resp.text()
+        payload = (await until(lambda: peer.got(gateway.topics.desired("t1"))))[-1]
+        wanted = verify_desired(payload, gateway_keys(gateway)).models[MODEL]
+        assert (wanted.version, wanted.topics, wanted.state) == (2, "sensors/s1/+/acc", "serving")
+        for bad in (" 2", "2", 2.0, True):
+            async with http.post(
+                f"{gateway.url}/api/v1/rollouts",
+                json={**body, "version": bad},
+                headers=auth("admin"),
+            ) as resp:
+                assert resp.status == 400, bad
+    finally:
+        peer.publish(gateway.topics.desired("t1"), b"")
+        peer.publish(gateway.topics.status("t1"), b"")
+        peer.close()
+
+
+def test_broker_config_follows_the_agents_topic_prefix(tmp_path: Any) -> None:
+    from cloud_gateway.cli import main
+
+    db = str(tmp_path / "g.sqlite")
+    assert main(["fleet", "enrol", "n1", "--site", "s1", "--db-path", db]) == 0
+    out = tmp_path / "broker"
+    args = ["fleet", "broker-config", "--out", str(out), "--db-path", db, "--topic-prefix", "t"]
+    assert main(args) == 0
+    acl = (out / "acl").read_text()
+    assert "user n1\ntopic write t/fleet/n1/status\ntopic read t/fleet/n1/desired\n" in acl
+    assert "topic read t/sensors/s1/#" in acl and "topic write t/results/s1/#" in acl
+    users = [line.split(":", 1)[0] for line in (out / "passwd").read_text().splitlines()]
+    assert users == ["cloud-gateway", "n1"]
+    assert (out / "passwd").stat().st_mode & 0o777 == 0o600
+    assert main(["fleet", "revoke", "n1", "--db-path", db]) == 0
+    assert main(["fleet", "revoke", "n1", "--db-path", db]) == 1  # one-line error, exit 1
+    assert main(["fleet", "enrol", "cloud-gateway", "--site", "s1", "--db-path", db]) == 1
