@@ -30,6 +30,7 @@ import os
 import shutil
 import ssl
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -115,12 +116,14 @@ def _show(o: tuple[str, str, int]) -> str:
 
 class Sequences:
     """The last accepted desired-state sequence per target, in a small JSON file (0600)
-    written atomically before the document is acted on."""
+    written atomically (off the event loop) before the document is acted on."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.last: dict[str, int] = {}
         self.digests: dict[str, str] = {}
+        self._generation = self._saved = 0
+        self._lock = threading.Lock()
         if path is not None and path.exists():
             try:
                 data = json.loads(path.read_text())
@@ -131,18 +134,30 @@ class Sequences:
                 # documents the gateway signed (still verified), so warn and go on.
                 log.error("cannot read %s (%s): accepting from sequence 0", path, exc)
 
-    def accept(self, target: str, sequence: int, digest: str) -> None:
+    def accept(self, target: str, sequence: int, digest: str) -> tuple[int, str]:
+        """Record in memory at once (the loop checks and accepts without awaiting in
+        between); returns the snapshot :meth:`save` writes."""
         self.last[target] = sequence
         self.digests[target] = digest
+        self._generation += 1
+        return self._generation, json.dumps({"sequences": self.last, "digests": self.digests})
+
+    def save(self, snapshot: tuple[int, str]) -> None:
+        """Write a snapshot (in an executor thread); an older one never overwrites a newer."""
+        generation, text = snapshot
         if self.path is None:
             return
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"sequences": self.last, "digests": self.digests}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        with self._lock:
+            if generation <= self._saved:
+                return
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+            self._saved = generation
 
 
 class _Retry(Exception):
@@ -219,6 +234,13 @@ class ModelUpdater:
             return dict(self.state)
         if desired is None:  # the retained copy of what was already accepted
             return dict(self.state)
+        desired, snapshot = desired
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.sequences.save, snapshot)
+        except OSError as exc:
+            # The document is authentic and newest: act on it; only a replay after a
+            # restart could slip through until the next successful write.
+            log.error("cannot persist the desired-state sequence: %s", exc)
         self._desired = desired
         self._generation += 1
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -228,7 +250,7 @@ class ModelUpdater:
             self._worker = asyncio.create_task(self._run(), name=f"updater-{self.agent_id}")
         return await asyncio.shield(fut)
 
-    def _admit(self, payload: bytes) -> Desired | None:
+    def _admit(self, payload: bytes) -> tuple[Desired, tuple[int, str]] | None:
         """Verify signature, target and freshness; None for a redelivered duplicate."""
         if not self.gateway_keys:
             raise ConfigError(
@@ -251,8 +273,7 @@ class ModelUpdater:
                 f"stale desired state: sequence {desired.sequence} is not newer than "
                 f"{last}, the last accepted for {target} (a replayed message)"
             )
-        self.sequences.accept(target, desired.sequence, digest)
-        return desired
+        return desired, self.sequences.accept(target, desired.sequence, digest)
 
     async def close(self) -> None:
         if self._worker is not None:
