@@ -162,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enrol.add_argument("agent_id")
     enrol.add_argument("--site", required=True, help="the agent's site")
-    revoke = fsub.add_parser("revoke", help="delete an agent's token (HTTP and MQTT)")
+    revoke = fsub.add_parser(
+        "revoke",
+        help="delete an agent's token (API at once; MQTT after broker-config and SIGHUP)",
+    )
     revoke.add_argument("agent_id")
     fsub.add_parser("list-enrolled", help="enrolled agent ids and sites")
     bconf = fsub.add_parser(
@@ -183,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for f in (enrol, revoke, fsub.choices["list-enrolled"], bconf):
         _flag(f, "db-path", Path, "SQLite database of the gateway")
-        _flag(f, "topic-prefix", str, "prefix of the fleet topic root")
+    _flag(bconf, "topic-prefix", str, "prefix of every topic root (the agents' --topic-prefix)")
     return parser
 
 

@@ -14,6 +14,7 @@ import getpass
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +35,7 @@ from models import signing
 from models.bundle import bundle_sha256
 from models.repository import ModelRepository
 from offload.desired import Desired, WantedModel, sign_desired
+from offload.mqtt import BrokerUrl, make_client
 from tests.cloud_gateway.bundles import MODEL, BundleSet
 from tests.cloud_gateway.mqttutil import Peer
 from tests.conftest import free_port, wait_for_port
@@ -90,6 +92,8 @@ class Stack:
     agent: AgentProcess
     repository: Path
     attacker: Attacker
+    broker: subprocess.Popen[bytes]
+    db: Path
 
     def mqtt(self, user: str | None = None) -> str:
         if user is None:
@@ -235,7 +239,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, bundle_set: BundleSet) -> It
         agent.wait_ready(60)
         s = Stack(
             root, broker_port, gateway_url, gateway_key, gw_password, tokens, agent,
-            repository, attacker,
+            repository, attacker, broker, db,
         )  # fmt: skip
         s.wait(lambda: s.api("GET", "/api/v1/fleet/agent-a")[0] == 200, what="agent-a online")
         yield s
@@ -263,6 +267,28 @@ def _unchanged(stack: Stack, version: int, on_disk: list[int]) -> None:
     assert stack.serving() == version
     assert stack.on_disk() == on_disk
     assert stack.attacker.requests == []
+
+
+def _connack(url: str) -> int:
+    """The broker's CONNACK code for these credentials (0: accepted)."""
+    parsed = BrokerUrl.parse(url)
+    client = make_client(parsed, f"probe-{time.monotonic_ns()}")
+    codes: list[int] = []
+    done = threading.Event()
+
+    def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        codes.append(int(rc.value) if hasattr(rc, "value") else int(rc))
+        done.set()
+
+    client.on_connect = on_connect
+    client.connect(parsed.host, parsed.port, keepalive=5)
+    client.loop_start()
+    try:
+        assert done.wait(5), "no CONNACK"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return codes[0]
 
 
 def _settle(stack: Stack) -> None:
@@ -405,3 +431,20 @@ def test_attack3_unapproved_and_older_versions_are_refused(
     )
     _unchanged(stack, 2, [1, 2])
     writer.close()
+
+
+def test_revocation_reaches_the_api_and_the_broker(stack: Stack) -> None:
+    """Last (it revokes agent-b): the API refuses its token at once, and once the broker
+    config is generated again and mosquitto got SIGHUP, the broker refuses it too."""
+    token = stack.tokens["agent-b"]
+    assert _connack(stack.mqtt("agent-b")) == 0  # still accepted
+    _cli("fleet", "revoke", "agent-b", "--db-path", str(stack.db))
+    status, answer = stack.api("POST", "/api/v1/fleet/agent-b/status", {}, token=token)
+    assert (status, answer["message"]) == (401, "unknown bearer token")
+    _cli("fleet", "broker-config", "--out", str(stack.root / "broker"), "--db-path",
+         str(stack.db), "--anonymous-clients")  # fmt: skip
+    assert "user agent-b" not in (stack.root / "broker" / "acl").read_text()
+    stack.broker.send_signal(signal.SIGHUP)
+
+    stack.wait(lambda: _connack(stack.mqtt("agent-b")) != 0, 15, "the broker to refuse agent-b")
+    assert stack.serving() == 2  # agent-a is untouched
