@@ -528,3 +528,35 @@ async def test_state_absent_calls_remove_and_topics_reach_swap(
     state = await edge.updater.handle_desired(desired(2, None, None, topics="sensors/a/+/+"))
     assert state["state"] == "failed" and edge.version == 1
     assert "cannot rebind" in state["reason"]
+
+
+async def test_a_document_for_the_agents_site_is_accepted_with_its_own_sequence(
+    gateway: Gateway, http: aiohttp.ClientSession, bundle_set: BundleSet, edge: Edge
+) -> None:
+    """Agent and site documents count their sequences separately: a site document
+    older than the last agent document is not stale."""
+    await push(http, gateway, bundle_set.good[2])
+    mine = await edge.updater.handle_desired(desired(1, None, None, sequence=50))
+    assert mine["state"] == "ok"
+    site = desired(
+        2, _sha(bundle_set.good[2]), _url(gateway, 2), target="site-a", kind="site", sequence=7
+    )
+    state = await edge.updater.handle_desired(site)
+    assert state["state"] == "ok" and edge.version == 2
+    assert edge.updater.sequences.last == {"agent:edge-1": 50, "site:site-a": 7}
+
+
+def test_an_unreadable_sequence_file_starts_from_zero(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edge_agent.updater import Sequences
+
+    path = tmp_path / ".desired-sequence.json"
+    path.write_text("{not json")
+    seqs = Sequences(path)
+    assert seqs.last == {} and "accepting from sequence 0" in caplog.text
+    seqs.save(seqs.accept("agent:a", 5, "d1"))
+    older = seqs.accept("agent:a", 6, "d2")
+    seqs.save(seqs.accept("agent:a", 7, "d3"))
+    seqs.save(older)  # a late writer with an older snapshot does not win
+    assert Sequences(path).last == {"agent:a": 7}
