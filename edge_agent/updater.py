@@ -134,6 +134,10 @@ class Sequences:
                 # documents the gateway signed (still verified), so warn and go on.
                 log.error("cannot read %s (%s): accepting from sequence 0", path, exc)
 
+    def seen(self, target: str) -> tuple[int, str | None]:
+        """The last accepted sequence of ``target`` (0: none) and its message digest."""
+        return self.last.get(target, 0), self.digests.get(target)
+
     def accept(self, target: str, sequence: int, digest: str) -> tuple[int, str]:
         """Record in memory at once (the loop checks and accepts without awaiting in
         between); returns the snapshot :meth:`save` writes."""
@@ -209,6 +213,7 @@ class ModelUpdater:
         self._generation = 0
         self._waiters: list[tuple[int, asyncio.Future[dict[str, Any]]]] = []
         self._wake = asyncio.Event()
+        self._admitting = asyncio.Lock()
         self._worker: asyncio.Task[None] | None = None
         self._refused: dict[tuple[str, int, str | None], str] = {}
         self._fetched_sha: dict[tuple[str, int], str] = {}
@@ -224,28 +229,32 @@ class ModelUpdater:
         if not payload:
             # A cleared retained message: the gateway forgot this agent, keep what runs.
             return dict(self.state)
-        try:
-            desired = self._admit(payload)
-        except EdgecloudError as exc:
-            self.refused_messages += 1
-            reason = f"{exc.reason}: {exc.message}"
-            log.warning("refused desired state: %s", reason)
-            self._report(UpdateState(), UpdatePhase.FAILED, f"refused desired state: {reason}")
-            return dict(self.state)
-        if desired is None:  # the retained copy of what was already accepted
-            return dict(self.state)
-        desired, snapshot = desired
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, self.sequences.save, snapshot)
-        except OSError as exc:
-            # The document is authentic and newest: act on it; only a replay after a
-            # restart could slip through until the next successful write.
-            log.error("cannot persist the desired-state sequence: %s", exc)
-        self._desired = desired
-        self._generation += 1
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiters.append((self._generation, fut))
-        self._wake.set()
+        # One message at a time through check -> persist -> hand over, so the newest
+        # accepted document is always the one the worker applies.
+        async with self._admitting:
+            try:
+                admitted = self._admit(payload)
+            except EdgecloudError as exc:
+                self.refused_messages += 1
+                reason = f"{exc.reason}: {exc.message}"
+                log.warning("refused desired state: %s", reason)
+                self._report(UpdateState(), UpdatePhase.FAILED, f"refused desired state: {reason}")
+                return dict(self.state)
+            if admitted is None:  # the retained copy of what was already accepted
+                return dict(self.state)
+            desired, snapshot = admitted
+            try:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, self.sequences.save, snapshot)
+            except OSError as exc:
+                # The document is authentic and newest: act on it; only a replay after a
+                # restart could slip through until the next successful write.
+                log.error("cannot persist the desired-state sequence: %s", exc)
+            self._desired = desired
+            self._generation += 1
+            fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+            self._waiters.append((self._generation, fut))
+            self._wake.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run(), name=f"updater-{self.agent_id}")
         return await asyncio.shield(fut)
@@ -265,8 +274,8 @@ class ModelUpdater:
             )
         target = f"{desired.target_kind}:{desired.target}"
         digest = hashlib.sha256(payload).hexdigest()
-        last = self.sequences.last.get(target, 0)
-        if desired.sequence == last and self.sequences.digests.get(target) == digest:
+        last, last_digest = self.sequences.seen(target)
+        if desired.sequence == last and last_digest == digest:
             return None  # the broker redelivered the retained message: nothing new
         if desired.sequence <= last:
             raise InvalidInput(
