@@ -85,10 +85,12 @@ def write_broker_config(
     *,
     gateway_password_file: Path,
     anonymous_clients: bool = False,
+    sites: list[str] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``out/passwd`` and ``out/acl`` (0600, atomically); returns their paths."""
+    """Write ``out/passwd`` and ``out/acl`` (0600, atomically) for the agents of ``sites``
+    (all when empty); returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = enrolments.all()
+    rows = [r for r in enrolments.all() if not sites or r["site"] in sites]
     gw_hash = mosquitto_hashes({GATEWAY_MQTT_USER: gateway_password(gateway_password_file)})
     passwd = [f"{GATEWAY_MQTT_USER}:{gw_hash[GATEWAY_MQTT_USER]}"]
     passwd += [f"{r['agent_id']}:{r['mqtt_hash']}" for r in rows]

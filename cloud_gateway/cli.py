@@ -180,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: OUT/cloud-gateway.password)",
     )
     bconf.add_argument(
+        "--site",
+        action="append",
+        default=[],
+        dest="sites",
+        help="only the agents of this site (repeat; default: all), e.g. for a site's broker",
+    )
+    bconf.add_argument(
         "--anonymous-clients",
         action="store_true",
         help="let anonymous clients publish sensors/# and read results, alerts and status",

@@ -224,14 +224,16 @@ def _fleet_local(args: argparse.Namespace, settings: GatewaySettings) -> int:
             print(f"{row['agent_id']}\t{row['site']}")
     else:
         pw_file = args.gateway_password_file or args.out / "cloud-gateway.password"
+        count = sum(1 for r in enrolments.all() if not args.sites or r["site"] in args.sites)
         passwd, acl = write_broker_config(
             enrolments,
             args.out,
             agent_topics(settings.topic_prefix),
             gateway_password_file=pw_file,
             anonymous_clients=args.anonymous_clients,
+            sites=args.sites,
         )
-        print(f"wrote {passwd} and {acl} ({len(enrolments.all())} agents)")
+        print(f"wrote {passwd} and {acl} ({count} agents)")
     return 0
 
 

@@ -253,6 +253,10 @@ def test_broker_config_follows_the_agents_topic_prefix(tmp_path: Any) -> None:
     users = [line.split(":", 1)[0] for line in (out / "passwd").read_text().splitlines()]
     assert users == ["cloud-gateway", "n1"]
     assert (out / "passwd").stat().st_mode & 0o777 == 0o600
+    assert main(["fleet", "enrol", "n2", "--site", "s2", "--db-path", db]) == 0
+    assert main([*args, "--site", "s2"]) == 0
+    users = [line.split(":", 1)[0] for line in (out / "passwd").read_text().splitlines()]
+    assert users == ["cloud-gateway", "n2"] and "user n1" not in (out / "acl").read_text()
     assert main(["fleet", "revoke", "n1", "--db-path", db]) == 0
     assert main(["fleet", "revoke", "n1", "--db-path", db]) == 1  # one-line error, exit 1
     assert main(["fleet", "enrol", "cloud-gateway", "--site", "s1", "--db-path", db]) == 1
