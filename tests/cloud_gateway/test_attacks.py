@@ -433,6 +433,25 @@ def test_attack3_unapproved_and_older_versions_are_refused(
     writer.close()
 
 
+def test_an_agent_reads_and_writes_only_its_own_site(stack: Stack) -> None:
+    """The generated ACL beyond fleet/: agent-b (site-a) neither reads another site's
+    readings nor forges another site's results; its own site works."""
+    reader, node_b = Peer(stack.mqtt()), Peer(stack.mqtt("agent-b"))
+    try:
+        reader.subscribe("results/#")
+        node_b.subscribe("sensors/#")  # granted, but delivers only what it may read
+        reader.publish("sensors/site-z/dev/acc", b"other site", retain=False)
+        reader.publish("sensors/site-a/dev/acc", b"own site", retain=False)
+        node_b.publish("results/site-z/dev/acc", b"forged", retain=False)
+        node_b.publish("results/site-a/dev/acc", b"real", retain=False)
+        _settle(stack)
+        assert [p for t, p, _ in node_b.messages if t.startswith("sensors/")] == [b"own site"]
+        assert [t for t, _, _ in reader.messages] == ["results/site-a/dev/acc"]
+    finally:
+        reader.close()
+        node_b.close()
+
+
 def test_revocation_reaches_the_api_and_the_broker(stack: Stack) -> None:
     """Last (it revokes agent-b): the API refuses its token at once, and once the broker
     config is generated again and mosquitto got SIGHUP, the broker refuses it too."""
