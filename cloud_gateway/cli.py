@@ -29,6 +29,15 @@ from models.logs import setup_logging
 from models.settings_cli import DefaultsHelpFormatter, annotate_settings_help
 from models.settings_errors import describe
 
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("host", str, "address to listen on"),
     ("port", int, "port to listen on (0: any free port)"),
@@ -42,6 +51,12 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("cloud-repository", Path, "model repository of the cloud tier (shared volume)"),
     ("trusted-keys", Path, "signer public key file or directory of *.pub"),
     ("tokens-file", Path, "token file: 'ROLE TOKEN' per line (or GATEWAY_ADMIN_TOKEN)"),
+    ("desired-signing-key", Path, "ed25519 key signing desired state (created when missing)"),
+    (
+        "require-enrolment",
+        _bool,
+        "accept status only from enrolled agents: true/false (default: once any is enrolled)",
+    ),
     ("heartbeat-timeout-s", float, "mark agents offline after this much silence"),
     ("tick-s", float, "rollout engine period"),
     ("wave-timeout-s", float, "default canary wave convergence timeout"),
@@ -159,7 +174,51 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("model", help="model name")
     rollback.add_argument("--rollout-id", help="default: the model's latest rollout")
 
-    sub.add_parser("fleet", help="table of agents")
+    fleet = sub.add_parser(
+        "fleet",
+        help="table of agents; enrol/revoke agent identities, generate the broker config",
+        description="Without a subcommand: the table of agents (over the API). enrol, revoke, "
+        "list-enrolled and broker-config work on the gateway database (--db-path) directly, "
+        "on the gateway's host; the running gateway sees the change at once.",
+    )
+    fsub = fleet.add_subparsers(dest="fleet_command")
+    enrol = fsub.add_parser(
+        "enrol", help="issue (or rotate) an agent's token; printed once, stored hashed"
+    )
+    enrol.add_argument("agent_id")
+    enrol.add_argument("--site", required=True, help="the agent's site")
+    revoke = fsub.add_parser(
+        "revoke",
+        help="delete an agent's token (API at once; MQTT after broker-config and SIGHUP)",
+    )
+    revoke.add_argument("agent_id")
+    fsub.add_parser("list-enrolled", help="enrolled agent ids and sites")
+    bconf = fsub.add_parser(
+        "broker-config",
+        help="write the mosquitto passwd + acl for the enrolled agents (then SIGHUP mosquitto)",
+    )
+    bconf.add_argument("--out", type=Path, required=True, help="directory for passwd and acl")
+    bconf.add_argument(
+        "--gateway-password-file",
+        type=Path,
+        help="the gateway's MQTT password (user cloud-gateway); created when missing "
+        "(default: OUT/cloud-gateway.password)",
+    )
+    bconf.add_argument(
+        "--site",
+        action="append",
+        default=[],
+        dest="sites",
+        help="only the agents of this site (repeat; default: all), e.g. for a site's broker",
+    )
+    bconf.add_argument(
+        "--anonymous-clients",
+        action="store_true",
+        help="let anonymous clients publish sensors/# and read results, alerts and status",
+    )
+    for f in (enrol, revoke, fsub.choices["list-enrolled"], bconf):
+        _flag(f, "db-path", Path, "SQLite database of the gateway")
+    _flag(bconf, "topic-prefix", str, "prefix of every topic root (the agents' --topic-prefix)")
     return parser
 
 

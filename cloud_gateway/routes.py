@@ -106,7 +106,7 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/api/v1/models/{name}/versions/{version}/bundle",
         Role.AGENT,
-        "Download the bundle file",
+        "Download the bundle file (an enrolled agent's token may do only this and report)",
         h.download_bundle,
         response=BINARY,
         tag="registry",
@@ -134,7 +134,8 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/api/v1/fleet/{agent_id}/status",
         Role.AGENT,
-        "Report a heartbeat over HTTP (same JSON as fleet/{agent}/status)",
+        "Report a heartbeat over HTTP (same JSON as fleet/{agent}/status); only with the "
+        "agent's own enrolled token; labels in it are ignored",
         h.report_status,
         request=s.StatusReport,
         response=s.AgentInfo,

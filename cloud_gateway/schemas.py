@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.manifest import validate_model_name
-from offload.desired import UpdateState
+from offload.desired import MAX_VERSION, UpdateState
 
 
 def update_state(value: Any) -> UpdateState:
@@ -154,7 +154,13 @@ class Gates(_Body):
 
 class RolloutRequest(_Body):
     model: str
-    version: int = Field(ge=1)
+    # Strict: " 1", "1", 1.0 and true are not the version 1 (issue 16, item 12).
+    version: int = Field(ge=1, le=MAX_VERSION, strict=True)
+    topics: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="MQTT topic filter the model is bound to on each agent (default: unchanged)",
+    )
     strategy: Literal["all-at-once", "canary"] = "canary"
     waves: list[str] = Field(
         default_factory=lambda: ["10%", "50%", "100%"],

@@ -75,7 +75,12 @@ class Gateway:
             executor=self.executor,
         )
         self.registry.cleanup_incoming()
-        self.fleet = Fleet(self.db, settings.heartbeat_timeout_s)
+        self.fleet = Fleet(
+            self.db, settings.heartbeat_timeout_s, require_enrolment=settings.require_enrolment
+        )
+        from models.signing import ensure_key
+
+        self.desired_key = ensure_key(settings.signing_key_path())
         self.topics = settings.topics()
         self.bus: Bus | None = None
         self.engine_task: asyncio.Task[None] | None = None
@@ -94,6 +99,7 @@ class Gateway:
             self._publish,
             self.base_url,
             wave_timeout_s=settings.wave_timeout_s,
+            signing_key=self.desired_key,
             cloud_load=self._cloud_load if self.cloud else None,
         )
         self._openapi: dict[str, Any] | None = None

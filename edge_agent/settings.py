@@ -220,6 +220,11 @@ class EdgeSettings(BaseSettings):
     trusted_keys: str | None = Field(
         default=None, description="Public key file or directory trusted to sign bundles."
     )
+    gateway_key: str | None = Field(
+        default=None,
+        description="The gateway's desired-state public key (.pub, or a directory of them): "
+        "desired state not signed by it is refused.",
+    )
     log_level: LogLevel = Field(default="INFO", description=LOG_LEVEL_HELP)
     log_format: LogFormat = Field(default="text", description=LOG_FORMAT_HELP)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from edge_agent.settings import EdgeSettings
 from edge_agent.updater import ModelTarget, ModelUpdater
-from models.errors import ConfigError
+from models.errors import ConfigError, EdgecloudError
 from models.repository import ModelRepository
 from offload.topics import Topics
 
@@ -53,11 +53,17 @@ def make_updater(
         token = Path(s.gateway_token_file).read_text().strip() if s.gateway_token_file else None
     except OSError as exc:
         raise ConfigError(f"cannot read --gateway-token-file: {exc}") from exc
-    keys: dict[str, Any] = {}
-    if s.trusted_keys:
-        from models.signing import load_trusted_keys
+    from models.signing import load_trusted_keys
 
-        keys = dict(load_trusted_keys(s.trusted_keys))
+    keys: dict[str, Any] = dict(load_trusted_keys(s.trusted_keys)) if s.trusted_keys else {}
+    gateway_keys: dict[str, Any] = {}
+    try:
+        gateway_keys = dict(load_trusted_keys(s.gateway_key)) if s.gateway_key else {}
+    except EdgecloudError as exc:
+        # Serving must not depend on the update channel: start, refuse every update.
+        log.error("cannot load --gateway-key: %s", exc.message)
+    if not gateway_keys and (s.gateway_url or s.gateway_key):
+        log.error("no usable --gateway-key: every desired-state message will be refused")
     return ModelUpdater(
         s.agent_id,
         s.site,
@@ -66,4 +72,7 @@ def make_updater(
         token,
         keys,
         report,
+        gateway_url=s.gateway_url,
+        gateway_keys=gateway_keys,
+        sequence_file=Path(s.repository) / ".desired-sequence.json",
     )
