@@ -112,10 +112,10 @@ async def test_readyz_is_503_without_broker(repo: Path, topic_prefix: str, make_
             async with http.get(f"{base}/healthz") as r:
                 assert r.status == 200
         assert body == {
-        "ready": False,
-        "model_loaded": True,
-        "models": {"motion-edge": True},
-        "broker_connected": False,
-    }
+            "ready": False,
+            "model_loaded": True,
+            "models": {"motion-edge": True},
+            "broker_connected": False,
+        }
     finally:
         await agent.stop()
