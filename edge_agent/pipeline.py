@@ -33,6 +33,7 @@ from edge_agent.state import load_streams, save_streams
 from edge_agent.stats import AgentMetrics, Stats
 from models.backends.base import BackendOptions
 from models.manifest import Manifest
+from models.servable import to_model_input
 from offload.policy import OffloadBudget, ServiceTimeModel, make_policy
 from offload.topics import Topics
 
@@ -202,8 +203,9 @@ class Pipeline:
         async def call(deadline: float) -> object:
             manifest, _ = self.models.active
             name, version = d.remote_target(manifest)
-            spec = manifest.inputs[0]
-            x = np.zeros([1, *(max(1, n) for n in spec.shape[1:])], dtype=np.float32)
+            spec, pre = manifest.inputs[0], manifest.preprocessing
+            window = np.zeros((1, pre.window, len(pre.channels)), dtype=np.float32)
+            x = to_model_input(window, spec.shape)  # the shape a real batch has
             return await remote.infer(name, version, {spec.name: x}, deadline)
 
         await d.rtt.probe(
