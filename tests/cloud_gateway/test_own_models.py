@@ -54,9 +54,8 @@ async def _rollout(
 
 
 async def _push(http: aiohttp.ClientSession, gw: Gateway, bundle: Path) -> None:
-    async with http.post(
-        f"{gw.url}/api/v1/models", data=bundle.read_bytes(), headers=auth("admin")
-    ) as r:
+    data = await asyncio.to_thread(bundle.read_bytes)
+    async with http.post(f"{gw.url}/api/v1/models", data=data, headers=auth("admin")) as r:
         assert r.status in (200, 201), await r.text()
 
 
