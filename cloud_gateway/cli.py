@@ -193,6 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke.add_argument("agent_id")
     fsub.add_parser("list-enrolled", help="enrolled agent ids and sites")
+    assign = fsub.add_parser(
+        "assign",
+        help="serve a model version on one agent (over the API): add it or move its topics",
+    )
+    assign.add_argument("agent_id", help="the agent")
+    assign.add_argument("model", help="model name (uploaded to the gateway)")
+    assign.add_argument("model_version", type=int, metavar="version", help="version to serve")
+    assign.add_argument(
+        "--topics",
+        help="MQTT topic filter the model answers, e.g. sensors/+/+/vib (default: unchanged, "
+        "or the agent's default model when new)",
+    )
+    unassign = fsub.add_parser("unassign", help="stop serving a model on one agent (API)")
+    unassign.add_argument("agent_id", help="the agent")
+    unassign.add_argument("model", help="model name")
     bconf = fsub.add_parser(
         "broker-config",
         help="write the mosquitto passwd + acl for the enrolled agents (then SIGHUP mosquitto)",

@@ -243,6 +243,15 @@ def run(args: argparse.Namespace, settings: GatewaySettings) -> int:
         return _build(args)
     if args.command == "models" and args.models_command in ("pack", "install"):
         return run_bundle_command(args.models_command, args)
+    if args.command == "fleet" and args.fleet_command in ("assign", "unassign"):
+        client = _client(settings)
+        path = f"/api/v1/fleet/{args.agent_id}/models/{args.model}"
+        if args.fleet_command == "assign":
+            body = {"version": args.model_version, "topics": args.topics}
+            _print_json(client.request("PUT", path, body))
+        else:
+            _print_json(client.request("DELETE", path))
+        return 0
     if args.command == "fleet" and args.fleet_command:
         return _fleet_local(args, settings)
     client = _client(settings)

@@ -89,8 +89,15 @@ class DesiredState:
         )
         self.publish_agent(agent_id, rid, now)
 
-    def remove(self, agent_id: str, model: str, rid: str, now: float) -> None:
-        self.db.table("desired").delete_where("agent_id = ? and model = ?", [agent_id, model])
+    def remove(self, agent_id: str, model: str, rid: str | None, now: float) -> None:
+        """Ask ``agent_id`` to stop serving ``model`` (``state: absent``; an agent that no
+        longer serves it ignores that). The row stays so the retained message keeps saying
+        so after a broker restart."""
+        self.db.execute(
+            "update desired set state = 'absent', rollout_id = ?, issued_at = ? "
+            "where agent_id = ? and model = ?",
+            [rid, now, agent_id, model],
+        )
         self.publish_agent(agent_id, rid, now)
 
     def message(self, agent_id: str, rid: str | None, now: float) -> Desired:
@@ -137,12 +144,16 @@ class DesiredState:
         """agent -> desired version of ``model``."""
         return {
             r["agent_id"]: r["version"]
-            for r in self.db.table("desired").rows_where("model = ?", [model])
+            for r in self.db.table("desired").rows_where(
+                "model = ? and coalesce(state, 'serving') = 'serving'", [model]
+            )
         }
 
     def of(self, agent_id: str) -> dict[str, int]:
         """model -> desired version on ``agent_id``."""
         return {
             r["model"]: r["version"]
-            for r in self.db.table("desired").rows_where("agent_id = ?", [agent_id])
+            for r in self.db.table("desired").rows_where(
+                "agent_id = ? and coalesce(state, 'serving') = 'serving'", [agent_id]
+            )
         }

@@ -19,6 +19,7 @@ from cloud_gateway.db import loads
 from cloud_gateway.fleet import agent_view
 from cloud_gateway.registry import validate_name
 from cloud_gateway.schemas import (
+    AssignRequest,
     LabelsRequest,
     RollbackRequest,
     RolloutRequest,
@@ -164,6 +165,21 @@ async def set_labels(request: web.Request, gw: Gateway) -> web.StreamResponse:
     return web.json_response(
         _agent(gw, gw.fleet.set_labels(request.match_info["agent_id"], body.labels))
     )
+
+
+async def assign_model(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    body = await _body(request, AssignRequest)
+    name = validate_name(request.match_info["name"])
+    agent_id = request.match_info["agent_id"]
+    desired = gw.engine.assign(agent_id, name, body.version, body.topics)
+    return web.json_response({"agent_id": agent_id, "desired": desired})
+
+
+async def unassign_model(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    name = validate_name(request.match_info["name"])
+    agent_id = request.match_info["agent_id"]
+    desired = gw.engine.unassign(agent_id, name)
+    return web.json_response({"agent_id": agent_id, "desired": desired})
 
 
 async def list_rollouts(request: web.Request, gw: Gateway) -> web.StreamResponse:

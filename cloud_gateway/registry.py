@@ -155,7 +155,8 @@ class Registry:
     def in_use(self, name: str, version: int) -> str | None:
         """Why the version cannot be deleted, or None."""
         for row in self.db.query(
-            "select agent_id from desired where model = ? and version = ? limit 1",
+            "select agent_id from desired where model = ? and version = ?"
+            " and coalesce(state, 'serving') = 'serving' limit 1",
             [name, version],
         ):
             return f"agent {row['agent_id']} is asked to run it"

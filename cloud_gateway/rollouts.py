@@ -117,6 +117,37 @@ class RolloutEngine:
         self._event(rid, "started", {"targets": len(targets), "waves": [len(w) for w in plan]})
         return self.get(rid)
 
+    def assign(self, agent_id: str, model: str, version: int, topics: str | None) -> dict[str, int]:
+        """Serve ``model:version`` on one agent now (add it, move its topics, or change its
+        version outside a rollout); returns the agent's desired versions."""
+        row = self.registry.get(model, version)
+        self.fleet.get(agent_id)
+        self._no_rollout_of(model)
+        now = self.clock()
+        self.desired.set(agent_id, model, row, None, now, topics=topics)
+        self._event(
+            None,
+            "assigned",
+            {"agent": agent_id, "model": model, "version": version, "topics": topics},
+        )
+        return self.desired.of(agent_id)
+
+    def unassign(self, agent_id: str, model: str) -> dict[str, int]:
+        """Stop serving ``model`` on one agent."""
+        self.fleet.get(agent_id)
+        self._no_rollout_of(model)
+        if model not in self.desired.of(agent_id):
+            raise NotFound(f"the gateway does not assign {model} to {agent_id}")
+        self.desired.remove(agent_id, model, None, self.clock())
+        self._event(None, "unassigned", {"agent": agent_id, "model": model})
+        return self.desired.of(agent_id)
+
+    def _no_rollout_of(self, model: str) -> None:
+        for row in self.db.query(
+            "select id from rollouts where model = ? and state = 'running'", [model]
+        ):
+            raise Conflict(f"rollout {row['id']} of {model} is running: wait or roll it back")
+
     def rollback(
         self, model: str, rollout_id: str | None = None, reason: str = "manual"
     ) -> dict[str, Any]:

@@ -298,6 +298,9 @@ class EdgeAgent:
             self.send_heartbeat()
 
     # -- models the gateway assigns (the updater's ModelTarget) -----------------------------
+    def topics_of(self, name: str) -> str | None:
+        return self.bindings.topics_of(name)
+
     def serving(self, name: str) -> int | None:
         """The active version of ``name`` here, or None."""
         p = self.pipelines.get(name)
@@ -322,7 +325,11 @@ class EdgeAgent:
                 self.demux.attach(name, p.core)
                 log.info("now serving %s on %s", manifest.ref, topics or "the default topics")
             else:
-                manifest = await p.models.swap(name, version)
+                loaded = p.models.loaded
+                if loaded is not None and loaded.manifest.version == version:
+                    manifest = loaded.manifest  # the same version: only the binding moves
+                else:
+                    manifest = await p.models.swap(name, version)
                 if topics is not None and topics != self.bindings.topics_of(name):
                     self.bindings.bind(name, topics)
                     self.demux.rebound()

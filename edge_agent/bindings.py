@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from models.errors import ConfigError
+from models.errors import ConfigError, InvalidInput
 from models.manifest import validate_model_name
+from offload.topics import check_filter
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +53,6 @@ def covers(outer: str, inner: str) -> bool:
     return len(o) == len(i)
 
 
-def check_filter(topic_filter: str) -> str:
-    """A subscribable filter: ``#`` only last and alone in its level, ``+`` alone."""
-    if not topic_filter or len(topic_filter) > 512 or "\x00" in topic_filter:
-        raise ConfigError(f"invalid topic filter {topic_filter!r}")
-    levels = topic_filter.split("/")
-    for k, level in enumerate(levels):
-        if ("#" in level and (level != "#" or k != len(levels) - 1)) or (
-            "+" in level and level != "+"
-        ):
-            raise ConfigError(f"invalid topic filter {topic_filter!r}: bad wildcard in {level!r}")
-    return topic_filter
-
-
 @dataclass(frozen=True, slots=True)
 class Binding:
     """One model an agent serves: name, optional pinned version, optional topic filter."""
@@ -86,7 +74,11 @@ class Binding:
             raise ConfigError(f"--model {text!r}: version must be a positive integer")
         if sep and not filt:
             raise ConfigError(f"--model {text!r}: empty topic filter after '='")
-        return cls(name, int(version) if version else None, check_filter(filt) if sep else None)
+        try:
+            topics = check_filter(filt) if sep else None
+        except InvalidInput as exc:
+            raise ConfigError(f"--model {text!r}: {exc.message}") from None
+        return cls(name, int(version) if version else None, topics)
 
     def __str__(self) -> str:
         ref = self.name if self.version is None else f"{self.name}:{self.version}"
@@ -114,7 +106,10 @@ class Bindings:
                 )
             self._filters, self._default = rest, model
             return
-        check_filter(topics)
+        try:
+            check_filter(topics)
+        except InvalidInput as exc:
+            raise ConfigError(exc.message) from None
         for f, m in rest:
             if _overlap(f, topics):
                 log.warning(

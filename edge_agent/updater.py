@@ -72,6 +72,10 @@ class ModelTarget(Protocol):
 
     async def remove(self, name: str) -> None: ...
 
+    def topics_of(self, name: str) -> str | None:
+        """The topic filter ``name`` is bound to (None: the default model, or not served)."""
+        ...
+
 
 class SlotTarget:
     """:class:`ModelTarget` over one ``edge_agent.registry.ModelSlot`` (an agent serving
@@ -79,6 +83,9 @@ class SlotTarget:
 
     def __init__(self, slot: Any) -> None:
         self.slot = slot
+
+    def topics_of(self, name: str) -> str | None:
+        return None
 
     def serving(self, name: str) -> int | None:
         try:
@@ -343,6 +350,16 @@ class ModelUpdater:
             return
         self._report(job, UpdatePhase.OK)
 
+    async def _rebind(self, job: UpdateState, name: str, w: WantedModel) -> None:
+        try:
+            await self.models.swap(name, w.version, w.topics)
+        except EdgecloudError as exc:
+            reason = f"{exc.reason}: {exc.message}"
+            self._report(job, UpdatePhase.FAILED, reason)
+            log.error("cannot bind %s to %s: %s", name, w.topics, reason)
+            return
+        self._report(job, UpdatePhase.OK)
+
     async def _apply(self, rid: str | None, name: str, w: WantedModel) -> None:
         if w.state == "absent":
             await self._remove(rid, name, w)
@@ -350,6 +367,9 @@ class ModelUpdater:
         job = UpdateState(rollout_id=rid, model=name, version=w.version)
         active = self.models.serving(name)
         if active == w.version:
+            if w.topics is not None and w.topics != self.models.topics_of(name):
+                await self._rebind(job, name, w)  # moved to other topics, same version
+                return
             if (self.state["model"], self.state["version"]) != (name, w.version):
                 self._report(job, UpdatePhase.OK)
             return

@@ -166,3 +166,72 @@ async def test_user_model_rolled_out_to_an_empty_agent_beside_a_second_model(
         "motion-edge": (1, f"{base}/+/imu"),
         "press-health": (1, f"{base}/+/press"),
     }
+
+
+async def _until(check: Any, within_s: float = 10.0) -> None:
+    end = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def _served(agent: AgentProcess, want: dict[str, tuple[int, str | None]]) -> None:
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        got = {m["name"]: (m["version"], m["topics"]) for m in agent.status()["models"]}
+        if got == want:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"agent serves {got}, expected {want}")
+
+
+@pytest.mark.slow
+async def test_gateway_adds_moves_and_removes_a_model_on_an_agent(
+    gateway: Gateway, bundle_set: BundleSet, mosquitto: Any, topic_prefix: str, tmp_path: Path
+) -> None:
+    agent_id = f"{topic_prefix}-asg"
+    base = f"{topic_prefix}/sensors/{agent_id}"
+    token = tmp_path / "agent.token"
+    token.write_text(TOKENS["agent"])
+    agent = AgentProcess(
+        [
+            *("--agent-id", agent_id, "--site", agent_id, "--broker", mosquitto.url),
+            *("--repository", str(tmp_path / "agent-repo"), "--topic-prefix", topic_prefix),
+            *("--topics-filter", f"{base}/+/+", "--http-port", "0", "--heartbeat-s", "0.3"),
+            *("--gateway-url", gateway.url, "--gateway-token-file", str(token)),
+            *("--trusted-keys", str(bundle_set.trusted_dir)),
+            *("--gateway-key", str(gateway.settings.signing_key_path().with_suffix(".pub"))),
+        ]
+    )
+    path = f"{gateway.url}/api/v1/fleet/{agent_id}/models/motion-edge"
+    try:
+        await asyncio.to_thread(agent.wait_ready, 30.0)
+        async with aiohttp.ClientSession() as http:
+            await _push(http, gateway, bundle_set.good[1])
+            await _until(lambda: gateway.fleet.find(agent_id) is not None)  # first heartbeat
+            body = {"version": 1, "topics": f"{base}/+/imu"}
+            async with http.put(path, json=body, headers=auth("admin")) as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["desired"] == {"motion-edge": 1}
+            await _served(agent, {"motion-edge": (1, f"{base}/+/imu")})
+            body = {"version": 1, "topics": f"{base}/+/acc"}  # moved to another stream kind
+            async with http.put(path, json=body, headers=auth("admin")) as r:
+                assert r.status == 200, await r.text()
+            await _served(agent, {"motion-edge": (1, f"{base}/+/acc")})
+            bad = {"version": 1, "topics": "sensors/#/x"}
+            async with http.put(path, json=bad, headers=auth("admin")) as r:
+                assert r.status == 400 and "bad wildcard" in (await r.json())["message"]
+            async with http.put(path, json=body, headers=auth("agent")) as r:
+                assert r.status == 403  # assignments are the admin's
+            async with http.delete(path, headers=auth("admin")) as r:
+                assert r.status == 200 and (await r.json())["desired"] == {}
+            await _served(agent, {})
+            dead = Subscriber(mosquitto.url, f"{topic_prefix}/deadletter/{agent_id}")
+            pub = publisher(mosquitto.url)
+            pub.publish(f"{base}/w/acc", reading(0, [0.0] * 6), qos=1)
+            msg = (await asyncio.to_thread(dead.wait_for, 1, 10.0))[0]
+            pub.loop_stop()
+            dead.close()
+            assert msg["reason"] == "no-model"
+    finally:
+        agent.stop()
