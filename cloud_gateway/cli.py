@@ -185,13 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     enrol = fsub.add_parser(
         "enrol", help="issue (or rotate) an agent's token; printed once, stored hashed"
     )
-    enrol.add_argument("agent_id")
+    enrol.add_argument("agent_id", help="the agent to enrol (its MQTT user name too)")
     enrol.add_argument("--site", required=True, help="the agent's site")
     revoke = fsub.add_parser(
         "revoke",
         help="delete an agent's token (API at once; MQTT after broker-config and SIGHUP)",
     )
-    revoke.add_argument("agent_id")
+    revoke.add_argument("agent_id", help="the agent whose token is deleted")
     fsub.add_parser("list-enrolled", help="enrolled agent ids and sites")
     assign = fsub.add_parser(
         "assign",
@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     for f in (enrol, revoke, fsub.choices["list-enrolled"], bconf):
         _flag(f, "db-path", Path, "SQLite database of the gateway")
     _flag(bconf, "topic-prefix", str, "prefix of every topic root (the agents' --topic-prefix)")
+    for f in (enrol, revoke, fsub.choices["list-enrolled"], bconf):
+        annotate_settings_help(f, GatewaySettings)
     return parser
 
 

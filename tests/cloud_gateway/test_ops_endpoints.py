@@ -83,9 +83,12 @@ async def test_metrics_parse_with_names_types_and_counts(
     finally:
         peer.close()
     url = f"{gateway.url}/api/v1/fleet/ops-d/status"
-    async with http.post(url, json={"agent_id": "ops-d"}, headers=auth("agent")) as resp:
+    # Only an enrolled agent's own token may report over HTTP (issue 16).
+    token = gateway.fleet.enrolments.enrol("ops-d", "s1")  # the loop thread owns SQLite
+    own = {"Authorization": f"Bearer {token}"}
+    async with http.post(url, json={"agent_id": "ops-d"}, headers=own) as resp:
         assert resp.status == 200
-    async with http.post(url, json={"agent_id": "ops-x"}, headers=auth("agent")) as resp:
+    async with http.post(url, json={"agent_id": "ops-x"}, headers=own) as resp:
         assert resp.status == 400
     async with http.get(f"{gateway.url}/api/v1/fleet/ops-a", headers=auth("viewer")) as resp:
         assert resp.status == 200
