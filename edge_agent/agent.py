@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ from edge_agent.status import heartbeat_doc, status_doc
 from edge_agent.store import Store
 from edge_agent.telemetry import Telemetry
 from edge_agent.wiring import make_remote, make_topics, make_updater
-from models.errors import EdgecloudError, NotFound
+from models.errors import ConfigError, EdgecloudError, NotFound
 from models.manifest import Manifest
 from offload.mqtt import BrokerUrl
 
@@ -203,7 +204,7 @@ class EdgeAgent:
         loop = asyncio.get_running_loop()
         self._build_routing()
         self.link = MqttLink(
-            BrokerUrl.parse(s.broker),
+            broker_url(s),
             s.agent_id,
             filters=self.bindings.subscriptions(s.filters()),
             qos=s.qos,
@@ -452,3 +453,15 @@ def _breaker(remote: Any) -> str:
         return str(remote.stats.breaker_state)
     except Exception:  # a client without stats yet
         return "closed"
+
+
+def broker_url(s: EdgeSettings) -> BrokerUrl:
+    """``--broker``, with the password from ``--mqtt-password-file`` when one is given."""
+    url = BrokerUrl.parse(s.broker)
+    if s.mqtt_password_file is None:
+        return url
+    try:
+        password = Path(s.mqtt_password_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --mqtt-password-file: {exc}") from exc
+    return dataclasses.replace(url, username=url.username or s.agent_id, password=password)

@@ -45,6 +45,12 @@ class EdgeSettings(BaseSettings):
     mqtt_ca_file: str | None = Field(default=None, description="CA bundle for mqtts:// brokers.")
     mqtt_cert_file: str | None = Field(default=None, description="Client certificate (mqtts).")
     mqtt_key_file: str | None = Field(default=None, description="Client key (mqtts).")
+    mqtt_password_file: str | None = Field(
+        default=None,
+        description="File holding this agent's MQTT password (its enrolment token, `cloud-gateway "
+        "fleet enrol`); the user is the broker URL's, else the agent id. Keeps per-node "
+        "credentials out of a shared broker URL.",
+    )
     topics_filter: str = Field(
         default="sensors/+/+/+",
         description="Comma-separated MQTT topic filters for readings.",

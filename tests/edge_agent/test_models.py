@@ -204,3 +204,18 @@ def test_cloud_model_mapping_per_local_model() -> None:
     )
     assert many.cloud_model_for("motion-edge") == "motion-cloud"
     assert many.cloud_model_for("vibration-anomaly") is None  # same name on the cloud tier
+
+
+def test_mqtt_password_from_a_file(tmp_path: Path) -> None:
+    from edge_agent.agent import broker_url
+    from edge_agent.settings import EdgeSettings
+
+    secret = tmp_path / "token"
+    secret.write_text("s3cret\n")
+    s = EdgeSettings(agent_id="node-7", broker="mqtt://h:1883", mqtt_password_file=str(secret))
+    url = broker_url(s)
+    assert (url.username, url.password, url.host) == ("node-7", "s3cret", "h")
+    assert "s3cret" not in str(url)  # never printed
+    s = EdgeSettings(broker="mqtt://site-user@h", mqtt_password_file=str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="--mqtt-password-file"):
+        broker_url(s)
