@@ -18,7 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 #: known one that grows, fails the test; one that disappears must be removed from here.
 KNOWN: dict[frozenset[str], str] = {
     frozenset(
-        {"edge_agent.core", "edge_agent.completion", "edge_agent.journal", "edge_agent.journal_files"}
+        {
+            "edge_agent.core",
+            "edge_agent.completion",
+            "edge_agent.journal",
+            "edge_agent.journal_files",
+        }
     ): "completion and the journal replay still take the core (issue 17)",
     frozenset(
         {
@@ -134,6 +139,4 @@ def test_no_new_import_cycles() -> None:
 
 
 def test_the_checker_finds_a_cycle() -> None:
-    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [
-        frozenset({"a", "b", "c"})
-    ]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset({"a", "b", "c"})]
