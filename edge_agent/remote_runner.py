@@ -204,7 +204,8 @@ class RemoteRunner:
             call = self.call(loaded.manifest, windows, deadline, trace=traced)
             if hedge:
                 rtask = asyncio.ensure_future(call)
-                await asyncio.wait([rtask, race], return_when=asyncio.FIRST_COMPLETED)
+                racing: list[asyncio.Future[Any]] = [rtask, race]
+                await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
                 if race.done() and not rtask.done():
                     rtask.add_done_callback(lambda t: t.cancelled() or t.exception())
                     rtask.cancel()

@@ -116,6 +116,7 @@ class Collector:
             self.bad += 1
             return
         r = self.results
+        column: list[Any]
         with self._lock:
             for column, value in zip(
                 (
