@@ -11,8 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bus.topics import Topics
 from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
-from offload.topics import Topics
 
 
 class GatewaySettings(BaseSettings):

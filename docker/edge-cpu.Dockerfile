@@ -15,6 +15,7 @@ WORKDIR /src
 # Dependencies first (cached layer), then the project itself (non-editable).
 COPY pyproject.toml README.md ./
 COPY models ./models
+COPY bus ./bus
 COPY offload ./offload
 COPY edge_agent ./edge_agent
 COPY cloud_gateway ./cloud_gateway

@@ -146,10 +146,10 @@ class Stack:
     def _enrol(self) -> str:
         """Enrol every agent and write the broker's passwd + acl; returns the mosquitto
         config lines that use them ("" in permissive mode)."""
+        from bus.topics import Topics
         from cloud_gateway.brokerconf import write_broker_config
         from cloud_gateway.db import open_db
         from cloud_gateway.enrolment import Enrolments
-        from offload.topics import Topics
         from simulators.broker import resolve_kind
 
         mosquitto = shutil.which("mosquitto")

@@ -17,10 +17,10 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
+from bus.broker import BrokerUrl, make_client
 from edge_agent.agent import EdgeAgent
 from edge_agent.settings import EdgeSettings
 from models.recipes import build_all
-from offload.mqtt import BrokerUrl, make_client
 
 
 @pytest.fixture(scope="session")
