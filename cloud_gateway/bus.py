@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 
 from bus.broker import BrokerUrl, make_client
 from bus.topics import Topics
-from models.logs import Outage
+from shell.logs import Outage
 
 log = logging.getLogger(__name__)
 

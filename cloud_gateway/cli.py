@@ -25,9 +25,9 @@ from cloud_gateway.schemas import Gates, RolloutRequest
 from cloud_gateway.settings import GatewaySettings
 from models.bundle_cli import add_install_parser, add_pack_parser
 from models.errors import EdgecloudError
-from models.logs import setup_logging
-from models.settings_cli import DefaultsHelpFormatter, annotate_settings_help
-from models.settings_errors import describe
+from shell.cli import DefaultsHelpFormatter, annotate_settings_help
+from shell.logs import setup_logging
+from shell.settings_errors import describe
 
 
 def _bool(text: str) -> bool:

@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.topics import Topics
-from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
+from shell.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
 
 
 class GatewaySettings(BaseSettings):

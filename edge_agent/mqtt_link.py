@@ -34,7 +34,7 @@ import paho.mqtt.client as mqtt
 from bus.broker import BrokerUrl, backoff_delays, make_client
 from bus.fast_client import FastClient
 from bus.frames import FrameEncoder
-from models.logs import Outage
+from shell.logs import Outage
 
 log = logging.getLogger(__name__)
 

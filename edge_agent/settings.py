@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from bus.topics import check_segment
 from edge_agent.bindings import Binding
 from models.errors import EdgecloudError, InvalidInput
-from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
+from shell.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
 
 
 def _default_agent_id() -> str:

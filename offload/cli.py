@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from models.errors import EdgecloudError
-from models.logs import setup_logging
-from models.settings_cli import annotate_settings_help
-from models.settings_errors import describe
 from offload.settings import OffloadSettings
+from shell.cli import annotate_settings_help
+from shell.logs import setup_logging
+from shell.settings_errors import describe
 
 
 def build_parser() -> argparse.ArgumentParser:

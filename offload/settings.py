@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
+from shell.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
 
 
 class OffloadSettings(BaseSettings):

@@ -28,7 +28,7 @@ import pytest
 from bus.broker import BrokerUrl, make_client
 from bus.readings import encode_binary
 from models.errors import ConfigError
-from models.settings_cli import given
+from shell.cli import given
 from simulators.broker import mqtt_handshake, resolve_kind, start_broker, wait_broker
 from simulators.cli import build_parser
 from simulators.procs import Managed, ProcessSet
