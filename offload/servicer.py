@@ -1,8 +1,9 @@
-"""``inference.GRPCInferenceService`` on grpc.aio: converts protobufs and calls the model store.
+"""``inference.GRPCInferenceService`` on grpc.aio: converts protobufs and calls the core.
 
-This is the only place an :class:`~models.errors.EdgecloudError` becomes a gRPC status
-(through :func:`offload.status.grpc_code`). Every error is counted and answered with a
-message that names the model, the tensor and what was expected; the server keeps serving.
+Validation, admission, batching, metrics and repository authorisation live in
+:class:`offload.core.InferenceCore`, shared with the HTTP routes; this module only maps
+protobufs to core calls and an :class:`~models.errors.EdgecloudError` to a gRPC status
+(through :func:`offload.status.grpc_code`, the one table).
 """
 
 from __future__ import annotations
@@ -11,76 +12,66 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from importlib.metadata import PackageNotFoundError, version
 
 import grpc
-from prometheus_client import Counter
+from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from models.errors import EdgecloudError, InvalidInput, Unavailable
-from offload.batcher import Arrays
-from offload.codec import SERVER_TIME_PARAM, TIMING_PARAM, request_arrays
-from offload.model_store import LoadedModel, ModelStore
+from models.errors import EdgecloudError
+from offload.codec import SERVER_TIME_PARAM, TIMING_PARAM, TensorIn, request_tensors
+from offload.core import SERVER_NAME, InferenceCore, InferResult, version_number
 from offload.status import grpc_code
 
 log = logging.getLogger(__name__)
 
-SERVER_NAME = "edgecloud-offload"
-
-
-def _server_version() -> str:
-    try:
-        return version("edgecloud")
-    except PackageNotFoundError:
-        return "0"
+__all__ = ["SERVER_NAME", "InferenceServicer"]
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """KServe V2 / Triton gRPC surface over a :class:`ModelStore`."""
+    """KServe V2 / Triton gRPC surface over an :class:`InferenceCore`."""
 
-    def __init__(self, store: ModelStore, rejected: Counter) -> None:
-        self._store = store
-        self._rejected = rejected
-        self.accepting = True
-        self._metadata = service_pb2.ServerMetadataResponse(
-            name=SERVER_NAME,
-            version=_server_version(),
-            extensions=["model_repository", "model_configuration", "binary_tensor_data"],
+    def __init__(self, core: InferenceCore, max_stream_pending: int = 256) -> None:
+        self._core = core
+        self._max_stream_pending = max_stream_pending
+        self._metadata = json_format.ParseDict(
+            core.server_metadata(), service_pb2.ServerMetadataResponse()
         )
+
+    @property
+    def accepting(self) -> bool:
+        return self._core.accepting
 
     # -- health -----------------------------------------------------------------------
     async def ServerLive(self, request, context):  # type: ignore[no-untyped-def]
         return service_pb2.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):  # type: ignore[no-untyped-def]
-        return service_pb2.ServerReadyResponse(ready=self.accepting)
+        return service_pb2.ServerReadyResponse(ready=self._core.accepting)
 
     async def ModelReady(self, request, context):  # type: ignore[no-untyped-def]
-        try:
-            self._store.get(request.name, request.version)
-        except EdgecloudError:
-            return service_pb2.ModelReadyResponse(ready=False)
-        return service_pb2.ModelReadyResponse(ready=self.accepting)
+        return service_pb2.ModelReadyResponse(
+            ready=self._core.model_ready(request.name, request.version)
+        )
 
     async def ServerMetadata(self, request, context):  # type: ignore[no-untyped-def]
         return self._metadata
 
     async def ModelMetadata(self, request, context):  # type: ignore[no-untyped-def]
         model = await self._model(request.name, request.version, context)
-        response = service_pb2.ModelMetadataResponse(
-            name=model.name,
-            versions=[str(v) for v in self._store.ready_versions(model.name)],
-            platform=model.platform,
+        return json_format.ParseDict(
+            self._core.model_metadata(model), service_pb2.ModelMetadataResponse()
         )
-        for spec in model.inputs:
-            response.inputs.add(name=spec.name, datatype=spec.dtype, shape=spec.shape)
-        for spec in model.outputs:
-            response.outputs.add(name=spec.name, datatype=spec.dtype, shape=spec.shape)
-        return response
 
     async def ModelConfig(self, request, context):  # type: ignore[no-untyped-def]
         model = await self._model(request.name, request.version, context)
         return service_pb2.ModelConfigResponse(config=model.config_proto)
+
+    async def ModelStatistics(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            stats = self._core.statistics(request.name, request.version)
+        except EdgecloudError as exc:
+            await context.abort(grpc_code(exc), exc.message)
+        return json_format.ParseDict({"model_stats": stats}, service_pb2.ModelStatisticsResponse())
 
     # -- inference --------------------------------------------------------------------
     async def ModelInfer(self, request, context):  # type: ignore[no-untyped-def]
@@ -89,83 +80,55 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         try:
-            response = await self._infer(model, request, deadline, started)
+            result = await self._core.infer(
+                model,
+                lambda: _parse(request),
+                nbytes=request.ByteSize(),
+                deadline=deadline,
+                started=started,
+            )
         except EdgecloudError as exc:
-            model.metrics.failed(grpc_code(exc).name)
             await context.abort(grpc_code(exc), exc.message)
-        model.metrics.ok(time.perf_counter() - started)
-        return response
-
-    async def _infer(
-        self,
-        model: LoadedModel,
-        request: service_pb2.ModelInferRequest,
-        deadline: float | None,
-        started: float,
-    ) -> service_pb2.ModelInferResponse:
-        if not self.accepting:
-            raise Unavailable("server is shutting down")
-        if request.outputs:
-            unknown = [o.name for o in request.outputs if o.name not in model.output_names]
-            if unknown:
-                raise InvalidInput(
-                    f"unknown output {unknown[0]!r}; {model.name} has {list(model.output_names)}"
-                )
-        outputs = await model.infer(request_arrays(request), deadline)
-        return self._response(model, request, outputs, started)
-
-    @staticmethod
-    def _response(
-        model: LoadedModel,
-        request: service_pb2.ModelInferRequest,
-        outputs: Arrays,
-        started: float,
-    ) -> service_pb2.ModelInferResponse:
-        response = service_pb2.ModelInferResponse(
-            model_name=model.name, model_version=model.version_str, id=request.id
-        )
-        names = [o.name for o in request.outputs] if request.outputs else model.output_names
-        for name, spec in zip(model.output_names, model.outputs, strict=True):
-            if name not in names:
-                continue
-            array = outputs[name]
-            tensor = response.outputs.add()
-            tensor.name = name
-            tensor.datatype = spec.dtype
-            tensor.shape.extend(array.shape)
-            response.raw_output_contents.append(array.tobytes())
-        if TIMING_PARAM in request.parameters:
-            elapsed_us = int((time.perf_counter() - started) * 1e6)
-            response.parameters[SERVER_TIME_PARAM].int64_param = elapsed_us
-        return response
+        return _response(request, result, started)
 
     async def ModelStreamInfer(  # type: ignore[no-untyped-def]
         self, request_iterator, context
     ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
-        """Triton stream framing: each answer is ``infer_response`` or ``error_message``."""
-        out: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
+        """Triton stream framing: each answer is ``infer_response`` or ``error_message``.
+
+        At most ``max_stream_pending`` requests of one stream are in progress; beyond that
+        the reader stops reading (gRPC flow control pushes back on the client), so a fast
+        writer cannot grow the server's queues without bound.
+        """
+        limit = self._max_stream_pending
+        out: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue(limit + 1)
+        slots = asyncio.Semaphore(limit)
         pending: set[asyncio.Task[None]] = set()
 
         async def one(request: service_pb2.ModelInferRequest) -> None:
             started = time.perf_counter()
             try:
-                model = self._store.get(request.model_name, request.model_version)
-            except EdgecloudError as exc:
-                self._rejected.labels(grpc_code(exc).name).inc()
-                await out.put(_stream_error(request, exc))
-                return
-            try:
-                response = await self._infer(model, request, None, started)
-            except EdgecloudError as exc:
-                model.metrics.failed(grpc_code(exc).name)
-                await out.put(_stream_error(request, exc))
-                return
-            model.metrics.ok(time.perf_counter() - started)
-            await out.put(service_pb2.ModelStreamInferResponse(infer_response=response))
+                try:
+                    model = self._core.model(request.model_name, request.model_version)
+                    result = await self._core.infer(
+                        model,
+                        lambda: _parse(request),
+                        nbytes=request.ByteSize(),
+                        deadline=None,
+                        started=started,
+                    )
+                except EdgecloudError as exc:
+                    await out.put(_stream_error(request, exc))
+                    return
+                response = _response(request, result, started)
+                await out.put(service_pb2.ModelStreamInferResponse(infer_response=response))
+            finally:
+                slots.release()
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    await slots.acquire()
                     task = asyncio.create_task(one(request))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
@@ -185,38 +148,70 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # -- repository -------------------------------------------------------------------
     async def RepositoryIndex(self, request, context):  # type: ignore[no-untyped-def]
-        response = service_pb2.RepositoryIndexResponse()
-        for entry in self._store.index():
-            if request.ready and entry.state != "READY":
-                continue
-            response.models.add(
-                name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
-            )
-        return response
+        return json_format.ParseDict(
+            {"models": self._core.index(request.ready)}, service_pb2.RepositoryIndexResponse()
+        )
 
     async def RepositoryModelLoad(self, request, context):  # type: ignore[no-untyped-def]
         try:
-            await self._store.load(request.model_name, _version_param(request.parameters))
+            await self._core.load(
+                request.model_name, _version_param(request.parameters), **_caller(context)
+            )
         except EdgecloudError as exc:
             await context.abort(grpc_code(exc), exc.message)
         return service_pb2.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):  # type: ignore[no-untyped-def]
         try:
-            await self._store.unload(request.model_name, _version_param(request.parameters))
+            await self._core.unload(
+                request.model_name, _version_param(request.parameters), **_caller(context)
+            )
         except EdgecloudError as exc:
             await context.abort(grpc_code(exc), exc.message)
         return service_pb2.RepositoryModelUnloadResponse()
 
-    async def _model(
-        self, name: str, version: str, context: grpc.aio.ServicerContext
-    ) -> LoadedModel:
+    async def _model(self, name: str, version: str, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         try:
-            return self._store.get(name, version)
+            return self._core.model(name, version)
         except EdgecloudError as exc:
-            self._rejected.labels(grpc_code(exc).name).inc()
             await context.abort(grpc_code(exc), exc.message)
             raise  # unreachable: abort raises
+
+
+def _parse(
+    request: service_pb2.ModelInferRequest,
+) -> tuple[list[TensorIn], list[str]]:
+    return request_tensors(request), [o.name for o in request.outputs]
+
+
+def _response(
+    request: service_pb2.ModelInferRequest, result: InferResult, started: float
+) -> service_pb2.ModelInferResponse:
+    model = result.model
+    response = service_pb2.ModelInferResponse(
+        model_name=model.name, model_version=model.version_str, id=request.id
+    )
+    for out in result.outputs:
+        tensor = response.outputs.add()
+        tensor.name = out.name
+        tensor.datatype = out.datatype
+        tensor.shape.extend(out.array.shape)
+        response.raw_output_contents.append(out.array.tobytes())
+    if TIMING_PARAM in request.parameters:
+        elapsed_us = int((time.perf_counter() - started) * 1e6)
+        response.parameters[SERVER_TIME_PARAM].int64_param = elapsed_us
+    return response
+
+
+def _caller(context: grpc.aio.ServicerContext) -> dict[str, str | None]:
+    """The credentials a repository call came with: bearer metadata, verified client CN."""
+    authorization = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            authorization = value if isinstance(value, str) else value.decode("latin-1")
+    names = (context.auth_context() or {}).get("x509_common_name") or []
+    subject = names[0].decode("utf-8", "replace") if names else None
+    return {"authorization": authorization, "subject": subject}
 
 
 def _stream_error(
@@ -236,8 +231,4 @@ def _version_param(parameters: object) -> int | None:
     if param is None:
         return None
     kind = param.WhichOneof("parameter_choice")
-    raw = getattr(param, kind) if kind else None
-    try:
-        return int(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InvalidInput(f"parameter 'version' must be an integer, got {raw!r}") from None
+    return version_number(getattr(param, kind) if kind else None)

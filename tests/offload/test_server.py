@@ -17,7 +17,7 @@ import tritonclient.grpc.aio as tga
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.offload.conftest import ServerProcess
+from tests.offload.conftest import ADMIN, ServerProcess
 from tests.offload.graphs import WIDTH, affine_model
 
 
@@ -162,22 +162,22 @@ def test_load_and_unload_through_repository_rpcs(tmp_path: Path) -> None:
         affine_model(repo / "fresh" / "1" / "model.onnx", 7)
         affine_model(repo / "affine" / "3" / "model.onnx", 3)
         assert not client.is_model_ready("fresh")
-        client.load_model("fresh")
-        client.load_model("affine")
+        client.load_model("fresh", headers=ADMIN)
+        client.load_model("affine", headers=ADMIN)
         x = rows(2)
         np.testing.assert_allclose(client.infer("fresh", [make_input(x)]).as_numpy("y"), x * 2 + 7)
         np.testing.assert_allclose(client.infer("affine", [make_input(x)]).as_numpy("y"), x * 2 + 3)
-        client.unload_model("affine")
+        client.unload_model("affine", headers=ADMIN)
         assert not client.is_model_ready("affine")
         with pytest.raises(InferenceServerException, match="not loaded"):
             client.infer("affine", [make_input(x)])
         index = {(m.name, m.version): m.state for m in client.get_model_repository_index().models}
         assert index[("affine", "1")] == "UNAVAILABLE" and index[("fresh", "1")] == "READY"
         shutil.rmtree(repo / "affine" / "3")
-        client.load_model("affine")
+        client.load_model("affine", headers=ADMIN)
         assert client.get_model_metadata("affine").versions == ["1"]
         with pytest.raises(InferenceServerException, match="ghost"):
-            client.load_model("ghost")
+            client.load_model("ghost", headers=ADMIN)
     finally:
         assert proc.terminate() == 0
 
