@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tritonclient.grpc as tg
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
 
 from offload.metrics import TRITON_FAMILIES, ServerMetrics
 from tests.offload.conftest import ServerProcess
@@ -32,10 +34,8 @@ def test_scrape_has_triton_names_types_and_labels(server: ServerProcess) -> None
         client.infer("affine", [tensor], model_version="1")
     bad = tg.InferInput("x", [1, WIDTH + 1], "FP32")
     bad.set_data_from_numpy(np.ones((1, WIDTH + 1), np.float32))
-    try:
+    with pytest.raises(InferenceServerException):  # one failure, counted
         client.infer("affine", [bad], model_version="1")
-    except Exception:
-        pass
 
     text = server.metrics()
     # Triton's exposition: counters without a _total suffix, as Triton dashboards query them.
