@@ -21,7 +21,7 @@ import numpy as np
 
 from models.errors import EdgecloudError, InvalidInput, Unavailable
 from offload.admin import AdminPolicy
-from offload.admission import BytesInFlight
+from offload.admission import BytesInFlight, Reservation
 from offload.codec import TensorIn
 from offload.loaded_model import LoadedModel
 from offload.metrics import ServerMetrics
@@ -139,27 +139,35 @@ class InferenceCore:
         ]
 
     # -- inference ----------------------------------------------------------------------
+    def admit(self, nbytes: int) -> Reservation:
+        """Reserve a request's bytes before it is parsed; over budget: Overloaded, counted."""
+        try:
+            return self._admission.reserve(nbytes)
+        except EdgecloudError as exc:
+            self.reject(exc)
+            raise
+
     async def infer(
         self,
         model: LoadedModel,
         parse: Parse,
         *,
-        nbytes: int,
+        reservation: Reservation,
         deadline: float | None,
         started: float,
     ) -> InferResult:
         """Admit, validate, decode, batch; every outcome is counted on ``model``.
 
-        ``parse`` turns the transport's request into (tensors, requested output names); it
-        runs after admission (the HTTP transport reads its body in it), so its failures
-        (malformed bytes) are counted like any other bad input.
+        ``reservation`` is the request's admission (:meth:`admit`), released here. ``parse``
+        turns the transport's request into (tensors, requested output names); the HTTP
+        transport reads its body in it, so its failures (malformed bytes) are counted like
+        any other bad input.
         """
         try:
-            self._admission.acquire(nbytes)
             try:
                 result = await self._infer(model, parse, deadline)
             finally:
-                self._admission.release(nbytes)
+                reservation.release()
         except EdgecloudError as exc:
             model.metrics.failed(exc.status.value, time.perf_counter() - started)
             raise

@@ -99,6 +99,9 @@ class V2Routes:
             if exc.status < 400:
                 raise
             return error_response(exc.status, exc.reason or "error")
+        except Exception as exc:  # a bug: still one JSON line, and the traceback in the log
+            log.exception("%s %s failed", request.method, request.path)
+            return error_response(500, f"internal error: {type(exc).__name__}")
 
     @web.middleware
     async def _client_cert(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -162,7 +165,10 @@ class V2Routes:
             body = await request.read()
             return parsed.parse(body, request.headers.get(HEADER_LENGTH))
 
-        result = await self._core.infer(model, parse, nbytes=nbytes, deadline=None, started=started)
+        reservation = self._core.admit(nbytes)  # before the body is read
+        result = await self._core.infer(
+            model, parse, reservation=reservation, deadline=None, started=started
+        )
         return parsed.response(result)
 
     # -- repository --------------------------------------------------------------------

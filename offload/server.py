@@ -17,7 +17,6 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from tritonclient.grpc import service_pb2_grpc
 
 from models.backends import BackendOptions
 from offload.admin import AdminPolicy
@@ -103,7 +102,7 @@ class OffloadServer:
                 ("grpc.server.max_pending_requests_hard_limit", max(30_000, 6 * s.max_queue)),
             ],
         )
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        server.add_generic_rpc_handlers((self.servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         address = f"{s.host}:{s.grpc_port}"
         if credentials is None:

@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from models.errors import EdgecloudError
+from models.errors import EdgecloudError, InvalidInput
+from offload.admission import Reservation
 from offload.codec import SERVER_TIME_PARAM, TIMING_PARAM, TensorIn, request_tensors
 from offload.core import SERVER_NAME, InferenceCore, InferResult, version_number
 from offload.status import grpc_code
@@ -73,17 +75,62 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc_code(exc), exc.message)
         return json_format.ParseDict({"model_stats": stats}, service_pb2.ModelStatisticsResponse())
 
+    # -- registration -----------------------------------------------------------------
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's handlers; inference requests are admitted by size before parsing.
+
+        Same table as the generated ``add_GRPCInferenceServiceServicer_to_server`` except
+        for the request deserializer of ModelInfer and ModelStreamInfer (:meth:`_admit`).
+        """
+        service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+        handlers = {}
+        for method in service.methods:
+            request_cls = getattr(service_pb2, method.input_type.name)
+            response_cls = getattr(service_pb2, method.output_type.name)
+            admitted = request_cls is service_pb2.ModelInferRequest
+            kind = {
+                (False, False): grpc.unary_unary_rpc_method_handler,
+                (False, True): grpc.unary_stream_rpc_method_handler,
+                (True, False): grpc.stream_unary_rpc_method_handler,
+                (True, True): grpc.stream_stream_rpc_method_handler,
+            }[(method.client_streaming, method.server_streaming)]
+            handlers[method.name] = kind(
+                getattr(self, method.name),
+                request_deserializer=self._admit if admitted else request_cls.FromString,
+                response_serializer=response_cls.SerializeToString,
+            )
+        return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+    def _admit(self, data: bytes) -> _Admitted | _Refused:
+        """Reserve the message's size before the protobuf is parsed (no copy when refused)."""
+        try:
+            reservation = self._core.admit(len(data))
+        except EdgecloudError as exc:
+            return _Refused(exc)
+        try:
+            return _Admitted(service_pb2.ModelInferRequest.FromString(data), reservation)
+        except DecodeError:
+            reservation.release()
+            return _Refused(InvalidInput("request is not a valid ModelInferRequest protobuf"))
+
     # -- inference --------------------------------------------------------------------
-    async def ModelInfer(self, request, context):  # type: ignore[no-untyped-def]
+    async def ModelInfer(self, admitted, context):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
-        model = await self._model(request.model_name, request.model_version, context)
+        if isinstance(admitted, _Refused):
+            await context.abort(grpc_code(admitted.error), admitted.error.message)
+        request, reservation = admitted.message, admitted.reservation
+        try:
+            model = self._core.model(request.model_name, request.model_version)
+        except EdgecloudError as exc:
+            reservation.release()
+            await context.abort(grpc_code(exc), exc.message)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         try:
             result = await self._core.infer(
                 model,
                 lambda: _parse(request),
-                nbytes=request.ByteSize(),
+                reservation=reservation,
                 deadline=deadline,
                 started=started,
             )
@@ -105,15 +152,24 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         slots = asyncio.Semaphore(limit)
         pending: set[asyncio.Task[None]] = set()
 
-        async def one(request: service_pb2.ModelInferRequest) -> None:
+        async def one(admitted: _Admitted | _Refused) -> None:
             started = time.perf_counter()
             try:
+                if isinstance(admitted, _Refused):
+                    empty = service_pb2.ModelInferRequest()
+                    await out.put(_stream_error(empty, admitted.error))
+                    return
+                request, reservation = admitted.message, admitted.reservation
                 try:
-                    model = self._core.model(request.model_name, request.model_version)
+                    try:
+                        model = self._core.model(request.model_name, request.model_version)
+                    except EdgecloudError:
+                        reservation.release()
+                        raise
                     result = await self._core.infer(
                         model,
                         lambda: _parse(request),
-                        nbytes=request.ByteSize(),
+                        reservation=reservation,
                         deadline=None,
                         started=started,
                     )
@@ -176,6 +232,25 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         except EdgecloudError as exc:
             await context.abort(grpc_code(exc), exc.message)
             raise  # unreachable: abort raises
+
+
+class _Admitted:
+    """A parsed inference request and its admission (released when answered)."""
+
+    __slots__ = ("message", "reservation")
+
+    def __init__(self, message: service_pb2.ModelInferRequest, reservation: Reservation) -> None:
+        self.message = message
+        self.reservation = reservation
+
+
+class _Refused:
+    """An inference request refused before parsing; the handler answers with ``error``."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: EdgecloudError) -> None:
+        self.error = error
 
 
 def _parse(
