@@ -79,7 +79,7 @@ class Gateway:
         self.bus: Bus | None = None
         self.port = settings.port
         self.cloud = (
-            CloudTier(settings.cloud, settings.cloud_repository, self.trusted_keys, self.executor)
+            CloudTier.from_settings(settings, self.trusted_keys, self.executor)
             if settings.cloud
             else None
         )
