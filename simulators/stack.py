@@ -182,6 +182,7 @@ class Stack:
             "--host", "127.0.0.1",
             "--grpc-port", str(self.offload_port),
             "--metrics-port", "-1",
+            "--http-port", "-1",
             "--backend", "onnxruntime",
             "--workers", str(self.spec.offload_workers),
             "--grace-s", "1",
