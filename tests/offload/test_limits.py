@@ -194,3 +194,34 @@ def test_reservations_release_once_even_when_dropped() -> None:
     assert budget.in_flight == 0
     budget.reserve(100)  # dropped without release (a cancelled call): freed when collected
     assert budget.in_flight == 0
+
+
+def test_stream_with_one_pending_slot_answers_everything(repository: Path) -> None:
+    """--max-stream-pending 1: the server reads one request at a time, loses none."""
+    import queue
+
+    import tritonclient.grpc as tg
+
+    proc = ServerProcess(repository, "--max-stream-pending", "1", "--log-level", "WARNING")
+    try:
+        client = tg.InferenceServerClient(proc.target)
+        answers: queue.Queue[tuple[object, object]] = queue.Queue()
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        try:
+            for i in range(50):
+                x = np.full((1, 4), i, np.float32)
+                t = tg.InferInput("x", [1, 4], "FP32")
+                t.set_data_from_numpy(x)
+                client.async_stream_infer("affine", [t], request_id=str(i), model_version="1")
+            got = {}
+            for _ in range(50):
+                result, error = answers.get(timeout=20)
+                assert error is None, error
+                got[result.get_response().id] = result.as_numpy("y")  # type: ignore[attr-defined]
+        finally:
+            client.stop_stream()
+        assert sorted(got, key=int) == [str(i) for i in range(50)]
+        for i, y in got.items():
+            np.testing.assert_allclose(y, np.full((1, 4), int(i) * 2 + 1, np.float32))
+    finally:
+        assert proc.terminate() == 0
