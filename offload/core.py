@@ -213,23 +213,31 @@ class InferenceCore:
             raise
 
     async def load(
-        self, name: str, version: int | None, *, authorization: str | None, subject: str | None
+        self, name: str, version: object, *, authorization: str | None, subject: str | None
     ) -> list[int]:
+        """Load ``name`` (one version when ``version`` is given, as the transport got it).
+
+        The caller is authorised before anything of the request is interpreted.
+        """
         who = self.authorize_admin(authorization, subject)
-        if not name:
-            raise InvalidInput("model name is empty")
-        versions = await self.store.load(name, version)
-        log.info("load %s%s by %s", name, "" if version is None else f":{version}", who)
+        number = self._control_args(name, version)
+        versions = await self.store.load(name, number)
+        log.info("load %s%s by %s", name, "" if number is None else f":{number}", who)
         return versions
 
     async def unload(
-        self, name: str, version: int | None, *, authorization: str | None, subject: str | None
+        self, name: str, version: object, *, authorization: str | None, subject: str | None
     ) -> None:
         who = self.authorize_admin(authorization, subject)
+        number = self._control_args(name, version)
+        await self.store.unload(name, number)
+        log.info("unload %s%s by %s", name, "" if number is None else f":{number}", who)
+
+    @staticmethod
+    def _control_args(name: str, version: object) -> int | None:
         if not name:
             raise InvalidInput("model name is empty")
-        await self.store.unload(name, version)
-        log.info("unload %s%s by %s", name, "" if version is None else f":{version}", who)
+        return version_number(version)
 
 
 def version_number(raw: object) -> int | None:

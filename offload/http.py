@@ -28,7 +28,7 @@ from aiohttp import web
 
 from models.errors import HTTP_STATUS, ConfigError, EdgecloudError, InvalidInput, Unauthenticated
 from offload.codec import DATATYPES, TensorIn
-from offload.core import InferenceCore, InferResult, version_number
+from offload.core import InferenceCore, InferResult
 from offload.tls import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class V2Routes:
         await self._core.unload(name, version, **caller)
         return web.json_response({})
 
-    async def _control(self, request: web.Request) -> tuple[str, int | None, dict[str, str | None]]:
+    async def _control(self, request: web.Request) -> tuple[str, object, dict[str, str | None]]:
         # Authenticate before reading or trusting the body.
         caller = {
             "authorization": request.headers.get("Authorization"),
@@ -208,7 +208,7 @@ class V2Routes:
         params = body.get("parameters", {})
         if not isinstance(params, dict):
             raise InvalidInput("'parameters' must be an object")
-        return request.match_info["model"], version_number(params.get("version")), caller
+        return request.match_info["model"], params.get("version"), caller
 
 
 class _HttpInfer:

@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from models.errors import EdgecloudError, InvalidInput
 from offload.admission import Reservation
 from offload.codec import SERVER_TIME_PARAM, TIMING_PARAM, TensorIn, request_tensors
-from offload.core import SERVER_NAME, InferenceCore, InferResult, version_number
+from offload.core import SERVER_NAME, InferenceCore, InferResult
 from offload.status import grpc_code
 
 log = logging.getLogger(__name__)
@@ -300,10 +300,11 @@ def _stream_error(
     )
 
 
-def _version_param(parameters: object) -> int | None:
-    """Our extension: a ``version`` parameter loads or unloads one version only."""
+def _version_param(parameters: object) -> object:
+    """Our extension: a ``version`` parameter loads or unloads one version only (raw value;
+    the core parses it after authorising the caller)."""
     param = parameters.get("version") if hasattr(parameters, "get") else None  # type: ignore[union-attr]
     if param is None:
         return None
     kind = param.WhichOneof("parameter_choice")
-    return version_number(getattr(param, kind) if kind else None)
+    return getattr(param, kind) if kind else None

@@ -136,3 +136,21 @@ def test_admin_client_certificate_over_mutual_tls(tmp_path: Path, repository: Pa
         asyncio.run(gateway_load())
     finally:
         assert proc.terminate() == 0
+
+
+def test_caller_is_authenticated_before_the_request_is_read(server: ServerProcess) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.RepositoryModelUnloadRequest(model_name="affine")
+    request.parameters["version"].string_param = "not-a-number"
+    with grpc.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.RepositoryModelUnload(request, timeout=10)
+        assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as exc:
+            stub.RepositoryModelUnload(request, timeout=10, metadata=tuple(ADMIN.items()))
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "must be an integer" in (exc.value.details() or "")
+    assert tg.InferenceServerClient(server.target).is_model_ready("affine", "1")
