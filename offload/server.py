@@ -81,11 +81,21 @@ class OffloadServer:
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, self.settings.host, port, ssl_context=ssl_context)  # type: ignore[arg-type]
-        await site.start()
-        server = site._server  # the bound socket: port 0 picks a free one
-        return int(server.sockets[0].getsockname()[1]) if server is not None else port  # type: ignore[union-attr]
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OSError(f"cannot bind HTTP to {self.settings.host}:{port}: {exc}") from exc
+        return int(runner.addresses[0][1])  # the bound port: 0 picks a free one
 
     async def start(self) -> None:
+        """Load the repository and bind every port; on any failure release what started."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         tls = TlsFiles(s.tls_cert, s.tls_key, s.tls_ca)
         credentials = server_credentials(tls)
@@ -111,8 +121,8 @@ class OffloadServer:
             self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC to {address}")
-        await server.start()
         self._server = server
+        await server.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if s.http_port >= 0:
