@@ -64,9 +64,10 @@ def test_http_port_in_use_is_one_error_line(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
+        cmd = [sys.executable, "-m", "offload", "--repository", str(tmp_path)]
+        cmd += ["--grpc-port", str(free_port()), "--metrics-port", "-1", "--http-port", str(port)]
         result = subprocess.run(
-            [sys.executable, "-m", "offload", "--repository", str(tmp_path)]
-            + ["--grpc-port", str(free_port()), "--metrics-port", "-1", "--http-port", str(port)],
+            cmd,
             capture_output=True,
             text=True,
             timeout=60,
