@@ -45,8 +45,17 @@ def _server_version() -> str:
         return "0"
 
 
-Parsed = tuple[Sequence[TensorIn], Sequence[str]]
-#: A transport's request -> (input tensors, requested output names); may be async.
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A transport's request, decoded only as far as its metadata."""
+
+    tensors: Sequence[TensorIn]
+    outputs: Sequence[str] = ()
+    #: Triton's ``timeout`` request parameter (microseconds), if the client sent one.
+    timeout_us: int | None = None
+
+
+#: A transport's request -> :class:`Parsed`; may be async (HTTP reads its body in it).
 Parse = Callable[[], Parsed | Awaitable[Parsed]]
 
 
@@ -159,9 +168,10 @@ class InferenceCore:
         """Admit, validate, decode, batch; every outcome is counted on ``model``.
 
         ``reservation`` is the request's admission (:meth:`admit`), released here. ``parse``
-        turns the transport's request into (tensors, requested output names); the HTTP
-        transport reads its body in it, so its failures (malformed bytes) are counted like
-        any other bad input.
+        turns the transport's request into :class:`Parsed`; the HTTP transport reads its
+        body in it, so its failures (malformed bytes) are counted like any other bad input.
+        ``deadline`` (monotonic) is the transport's own; a ``timeout`` parameter in the
+        request can only make it earlier.
         """
         try:
             try:
@@ -182,8 +192,12 @@ class InferenceCore:
     ) -> InferResult:
         if not self.accepting:
             raise Unavailable("server is shutting down")
-        parsed = parse()
-        tensors, outputs = (await parsed) if inspect.isawaitable(parsed) else parsed
+        pending = parse()
+        parsed = (await pending) if inspect.isawaitable(pending) else pending
+        tensors, outputs = parsed.tensors, parsed.outputs
+        if parsed.timeout_us is not None:
+            asked = time.monotonic() + parsed.timeout_us / 1e6
+            deadline = asked if deadline is None else min(deadline, asked)
         if outputs:
             unknown = [o for o in outputs if o not in model.output_names]
             if unknown:

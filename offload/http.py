@@ -28,7 +28,7 @@ from aiohttp import web
 
 from models.errors import HTTP_STATUS, ConfigError, EdgecloudError, InvalidInput, Unauthenticated
 from offload.codec import DATATYPES, TensorIn
-from offload.core import InferenceCore, InferResult
+from offload.core import InferenceCore, InferResult, Parsed
 from offload.tls import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class V2Routes:
             nbytes = self._max_body  # unknown length (chunked): reserve the most it may be
         parsed = _HttpInfer()
 
-        async def parse() -> tuple[list[TensorIn], list[str]]:
+        async def parse() -> Parsed:
             body = await request.read()
             header = request.headers.get(HEADER_LENGTH)
             json_bytes = len(body) if header is None or not header.isdigit() else int(header)
@@ -219,7 +219,7 @@ class _HttpInfer:
         self.binary_default = False
         self.binary: dict[str, bool] = {}
 
-    def parse(self, body: bytes, header_length: str | None) -> tuple[list[TensorIn], list[str]]:
+    def parse(self, body: bytes, header_length: str | None) -> Parsed:
         if header_length is None:
             head, tail = body, b""
         else:
@@ -240,6 +240,11 @@ class _HttpInfer:
             self.id = rid
         params = _object(doc.get("parameters"), "parameters")
         self.binary_default = params.get("binary_data_output") is True
+        timeout = params.get("timeout")
+        if timeout is not None and (
+            not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0
+        ):
+            raise InvalidInput("parameter 'timeout' must be a non-negative integer (microseconds)")
         inputs = doc.get("inputs")
         if not isinstance(inputs, list) or not inputs:
             raise InvalidInput("'inputs' must be a non-empty array")
@@ -264,7 +269,7 @@ class _HttpInfer:
             if "binary_data" in oparams:
                 self.binary[item["name"]] = oparams["binary_data"] is True
             outputs.append(item["name"])
-        return tensors, outputs
+        return Parsed(tensors, outputs, timeout or None)  # Triton: 0 means no timeout
 
     def response(self, result: InferResult) -> web.Response:
         model = result.model

@@ -20,8 +20,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from models.errors import EdgecloudError, InvalidInput
 from offload.admission import Reservation
-from offload.codec import SERVER_TIME_PARAM, TIMING_PARAM, TensorIn, request_tensors
-from offload.core import SERVER_NAME, InferenceCore, InferResult
+from offload.codec import SERVER_TIME_PARAM, TIMING_PARAM, request_tensors
+from offload.core import SERVER_NAME, InferenceCore, InferResult, Parsed
 from offload.status import grpc_code
 
 log = logging.getLogger(__name__)
@@ -253,10 +253,16 @@ class _Refused:
         self.error = error
 
 
-def _parse(
-    request: service_pb2.ModelInferRequest,
-) -> tuple[list[TensorIn], list[str]]:
-    return request_tensors(request), [o.name for o in request.outputs]
+def _parse(request: service_pb2.ModelInferRequest) -> Parsed:
+    timeout = request.parameters.get("timeout")
+    timeout_us = None
+    if timeout is not None:
+        kind = timeout.WhichOneof("parameter_choice")
+        value = getattr(timeout, kind) if kind else None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidInput("parameter 'timeout' must be a non-negative integer (microseconds)")
+        timeout_us = value or None  # Triton: 0 means no timeout
+    return Parsed(request_tensors(request), [o.name for o in request.outputs], timeout_us)
 
 
 def _response(
