@@ -11,6 +11,7 @@ import numpy as np
 
 from edge_agent.registry import Loaded
 from models.errors import EdgecloudError
+from models.servable import to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,10 @@ def run_and_complete(done: BatchDone, complete: Callable[[BatchDone], None] | No
     if done.superseded:
         return
     try:
-        x = np.stack([r.window for r in done.requests])
+        spec = loaded.manifest.inputs[0]
+        x = to_model_input(np.stack([r.window for r in done.requests]), spec.shape)
         t0 = time.perf_counter()
-        done.outputs = loaded.backend.infer({loaded.manifest.inputs[0].name: x})
+        done.outputs = loaded.backend.infer({spec.name: x})
         done.compute_s = time.perf_counter() - t0
     except Exception as exc:  # every request still gets exactly one (error) result
         done.error = exc.reason if isinstance(exc, EdgecloudError) else type(exc).__name__

@@ -34,6 +34,7 @@ import numpy as np
 from edge_agent.batch import BatchDone, answered_by
 from edge_agent.registry import Loaded
 from models.errors import BackendError, EdgecloudError
+from models.servable import to_model_input
 
 if TYPE_CHECKING:
     from edge_agent.dispatch import Dispatcher
@@ -129,11 +130,12 @@ class Escalator:
         reqs = rest.requests
         try:
             name, version = d.remote_target(loaded.manifest)
-            x = np.stack([r.window for r in reqs])
+            spec = loaded.manifest.inputs[0]
+            x = to_model_input(np.stack([r.window for r in reqs]), spec.shape)
             t0 = time.perf_counter()
             meta: dict[str, str] = {}
             outputs = await d.remote.infer(
-                name, version, {loaded.manifest.inputs[0].name: x}, deadline, answered_by=meta
+                name, version, {spec.name: x}, deadline, answered_by=meta
             )
             call_s = time.perf_counter() - t0
             out = outputs.get(loaded.manifest.postprocessing.output)

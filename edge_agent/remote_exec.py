@@ -17,6 +17,7 @@ import numpy as np
 from edge_agent.batch import BatchDone, Request, answered_by
 from edge_agent.registry import Loaded
 from models.errors import EdgecloudError
+from models.servable import to_model_input
 
 if TYPE_CHECKING:
     from edge_agent.dispatch import Dispatcher
@@ -64,12 +65,11 @@ async def run_remote(
     done = BatchDone(batch, loaded, "cloud", reason, now)
     try:
         name, version = d.remote_target(loaded.manifest)
-        x = np.stack([r.window for r in batch])
+        spec = loaded.manifest.inputs[0]
+        x = to_model_input(np.stack([r.window for r in batch]), spec.shape)
         t0 = time.perf_counter()
         meta: dict[str, str] = {}
-        call = d.remote.infer(
-            name, version, {loaded.manifest.inputs[0].name: x}, deadline, answered_by=meta
-        )
+        call = d.remote.infer(name, version, {spec.name: x}, deadline, answered_by=meta)
         if hedge:
             rtask = asyncio.ensure_future(call)
             await asyncio.wait([rtask, race], return_when=asyncio.FIRST_COMPLETED)
