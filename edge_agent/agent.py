@@ -45,6 +45,7 @@ from edge_agent.wiring import make_remote, make_topics, make_updater
 from models.errors import ConfigError, EdgecloudError, NotFound
 from models.manifest import Manifest
 from offload.mqtt import BrokerUrl
+from offload.tracing import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,16 @@ class EdgeAgent:
         self.demux = Demux(self.bindings, self.dead_letter)
         self.deadletters: Counter[str] = Counter()  # rejected before reaching a model
         self.pipelines: dict[str, Pipeline] = {}
+        self.tracer = (
+            Tracer(
+                s.otlp_endpoint,
+                "edge-agent",
+                sample_ratio=s.trace_sample_ratio,
+                attributes={"edgecloud.agent_id": s.agent_id, "edgecloud.site": s.site},
+            )
+            if s.otlp_endpoint
+            else None
+        )
         self._pinned: dict[str, int | None] = {}  # model -> version asked for at start
         self._deadletter_topic = self.topics.dead_letter(s.agent_id)
         self.link: MqttLink | None = None
@@ -140,6 +151,7 @@ class EdgeAgent:
             on_alert=self._on_alert,
             connected=lambda: self.broker_connected,
             topics_of=self.bindings.topics_of,
+            tracer=self.tracer,
         )
         self.pipelines[name] = p
         return p
@@ -443,6 +455,8 @@ class EdgeAgent:
                 await self.remote.close()
         if self.store is not None:
             self.store.stop()
+        if self.tracer is not None:
+            self.tracer.close()  # exports what is left
         self.telemetry.close()
 
 

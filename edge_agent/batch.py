@@ -12,6 +12,7 @@ import numpy as np
 from edge_agent.registry import Loaded
 from models.errors import EdgecloudError
 from models.servable import to_model_input
+from offload.tracing import SpanContext
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class Request:
     ``origin + slo``. Batching waits count from arrival, reported latency from origin.
     """
 
-    __slots__ = ("arrival", "deadline", "origin", "seq", "stream", "ts", "window")
+    __slots__ = ("arrival", "deadline", "origin", "seq", "stream", "trace", "ts", "window")
 
     def __init__(
         self,
@@ -45,6 +46,7 @@ class Request:
         self.arrival = arrival
         self.deadline = deadline
         self.origin = arrival if origin is None else origin
+        self.trace: SpanContext | None = None  # the request's root span when it is traced
 
 
 class BatchDone:
@@ -52,6 +54,7 @@ class BatchDone:
 
     __slots__ = (
         "answered_by",
+        "call_span",
         "compute_s",
         "dispatched",
         "error",
@@ -83,6 +86,8 @@ class BatchDone:
         # still waiting for a worker then skips its compute (device time is the scarce
         # resource during a burst). A plain bool: the worker only ever reads it.
         self.superseded = False
+        # The offload call's (span, start, end) when a traced request went to the cloud.
+        self.call_span: tuple[SpanContext, float, float] | None = None
 
 
 def answered_by(meta: dict[str, str], name: str, version: int | None) -> tuple[str, int | None]:

@@ -32,6 +32,7 @@ from edge_agent.windowing import StreamWindow
 from models.errors import InvalidInput
 from models.manifest import Manifest
 from offload.topics import StreamId, Topics
+from offload.tracing import Tracer
 
 if TYPE_CHECKING:
     from edge_agent.journal import Journal
@@ -90,6 +91,7 @@ class AgentCore:
         self._window = 0
         self._hop = 1
         self._deadletter_topic = topics.dead_letter(agent_id)
+        self.tracer: Tracer | None = None  # set by the agent with --otlp-endpoint
         self.journal: Journal | None = None  # set by the agent: QoS>=1 readings survive kill -9
         # While the journal replays, emitted windows are collected here instead of queued.
         self._capture: list[tuple[StreamWindow, np.ndarray, int, float | None]] | None = None
@@ -275,6 +277,8 @@ class AgentCore:
         if ts is None:
             ts = time.time()  # results always carry a ts; this one is ours
         req = Request(st, win, seq, ts, arrival, deadline, origin)
+        if self.tracer is not None:
+            req.trace = self.tracer.sample()
         if st.pending is not None:
             st.pending[seq] = req  # journaled stream: unanswered until its result is out
         self._pending.append(req)

@@ -93,6 +93,7 @@ class Dispatcher:
         self._timer_at = 0.0
         self.loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.tracer: Any = None  # offload.tracing.Tracer with --otlp-endpoint
         self.on_route: Callable[[str, str], None] = lambda route, reason: None
         self.on_fallback: Callable[[str], None] = lambda reason: None
         # Plain local batches publish through the cascade's second stage when it is on.

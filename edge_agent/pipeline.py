@@ -36,6 +36,7 @@ from models.manifest import Manifest
 from models.servable import to_model_input
 from offload.policy import OffloadBudget, ServiceTimeModel, make_policy
 from offload.topics import Topics
+from offload.tracing import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Pipeline:
         on_alert: Callable[[dict[str, Any]], None],
         connected: Callable[[], bool],
         topics_of: Callable[[str], str | None] = lambda name: None,
+        tracer: Tracer | None = None,
     ) -> None:
         s = self.settings = settings
         self._topics_of = topics_of
@@ -110,6 +112,8 @@ class Pipeline:
             deadline_from=s.deadline_from,
             max_clock_skew_s=s.max_clock_skew_s,
         )
+        self.tracer = tracer
+        self.core.tracer = tracer
         self.core.on_results = self._results
         self.core.on_alert = on_alert
         self.dispatcher: Dispatcher | None = None  # needs the running loop: start()
@@ -149,6 +153,7 @@ class Pipeline:
             remote_rtt=RemoteRtt(s.cloud_rtt_prior_ms / 1000.0, s.cloud_rtt_min_samples),
             on_escalation=self.stats.record_escalation,
         )
+        d.tracer = self.tracer
         d.on_route = self.stats.record_route
         d.on_fallback = self.stats.record_fallback
         self.dispatcher = d

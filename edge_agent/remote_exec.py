@@ -18,6 +18,7 @@ from edge_agent.batch import BatchDone, Request, answered_by
 from edge_agent.registry import Loaded
 from models.errors import EdgecloudError
 from models.servable import to_model_input
+from offload.tracing import traceparent
 
 if TYPE_CHECKING:
     from edge_agent.dispatch import Dispatcher
@@ -69,7 +70,17 @@ async def run_remote(
         x = to_model_input(np.stack([r.window for r in batch]), spec.shape)
         t0 = time.perf_counter()
         meta: dict[str, str] = {}
-        call = d.remote.infer(name, version, {spec.name: x}, deadline, answered_by=meta)
+        traced = next((r.trace for r in batch if r.trace is not None), None)
+        call_ctx = d.tracer.child(traced) if d.tracer is not None and traced else None
+        call_start = time.monotonic()
+        call = d.remote.infer(
+            name,
+            version,
+            {spec.name: x},
+            deadline,
+            answered_by=meta,
+            traceparent=traceparent(call_ctx) if call_ctx is not None else None,
+        )
         if hedge:
             rtask = asyncio.ensure_future(call)
             await asyncio.wait([rtask, race], return_when=asyncio.FIRST_COMPLETED)
@@ -83,6 +94,8 @@ async def run_remote(
         else:
             outputs = await call
         done.network_s = time.perf_counter() - t0
+        if call_ctx is not None:
+            done.call_span = (call_ctx, call_start, time.monotonic())
         done.outputs = outputs
         done.answered_by = answered_by(meta, name, version)
         d.rtt.observed()

@@ -231,6 +231,14 @@ class EdgeSettings(BaseSettings):
         description="The gateway's desired-state public key (.pub, or a directory of them): "
         "desired state not signed by it is refused.",
     )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry collector (OTLP/HTTP, e.g. http://127.0.0.1:4318): trace "
+        "sampled requests from the sensor through the offload call (off when unset).",
+    )
+    trace_sample_ratio: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="Share of requests traced (with --otlp-endpoint)."
+    )
     log_level: LogLevel = Field(default="INFO", description=LOG_LEVEL_HELP)
     log_format: LogFormat = Field(default="text", description=LOG_FORMAT_HELP)
 
