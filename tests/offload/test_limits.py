@@ -4,11 +4,13 @@ before batching, and a burst of large malformed requests is bounded in memory.""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import grpc
 import numpy as np
 import psutil
@@ -177,7 +179,27 @@ async def test_admission_refuses_beyond_the_byte_budget(motion_repo: Path) -> No
             assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "--max-inflight-bytes" in (exc.value.details() or "")
             await stub.ModelInfer(request(1), timeout=30)  # the budget was released
-        assert proc.metric("offload_rejected_requests_total", code="RESOURCE_EXHAUSTED") == 1
+        # HTTP: reserved from Content-Length before the body is read; 429 beyond the budget.
+        x = np.zeros((2, 100, 6), np.float32)
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "datatype": "FP32",
+                        "shape": [2, 100, 6],
+                        "parameters": {"binary_data_size": x.nbytes},
+                    }
+                ]
+            }
+        ).encode()
+        url = f"http://{proc.http_target}/v2/models/motion-cloud/infer"
+        async with aiohttp.ClientSession() as http:
+            headers = {"Inference-Header-Content-Length": str(len(head))}
+            async with http.post(url, data=head + x.tobytes(), headers=headers) as response:
+                assert response.status == 429
+                assert "--max-inflight-bytes" in (await response.json())["error"]
+        assert proc.metric("offload_rejected_requests_total", code="RESOURCE_EXHAUSTED") == 2
     finally:
         assert proc.terminate() == 0
 
