@@ -271,3 +271,29 @@ def test_repository_over_http_needs_an_admin(
         ADMIN,
     )
     assert status == 400 and "must be an integer" in doc["error"]  # type: ignore[index]
+
+
+async def test_readyz_and_v2_ready_turn_false_when_draining(repository: Path) -> None:
+    import aiohttp
+
+    from offload.server import serve
+    from offload.settings import OffloadSettings
+
+    settings = OffloadSettings(
+        repository=repository, grpc_port=0, http_port=0, metrics_port=-1, workers=1
+    )
+    async with serve(settings) as srv, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{srv.http_port}"
+        async with http.get(f"{base}/readyz") as response:
+            assert response.status == 200
+        srv.core.accepting = False  # what SIGTERM does first
+        async with http.get(f"{base}/readyz") as response:
+            assert response.status == 503 and (await response.json())["status"] == "draining"
+        async with http.get(f"{base}/v2/health/ready") as response:
+            assert response.status == 400
+        async with http.get(f"{base}/healthz") as response:
+            assert response.status == 200  # still alive
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.0] * 4}]}
+        async with http.post(f"{base}/v2/models/affine/infer", json=body) as response:
+            assert response.status == 503
+            assert (await response.json()) == {"error": "server is shutting down"}

@@ -216,3 +216,33 @@ def test_grpc_health_service(server: ServerProcess) -> None:
         with pytest.raises(grpc.RpcError) as exc:
             stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
         assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_sigterm_drains_in_flight_http_requests(repository: Path) -> None:
+    import aiohttp
+
+    proc = ServerProcess(repository, "--workers", "1", "--log-level", "WARNING")
+    url = f"http://{proc.http_target}"
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def slow(i: int) -> np.ndarray:
+                x = rows(1, seed=i)
+                body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, WIDTH]}]}
+                body["inputs"][0]["data"] = x.ravel().tolist()
+                async with http.post(f"{url}/v2/models/slow/infer", json=body) as response:
+                    assert response.status == 200, await response.text()
+                    doc = await response.json()
+                return np.asarray(doc["outputs"][0]["data"], np.float32).reshape(1, WIDTH)
+
+            async with http.get(f"{url}/readyz") as response:
+                assert response.status == 200
+            tasks = [asyncio.create_task(slow(i)) for i in range(3)]
+            await asyncio.sleep(0.05)
+            proc.proc.send_signal(signal.SIGTERM)  # the listener closes, in-flight calls finish
+            outs = await asyncio.gather(*tasks)
+        for i, out in enumerate(outs):
+            np.testing.assert_allclose(out, rows(1, seed=i) * 2 + 1, rtol=1e-6)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+    finally:
+        proc.kill()
