@@ -296,12 +296,7 @@ class EdgeAgent:
         if self.updater is None:
             return
         task = asyncio.ensure_future(self.updater.handle_desired(payload))
-        task.add_done_callback(
-            lambda t: (
-                t.cancelled()
-                or (t.exception() and log.error("desired-state handling failed: %s", t.exception()))
-            )
-        )
+        task.add_done_callback(_log_failure)
 
     def _on_connection(self, up: bool) -> None:
         if up:
@@ -458,6 +453,11 @@ class EdgeAgent:
         if self.tracer is not None:
             self.tracer.close()  # exports what is left
         self.telemetry.close()
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("desired-state handling failed: %s", task.exception())
 
 
 def _breaker(remote: Any) -> str:

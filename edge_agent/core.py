@@ -24,7 +24,6 @@ from edge_agent.batch import BatchDone, Request
 from edge_agent.completion import Publisher, complete_batch
 from edge_agent.deadlines import DeadlineFrom, LatencyClock
 from edge_agent.dispatch import Dispatcher
-from edge_agent.inline import flush_waited, run_inline
 from edge_agent.payloads import PayloadError, dead_letter_json, decode
 from edge_agent.results import stream_prefix
 from edge_agent.stats import Stats
@@ -301,13 +300,43 @@ class AgentCore:
             self._wake = True
             self.loop.call_soon_threadsafe(self._drain)
 
+    # -- inline batches (MQTT thread) ----------------------------------------------------
+    # For a cheap model, skipping three thread hand-offs (event loop, executor, back) is
+    # worth more than overlapping compute with reading: on a busy node every hand-off waits
+    # for the scheduler. The dispatcher decides per batch (``Dispatcher.try_inline``) and
+    # declines expensive batches, remote routes and anything while the loop has a backlog
+    # (EDF order is kept there).
+
     def end_of_burst(self) -> None:
-        """MQTT thread, after each drained socket read (see :mod:`edge_agent.inline`)."""
-        run_inline(self)
+        """MQTT thread, after each drained socket read: batch what the read produced,
+        inline where the dispatcher agrees, else on the loop."""
+        pending = self._pending
+        dispatcher = self.dispatcher
+        if not self.inline or not pending or dispatcher is None:
+            return
+        if self._wake:
+            return  # the loop is already draining: keep EDF order there
+        limit = dispatcher.max_batch
+        while pending:
+            batch = [pending.popleft() for _ in range(min(limit, len(pending)))]
+            try:
+                ran = dispatcher.try_inline(batch)
+            except Exception:  # a bug guard: the loop path still answers every request
+                log.exception("inline batch failed; handing it to the dispatcher")
+                ran = False
+            if not ran:
+                pending.extendleft(reversed(batch))
+                self.wake()
+                return
 
     def mid_burst(self) -> None:
-        """MQTT thread, during a long read: answer what has waited enough (ditto)."""
-        flush_waited(self)
+        """MQTT thread, during a long read: once the oldest window has waited
+        ``flush_after_s``, answer what is pending. Without it, a window completed at the
+        start of a 256-packet read waits for the whole read to be parsed (several ms on a
+        busy node)."""
+        pending = self._pending
+        if self.inline and pending and time.monotonic() - pending[0].arrival >= self.flush_after_s:
+            self.end_of_burst()
 
     def dead_letter(self, topic: str, payload: bytes, reason: str, detail: str) -> None:
         self.stats.deadletter_by_reason[reason] += 1

@@ -142,7 +142,7 @@ class MqttLink:
     def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         """paho's path (stragglers the fast path left to it): QoS 1 is acknowledged by
         paho when this returns."""
-        self._handle(msg.topic, msg.payload, self._ingest_acked if msg.qos else self._ingest)
+        self._handle(msg.topic, bytes(msg.payload), self._ingest_acked if msg.qos else self._ingest)
 
     def _fast_acked(self, topic: str, payload: bytes) -> None:
         """Fast path, QoS 1: the client acknowledges it once this returns."""

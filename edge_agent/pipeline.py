@@ -33,7 +33,6 @@ from edge_agent.state import load_streams, save_streams
 from edge_agent.stats import AgentMetrics, Stats
 from models.backends.base import BackendOptions
 from models.manifest import Manifest
-from models.servable import to_model_input
 from offload.policy import OffloadBudget, ServiceTimeModel, make_policy
 from offload.topics import Topics
 from offload.tracing import Tracer
@@ -204,16 +203,15 @@ class Pipeline:
         d, remote = self.dispatcher, self.remote
         if d is None or remote is None:
             return
+        runner = d.remote
 
         async def call(deadline: float) -> object:
             manifest, _ = self.models.active
-            name, version = d.remote_target(manifest)
-            spec, pre = manifest.inputs[0], manifest.preprocessing
+            pre = manifest.preprocessing
             window = np.zeros((1, pre.window, len(pre.channels)), dtype=np.float32)
-            x = to_model_input(window, spec.shape)  # the shape a real batch has
-            return await remote.infer(name, version, {spec.name: x}, deadline)
+            return await runner.call(manifest, window, deadline, count=False)
 
-        await d.rtt.probe(
+        await runner.rtt.probe(
             call, lambda: bool(remote.available), refresh_s=self.settings.cloud_rtt_refresh_s
         )
 

@@ -42,7 +42,7 @@ class Outputs:
     ) -> None:
         post = manifest.postprocessing
         arr = np.asarray(outputs[post.output], dtype=np.float64).reshape(n, -1)
-        finite = np.isfinite(arr).all(axis=1)
+        finite = np.asarray(np.isfinite(arr).all(axis=1))
         self.nan = int(n - finite.sum())
         self.labels: list[str | None] = [None] * n
         self.scores: list[float | None] = [None] * n

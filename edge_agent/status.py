@@ -10,11 +10,32 @@ heartbeat's ``metrics``.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from edge_agent.agent import EdgeAgent
-    from edge_agent.pipeline import Pipeline
+from edge_agent.mqtt_link import MqttLink
+from edge_agent.pipeline import Pipeline
+from edge_agent.settings import EdgeSettings
+from edge_agent.telemetry import Telemetry
+
+
+class EdgeAgent(Protocol):
+    """What the status documents read of an agent (``edge_agent.agent.EdgeAgent``)."""
+
+    settings: EdgeSettings
+    pipelines: dict[str, Pipeline]
+    telemetry: Telemetry
+    deadletters: Counter[str]
+    started: float
+    update_state: dict[str, Any]
+    link: MqttLink | None
+    remote: Any
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def broker_connected(self) -> bool: ...
 
 
 def _cloud_state(agent: EdgeAgent) -> str:
