@@ -67,6 +67,7 @@ class CloudTier:
     def _install(self, bundle: Path) -> None:
         from models.repository import ModelRepository
 
+        assert self.repository is not None  # load() installs only with a repository
         repo = ModelRepository(self.repository, trusted_keys=self.trusted_keys, check=False)
         repo.install(bundle)
 

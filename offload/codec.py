@@ -63,7 +63,11 @@ def datatype_of(array: np.ndarray) -> str:
 
 
 def decode_tensor(
-    name: str, datatype: str, shape: Sequence[int], raw: bytes | None, contents: object = None
+    name: str,
+    datatype: str,
+    shape: Sequence[int],
+    raw: bytes | memoryview | None,
+    contents: object = None,
 ) -> np.ndarray:
     """One tensor from its raw bytes (or typed contents) with size checks and clear errors."""
     dtype = DATATYPES.get(datatype)

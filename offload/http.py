@@ -220,6 +220,8 @@ class _HttpInfer:
         self.binary: dict[str, bool] = {}
 
     def parse(self, body: bytes, header_length: str | None) -> Parsed:
+        head: bytes
+        tail: bytes | memoryview
         if header_length is None:
             head, tail = body, b""
         else:

@@ -70,17 +70,17 @@ class LoadedModel:
             by_name[t.name] = t
         rows = -1
         for name, _dtype, dtype_name, shape in self._checks:
-            t = by_name.get(name)
-            if t is None:
+            given = by_name.get(name)
+            if given is None:
                 raise InvalidInput(
                     f"missing input {name!r} for {self.name}:{self.version}; it takes {names}"
                 )
-            if t.datatype != dtype_name:
+            if given.datatype != dtype_name:
                 raise InvalidInput(
-                    f"input {name!r} has datatype {t.datatype}, "
+                    f"input {name!r} has datatype {given.datatype}, "
                     f"{self.name}:{self.version} expects {dtype_name}"
                 )
-            got = t.shape
+            got = given.shape
             if any(d < 0 for d in got):
                 raise InvalidInput(f"input {name!r}: negative dimension in shape {list(got)}")
             if len(got) != len(shape) or any(w != -1 and w != g for w, g in zip(shape, got)):  # noqa: B905

@@ -206,7 +206,8 @@ class ServerMetrics:
 
     def exposition(self) -> bytes:
         """The ``/metrics`` text: Triton's families first, in Triton's format, then ours."""
-        triton, rest = [], []
+        triton: list[Metric] = []
+        rest: list[Metric] = []
         for family in self.registry.collect():
             (triton if family.name in TRITON_FAMILIES else rest).append(family)
         return _triton_text(triton).encode() + generate_latest(_Families(rest))  # type: ignore[arg-type]

@@ -54,7 +54,7 @@ def http_call(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     method: str | None = None,
-) -> tuple[int, dict[str, Any] | list[Any] | None, Any]:
+) -> tuple[int, Any, Any]:
     request = urllib.request.Request(
         f"http://{server.http_target}{path}", data=body, headers=headers or {}, method=method
     )
@@ -259,7 +259,7 @@ def test_repository_over_http_needs_an_admin(
     assert client.is_model_ready("motion-cloud")
     unload = "/v2/repository/models/motion-cloud/unload"
     status, doc, _ = http_call(server, unload, b"", method="POST")
-    assert status == 401 and "needs an admin credential" in doc["error"]  # type: ignore[index]
+    assert status == 401 and "needs an admin credential" in doc["error"]
     client.unload_model("motion-cloud", headers=ADMIN)
     assert not client.is_model_ready("motion-cloud")
     client.load_model("motion-cloud", headers=ADMIN)
@@ -270,7 +270,7 @@ def test_repository_over_http_needs_an_admin(
         json.dumps({"parameters": {"version": "\uff11"}}).encode(),
         ADMIN,
     )
-    assert status == 400 and "must be an integer" in doc["error"]  # type: ignore[index]
+    assert status == 400 and "must be an integer" in doc["error"]
 
 
 async def test_readyz_and_v2_ready_turn_false_when_draining(repository: Path) -> None:

@@ -29,12 +29,14 @@ def motion_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_all(tmp_path_factory.mktemp("limits"), names=("motion-cloud",)).repository
 
 
-def request(rows: int, *, raw: bytes | None = None, shape: tuple[int, ...] | None = None):  # type: ignore[no-untyped-def]
+def request(
+    rows: int, *, raw: bytes | None = None, shape: tuple[int, ...] | None = None
+) -> service_pb2.ModelInferRequest:
     r = service_pb2.ModelInferRequest(model_name="motion-cloud")
     r.inputs.add(name="input", datatype="FP32", shape=list(shape or (rows, 100, 6)))
     if raw is None:
-        raw = np.random.default_rng(rows).standard_normal((rows, 100, 6)).astype(np.float32)
-        raw = raw.tobytes()
+        x = np.random.default_rng(rows).standard_normal((rows, 100, 6)).astype(np.float32)
+        raw = x.tobytes()
     r.raw_input_contents.append(raw)
     return r
 
