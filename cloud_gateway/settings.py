@@ -48,6 +48,23 @@ class GatewaySettings(BaseSettings):
         description="Model repository the cloud tier serves (shared volume); versions are "
         "installed there before the load RPC.",
     )
+    cloud_tls_ca: Path | None = Field(
+        default=None,
+        description="CA (PEM) that signed the cloud tier's server certificate; turns on TLS.",
+    )
+    cloud_tls_cert: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM) for mutual TLS with the cloud tier; its CN must "
+        "be in the server's --admin-subjects to load models.",
+    )
+    cloud_tls_key: Path | None = Field(
+        default=None, description="Private key (PEM) of --cloud-tls-cert."
+    )
+    cloud_admin_token_file: Path | None = Field(
+        default=None,
+        description="File whose first line is a bearer token of the cloud tier's "
+        "--admin-token-file (sent on model load).",
+    )
     trusted_keys: Path | None = Field(
         default=None, description="Ed25519 public key file or directory of *.pub signer keys."
     )

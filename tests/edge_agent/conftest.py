@@ -261,6 +261,8 @@ class OffloadServer:
                 str(self.port),
                 "--metrics-port",
                 "-1",
+                "--http-port",
+                "-1",
                 "--log-level",
                 "WARNING",
             ],
