@@ -4,7 +4,7 @@ The gRPC servicer and the HTTP routes only convert between their wire format and
 calls here; validation, admission, batching, metrics, statistics and authorisation of
 repository control happen once, in this class, whichever protocol a request came by.
 Every method raises :class:`~models.errors.EdgecloudError`; each transport maps it to its
-status once (``offload.status`` for gRPC, ``models.errors.HTTP_STATUS`` for HTTP).
+status once (``offload.status`` for gRPC, ``shell.http.HTTP_STATUS`` for HTTP).
 """
 
 from __future__ import annotations

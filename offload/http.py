@@ -3,7 +3,7 @@
 Routes only convert JSON (and Triton's binary tensor data extension) to
 :class:`~offload.core.InferenceCore` calls and back; validation, admission, batching,
 metrics and repository authorisation are the same code the gRPC servicer calls. Errors
-are ``{"error": "<one line>"}`` with the status of ``models.errors.HTTP_STATUS``.
+are ``{"error": "<one line>"}`` with the status of ``shell.http.HTTP_STATUS``.
 
 Binary tensor data: a body whose first ``Inference-Header-Content-Length`` bytes are the
 JSON header, followed by each binary input's bytes in input order (sizes in the inputs'
@@ -26,10 +26,11 @@ from typing import Any
 
 from aiohttp import web
 
-from models.errors import HTTP_STATUS, ConfigError, EdgecloudError, InvalidInput, Unauthenticated
+from models.errors import ConfigError, EdgecloudError, InvalidInput, Unauthenticated
 from offload.codec import DATATYPES, TensorIn
 from offload.core import InferenceCore, InferResult, Parsed
 from offload.tls import TlsFiles
+from shell.http import HTTP_STATUS
 
 log = logging.getLogger(__name__)
 
