@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--admin-subjects",
         help="comma-separated client-certificate CNs that may load/unload models (mutual TLS)",
     )
+    p.add_argument("--otlp-endpoint", help="OpenTelemetry collector (OTLP/HTTP) for spans")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
     p.add_argument("--log-format", help="text or json: one object per line")
     annotate_settings_help(p, OffloadSettings)  # default + env on every flag; no abbreviations

@@ -26,6 +26,7 @@ from offload.codec import TensorIn
 from offload.loaded_model import LoadedModel
 from offload.metrics import ServerMetrics
 from offload.model_store import ModelStore
+from offload.tracing import SERVER, Tracer, parse_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class InferenceCore:
         self._admin = admin
         self.accepting = True
         self.server_version = _server_version()
+        self.tracer: Tracer | None = None  # --otlp-endpoint
 
     # -- read-only ---------------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
@@ -164,6 +166,7 @@ class InferenceCore:
         reservation: Reservation,
         deadline: float | None,
         started: float,
+        traceparent: str | None = None,
     ) -> InferResult:
         """Admit, validate, decode, batch; every outcome is counted on ``model``.
 
@@ -171,8 +174,10 @@ class InferenceCore:
         turns the transport's request into :class:`Parsed`; the HTTP transport reads its
         body in it, so its failures (malformed bytes) are counted like any other bad input.
         ``deadline`` (monotonic) is the transport's own; a ``timeout`` parameter in the
-        request can only make it earlier.
+        request can only make it earlier. With a tracer, a caller's W3C ``traceparent``
+        makes this inference a span of the caller's trace (``cloud inference``).
         """
+        begun = time.monotonic()
         try:
             try:
                 result = await self._infer(model, parse, deadline)
@@ -180,9 +185,28 @@ class InferenceCore:
                 reservation.release()
         except EdgecloudError as exc:
             model.metrics.failed(exc.status.value, time.perf_counter() - started)
+            self._span(traceparent, model, begun, exc.status.value)
             raise
         model.metrics.ok(time.perf_counter() - started)
+        self._span(traceparent, model, begun, "OK")
         return result
+
+    def _span(self, header: str | None, model: LoadedModel, begun: float, code: str) -> None:
+        tracer = self.tracer
+        parent = parse_traceparent(header) if tracer is not None else None
+        if tracer is None or parent is None:
+            return
+        tracer.record(
+            "cloud inference",
+            tracer.child(parent),
+            parent,
+            begun,
+            time.monotonic(),
+            kind=SERVER,
+            model=model.name,
+            version=model.version,
+            code=code,
+        )
 
     async def _infer(
         self,

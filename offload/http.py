@@ -176,7 +176,12 @@ class V2Routes:
 
         reservation = self._core.admit(nbytes)  # before the body is read
         result = await self._core.infer(
-            model, parse, reservation=reservation, deadline=None, started=started
+            model,
+            parse,
+            reservation=reservation,
+            deadline=None,
+            started=started,
+            traceparent=request.headers.get("traceparent"),
         )
         return parsed.response(result)
 

@@ -29,6 +29,7 @@ from offload.model_store import ModelStore
 from offload.servicer import InferenceServicer
 from offload.settings import OffloadSettings
 from offload.tls import TlsFiles, server_credentials
+from offload.tracing import Tracer
 
 log = logging.getLogger(__name__)
 #: Lifecycle lines (ready, draining, stopped): the CLI keeps them at INFO whatever --log-level.
@@ -66,6 +67,8 @@ class OffloadServer:
                 settings.admin_token_file, settings.admin_subjects, settings.tls_ca is not None
             ),
         )
+        if settings.otlp_endpoint:
+            self.core.tracer = Tracer(settings.otlp_endpoint, "offload-server")
         self.servicer = InferenceServicer(self.core, settings.max_stream_pending)
         self.health = HealthServicer()
         self.port = 0
@@ -167,6 +170,8 @@ class OffloadServer:
         self._runners.clear()
         await self.store.close()
         self.executor.shutdown(wait=True)
+        if self.core.tracer is not None:
+            self.core.tracer.close()  # exports what is left
         lifecycle_log.info("offload-server stopped")
 
 

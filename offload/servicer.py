@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -133,6 +134,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 reservation=reservation,
                 deadline=deadline,
                 started=started,
+                traceparent=_metadata(context, "traceparent"),
             )
         except EdgecloudError as exc:
             await context.abort(grpc_code(exc), exc.message)
@@ -314,3 +316,11 @@ def _version_param(parameters: object) -> object:
         return None
     kind = param.WhichOneof("parameter_choice")
     return getattr(param, kind) if kind else None
+
+
+def _metadata(context: Any, key: str) -> str | None:
+    """One value of the call's invocation metadata (None when absent)."""
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else None
+    return None

@@ -90,5 +90,10 @@ class OffloadSettings(BaseSettings):
         description="comma-separated client-certificate common names allowed to load/unload "
         "models (needs mutual TLS)",
     )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry collector (OTLP/HTTP, e.g. http://127.0.0.1:4318): a span per "
+        "inference whose caller sent a W3C traceparent (off when unset)",
+    )
     log_level: LogLevel = Field(default="INFO", description=LOG_LEVEL_HELP)
     log_format: LogFormat = Field(default="text", description=LOG_FORMAT_HELP)

@@ -243,7 +243,7 @@ def install_heavy_model(repository: Path, repeats: int = 24, name: str = "motion
 class OffloadServer:
     """A real ``offload-server`` subprocess on a free port."""
 
-    def __init__(self, repository: Path) -> None:
+    def __init__(self, repository: Path, *extra: str) -> None:
         from tests.conftest import free_port
 
         self.port = free_port()
@@ -265,6 +265,7 @@ class OffloadServer:
                 "-1",
                 "--log-level",
                 "WARNING",
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
