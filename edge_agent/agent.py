@@ -470,9 +470,10 @@ def _breaker(remote: Any) -> str:
 
 
 def broker_url(s: EdgeSettings) -> BrokerUrl:
-    """``--broker``, with the password from ``--mqtt-password-file`` when one is given."""
+    """``--broker``, with the password from ``--mqtt-password-file`` when the URL has none
+    (a URL's own credentials win: the shared fallback user of a site)."""
     url = BrokerUrl.parse(s.broker)
-    if s.mqtt_password_file is None:
+    if s.mqtt_password_file is None or url.password is not None:
         return url
     try:
         password = Path(s.mqtt_password_file).read_text().strip()

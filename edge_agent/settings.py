@@ -48,8 +48,8 @@ class EdgeSettings(BaseSettings):
     mqtt_password_file: str | None = Field(
         default=None,
         description="File holding this agent's MQTT password (its enrolment token, `cloud-gateway "
-        "fleet enrol`); the user is the broker URL's, else the agent id. Keeps per-node "
-        "credentials out of a shared broker URL.",
+        "fleet enrol`), used when --broker has no password; the user is the broker URL's, else "
+        "the agent id. Keeps per-node credentials out of a shared broker URL.",
     )
     topics_filter: str = Field(
         default="sensors/+/+/+",

@@ -216,6 +216,8 @@ def test_mqtt_password_from_a_file(tmp_path: Path) -> None:
     url = broker_url(s)
     assert (url.username, url.password, url.host) == ("node-7", "s3cret", "h")
     assert "s3cret" not in str(url)  # never printed
+    shared = EdgeSettings(broker="mqtt://site:pw@h", mqtt_password_file=str(secret))
+    assert broker_url(shared).password == "pw"  # the URL's own credentials win
     s = EdgeSettings(broker="mqtt://site-user@h", mqtt_password_file=str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="--mqtt-password-file"):
         broker_url(s)
