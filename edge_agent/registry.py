@@ -1,65 +1,36 @@
-"""The agent's model slot: the active (manifest, backend) pair and zero-downtime swaps.
+"""The agent's model slot: the active version of one model and zero-downtime swaps.
 
-``swap`` loads and warms the new version in the inference executor, then replaces the
-active pair in one assignment. Batches already running hold a :class:`Lease` on the old
-pair and finish on it; the old backend is closed when its last lease is released.
+``swap`` loads and warms the new version in the inference executor
+(:func:`models.serving.load`), then replaces the active version in one assignment.
+Batches already running hold a lease on the old version and finish on it; the old backend
+is closed when its last lease is released (:class:`models.serving.Served`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
-import numpy as np
-
+from models import serving
 from models.backends.base import Backend, BackendOptions
 from models.errors import BackendError, EdgecloudError, NotFound
 from models.manifest import Manifest
 from models.servable import check_servable
+from models.serving import Served
 
 log = logging.getLogger(__name__)
 
 
-class Loaded:
-    """One loaded version with a lease count (leases come from the loop and MQTT threads)."""
+class Loaded(Served):
+    """A version the agent serves: a :class:`~models.serving.Served` that always has its
+    manifest (the windows it reads and the outputs it writes come from it)."""
 
-    __slots__ = ("_lock", "backend", "closing", "leases", "manifest", "warm_times")
-
-    def __init__(
-        self, manifest: Manifest, backend: Backend, warm_times: dict[int, float] | None = None
-    ) -> None:
-        self.manifest = manifest
-        self.backend = backend
-        # Seconds per batch size, timed once after warm-up: the routing policy's first
-        # service-time estimates for this version (before any real batch has run).
-        self.warm_times = warm_times or {}
-        self.leases = 0
-        self.closing = False
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        with self._lock:
-            self.leases += 1
-
-    def release(self) -> None:
-        with self._lock:
-            self.leases -= 1
-            done = self.closing and self.leases <= 0
-        if done:
-            self.backend.close()
-
-    def retire(self) -> None:
-        """No new leases; close now if idle, else when the last lease is released."""
-        with self._lock:
-            self.closing = True
-            done = self.leases <= 0
-        if done:
-            self.backend.close()
+    __slots__ = ()
+    manifest: Manifest
 
 
 def _check_compatible(manifest: Manifest, backend: Backend) -> None:
@@ -69,18 +40,6 @@ def _check_compatible(manifest: Manifest, backend: Backend) -> None:
         if m is None or len(m.shape) != len(spec.shape):
             raise BackendError(f"graph input {spec.name!r} does not match manifest {manifest.ref}")
     check_servable(manifest)  # the one rule of what an agent can feed (models.servable)
-
-
-def _time_batch(backend: Backend, n: int) -> float:
-    feeds = {
-        spec.name: np.zeros(
-            tuple(n if i == 0 else max(d, 1) for i, d in enumerate(spec.shape)), spec.numpy_dtype
-        )
-        for spec in backend.inputs
-    }
-    t0 = time.perf_counter()
-    backend.infer(feeds)
-    return time.perf_counter() - t0
 
 
 class ModelSlot:
@@ -143,19 +102,16 @@ class ModelSlot:
         return repo.manifest(name, version), repo.model_path(name, version)
 
     def _load_sync(self, name: str, version: int | None) -> Loaded:
-        from models.backends import load_backend
-
         manifest, path = self._resolve(name, version)
-        backend = load_backend(path, self._kind, self._options)
-        try:
-            _check_compatible(manifest, backend)
-            sizes = [b for b in self._warmup if b <= manifest.max_batch_size] or [1]
-            backend.warmup(sizes)
-            warm_times = {n: _time_batch(backend, n) for n in sizes}
-        except BaseException:
-            backend.close()
-            raise
-        return Loaded(manifest, backend, warm_times)
+        return serving.load(
+            path,
+            self._kind,
+            self._options,
+            manifest=manifest,
+            check=lambda backend: _check_compatible(manifest, backend),
+            warm_sizes=[b for b in self._warmup if b <= manifest.max_batch_size] or [1],
+            cls=Loaded,
+        )
 
     async def load(self, name: str, version: int | None = None) -> Manifest:
         """Load the first model (or swap if one is loaded)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
-from models.backends import Backend
 from models.errors import InvalidInput
+from models.serving import Served
 from offload.batcher import BatchConfig, DynamicBatcher
 from offload.codec import TensorIn
 from offload.metrics import ModelMetrics
@@ -22,7 +22,7 @@ class LoadedModel:
         self,
         name: str,
         version: int,
-        backend: Backend,
+        served: Served,
         config: ServingConfig,
         executor: Executor,
         metrics: ModelMetrics,
@@ -31,7 +31,8 @@ class LoadedModel:
         self.name = name
         self.version = version
         self.version_str = str(version)
-        self.backend = backend
+        self.served = served  # retired once the batcher has drained (models.serving)
+        self.backend = backend = served.backend
         self.config = config
         self.metrics = metrics
         self.inputs = backend.inputs

@@ -13,10 +13,10 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from models.backends import Backend, BackendOptions, load_backend
+from models import serving
+from models.backends import BackendOptions
 from models.errors import EdgecloudError, InvalidInput, NotFound, Unavailable
+from models.serving import Served
 from offload.loaded_model import LoadedModel
 from offload.metrics import ServerMetrics
 from offload.model_config import (
@@ -166,9 +166,10 @@ class ModelStore:
         loop = asyncio.get_running_loop()
         vdir = self.root / name / str(version)
 
-        def build() -> tuple[Backend, ServingConfig]:
+        def build() -> tuple[Served, ServingConfig]:
             manifest = read_manifest(vdir)
-            backend = load_backend(vdir / MODEL_FILE, self._kind, self._options)
+            served = serving.load(vdir / MODEL_FILE, self._kind, self._options, manifest=manifest)
+            backend = served.backend
             try:
                 config = serving_config(
                     pbtxt,  # type: ignore[arg-type]
@@ -176,22 +177,13 @@ class ModelStore:
                     batchable(backend.inputs, backend.outputs),
                     self._defaults,
                 )
-                # Our own zero feed (not Backend.warmup): a fixed first axis must keep its size.
-                backend.infer(
-                    {
-                        spec.name: np.zeros(
-                            tuple(1 if d < 0 else d for d in spec.shape), spec.numpy_dtype
-                        )
-                        for spec in backend.inputs
-                    }
-                )
             except Exception:
-                backend.close()
+                served.retire()
                 raise
-            return backend, config
+            return served, config
 
         try:
-            backend, config = await loop.run_in_executor(self._executor, build)
+            served, config = await loop.run_in_executor(self._executor, build)
         except EdgecloudError:
             raise
         except Exception as exc:
@@ -199,7 +191,7 @@ class ModelStore:
         model = LoadedModel(
             name,
             version,
-            backend,
+            served,
             config,
             self._executor,
             self._metrics.for_model(name, version),
@@ -229,7 +221,7 @@ class ModelStore:
         model = self._models[name].pop(version)
         self._refresh(name)
         await model.batcher.close()
-        model.backend.close()
+        model.served.retire()  # no batch is running on it any more
         self._metrics.forget(name, version)
         log.info("unloaded %s:%s", name, version)
 

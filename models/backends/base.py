@@ -57,14 +57,22 @@ class Backend(ABC):
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
         """Run zero-filled batches so first real requests do not pay lazy initialisation."""
         for n in batch_sizes:
-            feeds = {
-                spec.name: np.zeros(
-                    tuple(n if i == 0 else (d if d > 0 else 1) for i, d in enumerate(spec.shape)),
-                    dtype=spec.numpy_dtype,
-                )
-                for spec in self.inputs
-            }
-            self.infer(feeds)
+            self.infer(zero_feed(self.inputs, n))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release engine resources; the backend is unusable afterwards."""
+
+
+def zero_feed(inputs: Sequence[TensorSpec], batch: int = 1) -> dict[str, np.ndarray]:
+    """Zeros for every input: a dynamic first (batch) axis of ``batch`` rows, a fixed first
+    axis kept as it is (a graph that cannot batch), every other dynamic axis 1."""
+
+    def dim(i: int, d: int) -> int:
+        if i == 0:
+            return batch if d < 0 else d
+        return d if d > 0 else 1
+
+    return {
+        spec.name: np.zeros(tuple(dim(i, d) for i, d in enumerate(spec.shape)), spec.numpy_dtype)
+        for spec in inputs
+    }

@@ -15,7 +15,7 @@ from models.repository import ModelRepository
 def _loaded(repo: Path) -> Loaded:
     r = ModelRepository(repo, check=False)
     return Loaded(
-        r.manifest("motion-edge"), load_backend(r.model_path("motion-edge"), "onnxruntime")
+        load_backend(r.model_path("motion-edge"), "onnxruntime"), r.manifest("motion-edge")
     )
 
 
