@@ -46,8 +46,11 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
 
 @dataclass
 class Created:
-    """Everything a test made in podman, removed in reverse by :meth:`teardown`."""
+    """Everything a test made in podman, removed in reverse by :meth:`teardown`. Every
+    name starts with ``prefix``; ``kube play`` also makes a volume per ConfigMap and
+    Secret volume (named after them), which teardown finds by that prefix."""
 
+    prefix: str
     pods: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)
@@ -74,14 +77,24 @@ class Created:
         )
         assert proc.returncode == 0, proc.stderr
 
+    def leftovers(self) -> list[str]:
+        """Pods, volumes and Secrets named with the prefix that still exist."""
+        out = []
+        for what in (("pod", "ps"), ("volume", "ls"), ("secret", "ls")):
+            names = podman(*what, "--format", "{{.Name}}", check=False).stdout.split()
+            out += [f"{what[0]} {n}" for n in names if n.startswith(self.prefix)]
+        return out
+
     def teardown(self) -> list[str]:
         problems = []
         for pod in reversed(self.pods):
             proc = podman("pod", "rm", "-f", "-t", "3", pod, check=False, timeout=60)
             if proc.returncode != 0 and "no pod with name" not in proc.stderr:
                 problems.append(proc.stderr.strip())
-        for volume in self.volumes:
-            podman("volume", "rm", "-f", volume, check=False)
+        listed = podman("volume", "ls", "--format", "{{.Name}}", check=False).stdout.split()
+        for volume in dict.fromkeys([*self.volumes, *listed]):
+            if volume.startswith(self.prefix):
+                podman("volume", "rm", "-f", volume, check=False)
         for secret in self.secrets:
             podman("secret", "rm", secret, check=False)
         return problems

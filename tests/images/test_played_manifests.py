@@ -15,7 +15,9 @@ What changes between the rendered output and what is played, and why:
   gets a free loopback port (ConfigMap values, mosquitto ``listener`` lines and the
   matching ``containerPort``) so the suite's other tests cannot collide with it;
 * the downward-API agent id becomes a literal (podman 4.3 lacks ``spec.nodeName``) and
-  secret volumes state ``optional: false`` (podman 4.3 dereferences a nil ``optional``);
+  secret volumes say ``optional: false``: podman 4.3 dereferences a nil ``optional`` and
+  mounts nothing for an optional one (the test creates every Secret, the edge broker's
+  optional bridge Secret included);
 * probes: podman runs them through systemd timers, which a container host without
   systemd lacks, so the test runs every probe the manifests name itself, inside the
   probed container (``podman exec``).
@@ -79,7 +81,7 @@ class Stage:
         self.site = f"{self.prefix}-site"
         self.agent = f"{self.prefix}-node"
         self.tmp = tmp
-        self.created = Created()
+        self.created = Created(self.prefix)
         names = ("edge-mqtt", "cloud-mqtt", "cloud-mqtts", "agent-http", "grpc", "metrics", "gw")
         self.ports = {k: free_port() for k in names}
         self.containers: dict[str, str] = {}  # "<workload>/<container>" -> podman name
@@ -103,7 +105,7 @@ def _patch_pod(st: Stage, pod: Resource, host_paths: dict[str, Path], ports: dic
             volume["configMap"]["name"] = st.name(_hash_free(volume["configMap"]["name"]))
         if "secret" in volume:
             volume["secret"]["secretName"] = st.name(volume["secret"]["secretName"])
-            volume["secret"].setdefault("optional", False)
+            volume["secret"]["optional"] = False  # every Secret exists here (see module doc)
         if "persistentVolumeClaim" in volume:
             claim = volume["persistentVolumeClaim"]
             claim["claimName"] = st.name(claim["claimName"])
@@ -249,6 +251,8 @@ def _results(viewer: Client, route: str | None, timeout: float) -> list[dict[str
             topic, payload, _ = viewer.expect(timeout=0.5)
         except Exception:
             continue
+        if topic.startswith("deadletter/"):
+            raise AssertionError(f"the agent rejected a reading: {payload[:500]!r}")
         if topic.startswith("results/"):
             result = json.loads(payload)
             if route is None or result["route"] == route:
@@ -260,7 +264,7 @@ def _results(viewer: Client, route: str | None, timeout: float) -> list[dict[str
 
 def _publish(sensor: Client, site: str, seq: list[int], n: int = 3) -> None:
     for _ in range(n):
-        seq[0] += 1
+        seq[0] += 100  # a chunk's seq is its last row's
         rows = [[0.1 * (i % 7), 0.2, 9.8, 0.01 * i, 0.0, 0.0] for i in range(100)]
         body = {"ts": time.time(), "seq": seq[0], "values": rows}
         sensor.publish(f"sensors/{site}/watch1/imu", json.dumps(body).encode())
@@ -277,8 +281,7 @@ def test_rendered_manifests_run_in_containers(built_images: list[dict[str, objec
     finally:
         problems = st.created.teardown()
         assert problems == [], problems
-        leftovers = podman("pod", "ps", "--format", "{{.Name}}").stdout.split()
-        assert not [p for p in leftovers if p.startswith(st.prefix)], leftovers
+        assert st.created.leftovers() == []
 
 
 def _play_and_check(st: Stage) -> None:
@@ -463,6 +466,7 @@ def _play_and_check(st: Stage) -> None:
     try:
         assert viewer.rc == 0 and sensor.rc == 0
         viewer.subscribe(f"results/{st.site}/#")
+        viewer.subscribe(f"deadletter/{st.agent}")
         _publish(sensor, st.site, seq)
         local = _results(viewer, None, 60)
         assert local, "no results for readings published from the host\n" + "\n".join(
