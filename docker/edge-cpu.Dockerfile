@@ -16,7 +16,10 @@ FROM ${PYTHON_IMAGE} AS build
 # wheelhouse with `podman build -v`); pip then installs offline from it, no index needed.
 ARG WHEELHOUSE=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python3 -m venv /opt/edgecloud
+# A runtime-only Python base (docker/images.py makes one) lacks venv: add it here.
+RUN (python3 -m ensurepip --version >/dev/null 2>&1 || (apt-get update \
+        && apt-get install -y --no-install-recommends python3-venv)) \
+    && python3 -m venv /opt/edgecloud
 WORKDIR /src
 # Dependencies first, from pyproject.toml alone (a cached layer while it is unchanged),
 # against empty packages; then the sources, installed without dependencies.
@@ -33,19 +36,38 @@ COPY simulators ./simulators
 RUN /opt/edgecloud/bin/pip install --no-deps ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} . \
     && /opt/edgecloud/bin/pip check \
     && /opt/edgecloud/bin/python -c "import edge_agent.cli, cloud_gateway.cli, offload.cli"
-# Slim the venv (the edge image budget is 300 MB): no pip/setuptools at run time, no test
-# suites of the dependencies, debug sections stripped from the extension modules
-# (ml_dtypes and rapidjson ship ~30 MB of them; not the vendored *.libs, which patchelf
-# rewrote and strip would break), and ONNX Runtime's C-API library, which
-# the Python binding does not load (it links the runtime statically; `ldd` shows it).
+# Slim the venv (the edge image budget is 300 MB), keeping only what runs:
+# - no pip/setuptools, no test suites or conformance data of the dependencies, no type
+#   stubs, C headers or sources;
+# - none of their build/optimisation tools (ONNX Runtime's transformers, quantization and
+#   tools; numpy's f2py and distutils): the agent, gateway and server import none of them;
+# - debug sections stripped from extension modules (ml_dtypes and rapidjson ship ~30 MB),
+#   but not from the vendored *.libs, which patchelf rewrote and strip would break;
+# - ONNX Runtime's C-API library: its Python binding links the runtime statically and
+#   does not load it (ldd shows so);
+# - bytecode only for what our processes import (every module of our packages, and with
+#   them the dependencies' modules they pull in): the rest compiles in memory if ever used.
+# The last lines prove the result still imports and builds and runs a model.
+ARG IMPORT_ALL="import importlib, pkgutil; [importlib.import_module(m.name) for p in \
+('edge_agent', 'offload', 'cloud_gateway', 'models') for m in \
+pkgutil.walk_packages(importlib.import_module(p).__path__, p + '.') \
+if not m.name.endswith('__main__')]"
 RUN apt-get update \
     && apt-get install -y --no-install-recommends binutils \
     && /opt/edgecloud/bin/pip uninstall -y -q pip setuptools \
     && cd /opt/edgecloud/lib/python3.11/site-packages \
     && find . -depth -type d -name tests -exec rm -rf {} + \
+    && rm -rf onnx/backend/test onnxruntime/transformers onnxruntime/quantization \
+       onnxruntime/tools numpy/f2py numpy/distutils \
+    && find . -type f \( -name "*.pyi" -o -name "*.h" -o -name "*.c" -o -name "*.cpp" \
+       -o -name "*.pxd" -o -name "*.pyx" \) -delete \
     && find . -name "*.so" -type f -not -path "*.libs/*" -exec strip --strip-debug {} + \
     && rm -f onnxruntime/capi/libonnxruntime.so.* \
-    && /opt/edgecloud/bin/python -c "import numpy, onnx, onnxruntime, grpc, edge_agent.cli, offload.cli"
+    && find . -name __pycache__ -type d -prune -exec rm -rf {} + \
+    && /opt/edgecloud/bin/python -c "$IMPORT_ALL" \
+    && /opt/edgecloud/bin/python -c "import edge_agent.cli, cloud_gateway.cli, offload.cli" \
+    && /opt/edgecloud/bin/python -m models build --out /tmp/smoke --model motion-edge \
+    && rm -rf /tmp/smoke
 
 FROM ${PYTHON_IMAGE} AS runtime
 # Fixed uid/gid: the manifests' runAsUser and the node's hostPath ownership use 10001.

@@ -49,8 +49,6 @@ VERSION = "0.1.0"
 
 OFFICIAL_PYTHON = "docker.io/library/python:3.11.11-slim-bookworm"
 OFFICIAL_DEBIAN = "docker.io/library/debian:bookworm-slim"
-LOCAL_DEBIAN = "localhost/edgecloud/debian:bookworm-slim"
-LOCAL_PYTHON = "localhost/edgecloud/python:3.11-bookworm"
 DEBIAN_MIRROR = os.environ.get("EDGECLOUD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
 
@@ -109,12 +107,19 @@ APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*
 Dir::Cache::pkgcache "";
 Dir::Cache::srcpkgcache "";
 """
+
+# The local bases are tagged with a digest of how they are made, so a change rebuilds them.
+_DEBIAN_RECIPE = hashlib.sha256((DPKG_SLIM + APT_SLIM).encode()).hexdigest()[:8]
+LOCAL_DEBIAN = f"localhost/edgecloud/debian:bookworm-slim-{_DEBIAN_RECIPE}"
+# The runtime Python only: the Dockerfiles' build stages add python3-venv when missing.
 PYTHON_BASE_CONTAINERFILE = f"""\
 FROM {LOCAL_DEBIAN}
 RUN apt-get update \\
-    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \\
+    && apt-get install -y --no-install-recommends python3 ca-certificates \\
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 """
+_PYTHON_RECIPE = hashlib.sha256(PYTHON_BASE_CONTAINERFILE.encode()).hexdigest()[:8]
+LOCAL_PYTHON = f"localhost/edgecloud/python:3.11-bookworm-{_PYTHON_RECIPE}"
 
 
 class BuildError(RuntimeError):
@@ -187,7 +192,7 @@ def build_local_debian() -> None:
             raise BuildError(f"debootstrap failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
         (root / "etc/dpkg/dpkg.cfg.d/slim").write_text(DPKG_SLIM)
         (root / "etc/apt/apt.conf.d/slim").write_text(APT_SLIM)
-        for pattern in ("usr/share/doc/*/[!c]*", "usr/share/man/*", "usr/share/info/*",
+        for pattern in ("usr/share/doc/*/*", "usr/share/man/*", "usr/share/info/*",
                         "usr/share/locale/*", "var/lib/apt/lists/*", "var/cache/apt/*",
                         "var/cache/debconf/*-old", "var/log/*"):  # fmt: skip
             for path in root.glob(pattern):
