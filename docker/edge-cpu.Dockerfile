@@ -12,6 +12,8 @@
 ARG PYTHON_IMAGE=docker.io/library/python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# docker/images.py keeps the latest build stage tagged (layer cache) and prunes older ones.
+LABEL org.edgecloud.stage=build
 # Optional: a directory of wheels mounted into the build (docker/images.py passes the host's
 # wheelhouse with `podman build -v`); pip then installs offline from it, no index needed.
 ARG WHEELHOUSE=

@@ -264,7 +264,14 @@ def build(image: Image, args: dict[str, str], wheels: Path | None) -> float:
         cmd += ["-t", tag]
     start = time.monotonic()
     print(f"building {image.name}: {', '.join(image.tags)}", flush=True)
+    if image.python:
+        # The build stage, tagged: its layers stay cached for the next run, and the
+        # stages of earlier runs become dangling, so pruning them keeps the disk bounded.
+        stage = f"localhost/edgecloud/build-stage:{image.name}"
+        podman(*cmd[:-2 * len(image.tags)], "--target", "build", "-t", stage, str(REPO),
+               quiet="merged")  # fmt: skip
     podman(*cmd, str(REPO), quiet="merged")
+    podman("image", "prune", "-f", "--filter", "label=org.edgecloud.stage=build", quiet=True)
     return time.monotonic() - start
 
 
