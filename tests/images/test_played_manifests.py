@@ -47,7 +47,7 @@ import yaml
 from cloud_gateway.client import GatewayClient
 from offload.mqtt import BrokerUrl
 from tests.conftest import free_port
-from tests.images.podman import Created, exec_in, images_module, inspect, logs, podman
+from tests.images.podman import Created, exec_in, inspect, logs, podman
 from tests.manifests.brokers import Client, tls_files
 from tests.manifests.rendering import MANIFESTS, Resource, render
 
@@ -61,16 +61,6 @@ NOT_PLAYED = {"Namespace", "Service", "Ingress", "NetworkPolicy", "HorizontalPod
 PASSWORDS = {"edge-agent": "agent-pw", "sensor": "sensor-pw", "viewer": "viewer-pw",
              "cloud-gateway": "gateway-pw"}  # fmt: skip
 TOKENS = {"admin": "admin-token", "agent": "agent-token", "viewer": "viewer-token"}
-
-
-@pytest.fixture(scope="session")
-def built_images() -> list[dict[str, object]]:
-    """Build (or reuse, through podman's layer cache) every image; fails without podman."""
-    images = images_module()
-    try:
-        return images.build_all("auto")
-    except images.BuildError as exc:
-        pytest.fail(f"building the images failed: {exc}")
 
 
 class Stage:
