@@ -294,7 +294,8 @@ def dockerfile_problems(path: Path) -> list[str]:
                     out.append(f"{path.name}: COPY source {src} does not exist")
     last = max(i for i, (w, _) in enumerate(steps) if w == "FROM")
     users = [rest for word, rest in steps[last:] if word == "USER"]
-    if not users or not users[-1].split(":")[0].isdigit() or users[-1].startswith("0"):
+    uid = users[-1].split(":")[0] if users else ""
+    if not uid.isdigit() or int(uid) == 0:
         out.append(f"{path.name}: final stage must run as a numeric non-root USER")
     return out
 
