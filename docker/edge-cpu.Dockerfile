@@ -12,8 +12,9 @@
 ARG PYTHON_IMAGE=docker.io/library/python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-# docker/images.py keeps the latest build stage tagged (layer cache) and prunes older ones.
-LABEL org.edgecloud.stage=build
+# docker/images.py keeps the latest build stage tagged (its layer cache) and prunes the
+# untagged images of earlier builds by this label.
+LABEL org.edgecloud.project=edgecloud
 # Optional: a directory of wheels mounted into the build (docker/images.py passes the host's
 # wheelhouse with `podman build -v`); pip then installs offline from it, no index needed.
 ARG WHEELHOUSE=
@@ -72,6 +73,7 @@ RUN apt-get update \
     && rm -rf /tmp/smoke
 
 FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.edgecloud.project=edgecloud
 # Fixed uid/gid: the manifests' runAsUser and the node's hostPath ownership use 10001.
 RUN groupadd --system --gid 10001 edgecloud \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/edgecloud \

@@ -271,7 +271,6 @@ def build(image: Image, args: dict[str, str], wheels: Path | None) -> float:
         podman(*cmd[:-2 * len(image.tags)], "--target", "build", "-t", stage, str(REPO),
                quiet="merged")  # fmt: skip
     podman(*cmd, str(REPO), quiet="merged")
-    podman("image", "prune", "-f", "--filter", "label=org.edgecloud.stage=build", quiet=True)
     return time.monotonic() - start
 
 
@@ -324,6 +323,8 @@ def build_all(base: str = "auto") -> list[dict[str, object]]:
             "size_mb": round(image_size(image.tags[0]) / 1e6, 1),
             "build_s": round(seconds, 1),
         })  # fmt: skip
+    # Earlier builds' images are untagged now: remove them (ours only, by label).
+    podman("image", "prune", "-f", "--filter", "label=org.edgecloud.project=edgecloud", quiet=True)
     for name in (args["PYTHON_IMAGE"], args["DEBIAN_IMAGE"]):
         rows.append({"image": f"base {name}", "tags": [name], "base": "",
                      "size_mb": round(image_size(name) / 1e6, 1), "build_s": None})  # fmt: skip

@@ -10,6 +10,7 @@
 ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
 
 FROM ${DEBIAN_IMAGE} AS runtime
+LABEL org.edgecloud.project=edgecloud
 RUN apt-get update \
     && apt-get install -y --no-install-recommends mosquitto \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
