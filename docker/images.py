@@ -16,9 +16,10 @@ wheelhouse built on the host (``pip wheel``) and are installed offline in the im
 (``--no-index --find-links``): builds need no registry access and no CA bundle inside
 the image, and an air-gapped site can carry the wheelhouse along.
 
-Caches (never required; delete them freely): the base images stay in podman's image
-store, the wheelhouse under ``$EDGECLOUD_CACHE`` (default ``~/.cache/edgecloud``), keyed
-by the dependency list and the Python version. Not built here: ``edge-jetson`` (its L4T
+Caches (never required; delete them freely): the base images and the last build stage
+stay in podman's image store (untagged images of earlier builds are pruned, by label),
+the wheelhouse under ``$EDGECLOUD_CACHE`` (default ``~/.cache/edgecloud``), keyed by the
+dependency list and the Python version. Not built here: ``edge-jetson`` (its L4T
 base needs NVIDIA's registry and an arm64 Jetson) and ``cloud-gpu`` (NGC TensorRT base);
 ``lint`` checks their structure.
 
