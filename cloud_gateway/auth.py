@@ -9,9 +9,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
 
 from models.errors import ConfigError, PermissionDenied, Unauthenticated
 
@@ -46,6 +50,10 @@ def token_digest(token: str) -> str:
 class Principal:
     role: Role
     digest_prefix: str  # enough to tell tokens apart in logs, useless to an attacker
+    #: Set for an enrolled agent's own token (cloud_gateway.enrolment): the only
+    #: identity that may report for this agent id.
+    agent_id: str | None = None
+    site: str | None = None
 
 
 class TokenStore:
@@ -85,8 +93,14 @@ class TokenStore:
     def __len__(self) -> int:
         return len(self._digests)
 
-    def authenticate(self, header: str | None) -> Principal:
-        """``Authorization`` header value -> principal, or Unauthenticated."""
+    def authenticate(
+        self, header: str | None, enrolled: Callable[[str], Any] | None = None
+    ) -> Principal:
+        """``Authorization`` header value -> principal, or Unauthenticated.
+
+        ``enrolled(digest_hex)`` looks up per-agent tokens (an object with ``agent_id``
+        and ``site``, or None) after the static ones.
+        """
         if not header:
             raise Unauthenticated("missing bearer token (Authorization: Bearer <token>)")
         scheme, _, token = header.partition(" ")
@@ -98,9 +112,17 @@ class TokenStore:
         for known, role in self._digests:
             if hmac.compare_digest(known, digest) and (found is None or role > found):
                 found = role
+        if found is None and enrolled is not None:
+            identity = enrolled(digest.hex())
+            if identity is not None:
+                return Principal(Role.AGENT, digest.hex()[:8], identity.agent_id, identity.site)
         if found is None:
             raise Unauthenticated("unknown bearer token")
         return Principal(found, digest.hex()[:8])
+
+
+#: Where the app stores the authenticated caller for the handlers.
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def require(principal: Principal, role: Role) -> None:

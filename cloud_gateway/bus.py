@@ -14,6 +14,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from models.logs import Outage
 from offload.mqtt import BrokerUrl, make_client
 from offload.topics import Topics
 
@@ -44,6 +45,10 @@ class Bus:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_connect_fail = self._on_connect_fail
+        # paho retries every second or so: one WARNING per outage, not one per retry.
+        self._outage = Outage(log, f"broker {self.url}")
+        self._stopping = False
         self._ready = asyncio.Event()
 
     def start(self) -> None:
@@ -60,7 +65,12 @@ class Bus:
             return False
         return True
 
+    def unreachable(self, reason: str) -> None:
+        """Report the broker as down (a no-op beyond DEBUG if already reported)."""
+        self._outage.failed(reason)
+
     def stop(self) -> None:
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -75,10 +85,11 @@ class Bus:
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
     ) -> None:
         if rc != 0:
-            log.warning("broker %s refused the connection: %s", self.url, rc)
+            self._outage.failed(f"connection refused: {rc}")
             return
         self.connected = True
         client.subscribe(self.topics.status_filter(), qos=1)
+        self._outage.recovered()
         log.info("connected to %s", self.url)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._ready.set)
@@ -89,8 +100,13 @@ class Bus:
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
     ) -> None:
         self.connected = False
+        if not self._stopping:
+            self._outage.failed(f"connection lost: {rc}")
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._ready.clear)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._outage.failed("cannot connect")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")

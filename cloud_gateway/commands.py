@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
 import time
 from typing import Any
 
@@ -12,7 +14,9 @@ from rich.table import Table
 
 from cloud_gateway.client import GatewayClient
 from cloud_gateway.settings import GatewaySettings
+from models.bundle_cli import run_bundle_command
 from models.errors import InvalidInput
+from offload.topics import Topics
 
 _FINAL = ("succeeded", "rolled_back", "failed")
 
@@ -186,9 +190,70 @@ def _fleet(client: GatewayClient) -> int:
     return 0
 
 
+def agent_topics(prefix: str) -> Topics:
+    """The topics as an agent with ``--topic-prefix PREFIX`` uses them (every root is
+    prefixed on the agent; the gateway's fleet root gets the same prefix)."""
+    p = prefix.strip("/")
+    if not p:
+        return Topics()
+    roots = {f.name: f"{p}/{f.default}" for f in dataclasses.fields(Topics)}
+    return Topics(**roots)
+
+
+def _fleet_local(args: argparse.Namespace, settings: GatewaySettings) -> int:
+    """Identity commands: straight on the gateway database (they mint secrets, so they
+    run on the gateway's host, not over the API)."""
+    from cloud_gateway.brokerconf import write_broker_config
+    from cloud_gateway.db import open_db
+    from cloud_gateway.enrolment import Enrolments
+
+    enrolments = Enrolments(open_db(settings.db_path))
+    if args.fleet_command == "enrol":
+        token = enrolments.enrol(args.agent_id, args.site)
+        print(token)
+        print(
+            f"enrolled {args.agent_id} (site {args.site}); the token above is shown only "
+            "once: it is the agent's gateway token and MQTT password (user = agent id). "
+            "Run `fleet broker-config` again and SIGHUP mosquitto.",
+            file=sys.stderr,
+        )
+    elif args.fleet_command == "revoke":
+        enrolments.revoke(args.agent_id)
+        print(f"revoked {args.agent_id}; run `fleet broker-config` again and SIGHUP mosquitto")
+    elif args.fleet_command == "list-enrolled":
+        for row in enrolments.all():
+            print(f"{row['agent_id']}\t{row['site']}")
+    else:
+        pw_file = args.gateway_password_file or args.out / "cloud-gateway.password"
+        count = sum(1 for r in enrolments.all() if not args.sites or r["site"] in args.sites)
+        passwd, acl = write_broker_config(
+            enrolments,
+            args.out,
+            agent_topics(settings.topic_prefix),
+            gateway_password_file=pw_file,
+            anonymous_clients=args.anonymous_clients,
+            sites=args.sites,
+        )
+        print(f"wrote {passwd} and {acl} ({count} agents)")
+    return 0
+
+
 def run(args: argparse.Namespace, settings: GatewaySettings) -> int:
     if args.command == "models" and args.models_command == "build":
         return _build(args)
+    if args.command == "models" and args.models_command in ("pack", "install"):
+        return run_bundle_command(args.models_command, args)
+    if args.command == "fleet" and args.fleet_command in ("assign", "unassign"):
+        client = _client(settings)
+        path = f"/api/v1/fleet/{args.agent_id}/models/{args.model}"
+        if args.fleet_command == "assign":
+            body = {"version": args.model_version, "topics": args.topics}
+            _print_json(client.request("PUT", path, body))
+        else:
+            _print_json(client.request("DELETE", path))
+        return 0
+    if args.command == "fleet" and args.fleet_command:
+        return _fleet_local(args, settings)
     client = _client(settings)
     if args.command == "models":
         return _models(args, client)

@@ -48,6 +48,9 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
             "version": int,
             "sha256": str,
             "url": str,
+            "rollback": int,
+            "topics": str,
+            "state": str,
             "rollout_id": str,
             "issued_at": float,
         },
@@ -61,6 +64,7 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
             "strategy": str,
             "waves": str,
             "selector": str,
+            "topics": str,
             "gates": str,
             "bake_s": float,
             "wave_timeout_s": float,
@@ -90,6 +94,19 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
         },
         ("rollout_id", "agent_id"),
     ),
+    # Per-agent identities (cloud_gateway.enrolment): only digests, never a token.
+    "enrolments": (
+        {
+            "agent_id": str,
+            "site": str,
+            "token_sha256": str,
+            "mqtt_hash": str,
+            "enrolled_at": float,
+        },
+        "agent_id",
+    ),
+    # Monotonic counters that must survive restarts (the desired-state sequence).
+    "counters": ({"name": str, "value": int}, "name"),
     "events": (
         {"id": int, "ts": float, "rollout_id": str, "kind": str, "detail": str},
         "id",
@@ -117,7 +134,21 @@ def open_db(path: Path) -> sqlite_utils.Database:
                 table.add_column(col, typ)
     if "idx_rollout_agents_agent" not in {i.name for i in db.table("rollout_agents").indexes}:
         db.table("rollout_agents").create_index(["agent_id"], "idx_rollout_agents_agent")
+    if "idx_enrolments_token" not in {i.name for i in db.table("enrolments").indexes}:
+        db.table("enrolments").create_index(["token_sha256"], "idx_enrolments_token", unique=True)
     return db
+
+
+def next_counter(db: sqlite_utils.Database, name: str, floor: int = 0) -> int:
+    """Increase the persisted counter ``name`` to at least ``floor`` and by at least one;
+    returns the new value (atomic: the CLI and the server may share the database)."""
+    db.execute("insert or ignore into counters (name, value) values (?, 0)", [name])
+    # One statement: two processes incrementing at once still get distinct values.
+    row = db.execute(
+        "update counters set value = max(value + 1, ?) where name = ? returning value",
+        [floor, name],
+    ).fetchone()
+    return int(row[0])
 
 
 def dumps(value: Any) -> str:

@@ -1,21 +1,36 @@
-"""Per-agent desired state: the rows in SQLite and their retained MQTT messages.
+"""Per-agent desired state: the rows in SQLite and their signed, retained MQTT messages.
 
-The message on ``fleet/{agent}/desired`` is ``offload.desired.Desired``, the same value
-object the agent's updater parses. ``sha256``/``url`` are null only for a rollback to a
-version the registry no longer holds (agents keep their last versions locally).
+The message on ``fleet/{agent}/desired`` is ``offload.desired.SignedDesired``: the
+``Desired`` document signed with the gateway's own ed25519 key, carrying a sequence
+number from a counter persisted in the gateway database (``counters``), so every
+document the gateway ever signs is newer than the ones before it, across restarts.
+``sha256``/``url`` are null only for a rollback to a version the registry no longer
+holds (agents keep their last versions locally).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import sqlite_utils
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from offload.desired import Desired, WantedModel
+from cloud_gateway.db import next_counter
+from offload.desired import Desired, WantedModel, sign_desired
 from offload.topics import Topics
 
 Publish = Callable[[str, bytes], None]
+
+SEQUENCE = "desired-sequence"
+
+
+def next_sequence(db: sqlite_utils.Database) -> int:
+    """The next desired-state sequence number: the persisted counter plus one, but never
+    below the wall clock in milliseconds, so a gateway whose database was restored from
+    a backup (or replaced) still signs documents newer than those its agents accepted."""
+    return next_counter(db, SEQUENCE, floor=int(time.time() * 1000))
 
 
 class DesiredState:
@@ -25,17 +40,38 @@ class DesiredState:
         topics: Topics,
         publish: Publish,
         base_url: Callable[[], str],
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.db = db
         self.topics = topics
         self.publish = publish
         self.base_url = base_url
+        # None only where an engine is built without a gateway (unit tests): an ephemeral
+        # key that no agent trusts.
+        self.key = signing_key or Ed25519PrivateKey.generate()
 
-    def set(self, agent_id: str, model: str, version: dict[str, Any], rid: str, now: float) -> None:
-        """Ask ``agent_id`` to run ``version`` (a registry row, or {"version": n})."""
+    def set(
+        self,
+        agent_id: str,
+        model: str,
+        version: dict[str, Any],
+        rid: str,
+        now: float,
+        *,
+        rollback: bool = False,
+        topics: str | None = None,
+    ) -> None:
+        """Ask ``agent_id`` to run ``version`` (a registry row, or {"version": n}).
+
+        A version below the one desired before is marked as a rollback (agents refuse
+        an unmarked downgrade)."""
         url = None
         if version.get("sha256"):
             url = f"{self.base_url()}/api/v1/models/{model}/versions/{version['version']}/bundle"
+        before = self.db.execute(
+            "select version from desired where agent_id = ? and model = ?", [agent_id, model]
+        ).fetchone()
+        rollback = rollback or (before is not None and before[0] > version["version"])
         self.db.table("desired").upsert(
             {
                 "agent_id": agent_id,
@@ -43,6 +79,9 @@ class DesiredState:
                 "version": version["version"],
                 "sha256": version.get("sha256"),
                 "url": url,
+                "rollback": int(rollback),
+                "topics": topics,
+                "state": "serving",
                 "rollout_id": rid,
                 "issued_at": now,
             },
@@ -50,21 +89,44 @@ class DesiredState:
         )
         self.publish_agent(agent_id, rid, now)
 
-    def remove(self, agent_id: str, model: str, rid: str, now: float) -> None:
-        self.db.table("desired").delete_where("agent_id = ? and model = ?", [agent_id, model])
+    def remove(self, agent_id: str, model: str, rid: str | None, now: float) -> None:
+        """Ask ``agent_id`` to stop serving ``model`` (``state: absent``; an agent that no
+        longer serves it ignores that). The row stays so the retained message keeps saying
+        so after a broker restart."""
+        self.db.execute(
+            "update desired set state = 'absent', rollout_id = ?, issued_at = ? "
+            "where agent_id = ? and model = ?",
+            [rid, now, agent_id, model],
+        )
         self.publish_agent(agent_id, rid, now)
 
     def message(self, agent_id: str, rid: str | None, now: float) -> Desired:
-        """The desired-state message of ``agent_id`` as its rows stand."""
+        """The desired-state document of ``agent_id`` as its rows stand, with a new
+        sequence number."""
         rows = self.db.table("desired").rows_where("agent_id = ?", [agent_id])
         models = {
-            r["model"]: WantedModel(version=r["version"], sha256=r["sha256"], url=r["url"])
+            r["model"]: WantedModel(
+                version=r["version"],
+                sha256=r["sha256"],
+                url=r["url"],
+                rollback=bool(r.get("rollback")),
+                topics=r.get("topics"),
+                state=r.get("state") or "serving",
+            )
             for r in rows
         }
-        return Desired(rollout_id=rid, models=models, issued_at=now)
+        return Desired(
+            target=agent_id,
+            target_kind="agent",
+            sequence=next_sequence(self.db),
+            rollout_id=rid,
+            models=models,
+            issued_at=float(now),
+        )
 
     def publish_agent(self, agent_id: str, rid: str | None, now: float) -> None:
-        self.publish(self.topics.desired(agent_id), self.message(agent_id, rid, now).to_bytes())
+        document = self.message(agent_id, rid, now)
+        self.publish(self.topics.desired(agent_id), sign_desired(document, self.key))
 
     def republish_all(self) -> int:
         """Re-assert every agent's desired state (after a broker lost its retained store)."""
@@ -82,12 +144,16 @@ class DesiredState:
         """agent -> desired version of ``model``."""
         return {
             r["agent_id"]: r["version"]
-            for r in self.db.table("desired").rows_where("model = ?", [model])
+            for r in self.db.table("desired").rows_where(
+                "model = ? and coalesce(state, 'serving') = 'serving'", [model]
+            )
         }
 
     def of(self, agent_id: str) -> dict[str, int]:
         """model -> desired version on ``agent_id``."""
         return {
             r["model"]: r["version"]
-            for r in self.db.table("desired").rows_where("agent_id = ?", [agent_id])
+            for r in self.db.table("desired").rows_where(
+                "agent_id = ? and coalesce(state, 'serving') = 'serving'", [agent_id]
+            )
         }

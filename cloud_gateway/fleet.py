@@ -17,8 +17,9 @@ import sqlite_utils
 from pydantic import ValidationError
 
 from cloud_gateway.db import dumps, loads
+from cloud_gateway.enrolment import Enrolments, Identity
 from cloud_gateway.schemas import Selector, StatusReport
-from models.errors import InvalidInput, NotFound
+from models.errors import InvalidInput, NotFound, PermissionDenied
 from offload.topics import check_segment
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,34 @@ class Fleet:
         db: sqlite_utils.Database,
         heartbeat_timeout_s: float,
         clock: Callable[[], float] = time.time,
+        *,
+        require_enrolment: bool | None = None,
     ) -> None:
         self.db = db
         self.timeout_s = heartbeat_timeout_s
         self.clock = clock
+        self.enrolments = Enrolments(db)
+        #: None: required as soon as any agent is enrolled (docs/architecture.md §3).
+        self.require_enrolment = require_enrolment
         self.rejected = 0  # malformed status messages (counted, logged, never fatal)
+        self.unenrolled = 0  # status for agent ids that are not enrolled (dropped)
+        self._warned: set[str] = set()
+
+    def enrolment_required(self) -> bool:
+        if self.require_enrolment is not None:
+            return self.require_enrolment
+        return self.enrolments.count() > 0
+
+    def identity(self, agent_id: str) -> Identity | None:
+        """The enrolled identity of ``agent_id``; None if enrolment is not required.
+        Raises PermissionDenied for an id that must be enrolled and is not."""
+        found = self.enrolments.find(agent_id)
+        if found is None and self.enrolment_required():
+            raise PermissionDenied(
+                f"agent {agent_id!r} is not enrolled (cloud-gateway fleet enrol); "
+                "its status is ignored"
+            )
+        return found
 
     def apply_payload(self, agent_id: str, payload: bytes) -> dict[str, Any] | None:
         """Decode one ``fleet/{agent}/status`` message; bad ones are counted and dropped."""
@@ -49,13 +73,24 @@ class Fleet:
             data.setdefault("agent_id", agent_id)
             if data["agent_id"] != agent_id:
                 raise InvalidInput(f"status for {data['agent_id']!r} on {agent_id!r}'s topic")
-            return self.apply(StatusReport.model_validate(data))
-        except (ValueError, ValidationError, InvalidInput) as exc:
+            report = StatusReport.model_validate(data)
+        except (ValueError, ValidationError, InvalidInput, RecursionError) as exc:
             self.rejected += 1
-            log.warning("dropping malformed status from %s: %s", agent_id, str(exc)[:200])
+            log.warning("dropping malformed status from %s: %s", agent_id[:64], str(exc)[:200])
             return None
+        try:
+            identity = self.identity(agent_id)
+        except PermissionDenied as exc:
+            self.unenrolled += 1
+            if len(self._warned) < 1000 and agent_id not in self._warned:
+                self._warned.add(agent_id)  # once per id: a flood must not flood the log
+                log.warning("dropping status: %s", exc.message)
+            return None
+        return self.apply(report, identity)
 
-    def apply(self, report: StatusReport) -> dict[str, Any]:
+    def apply(self, report: StatusReport, identity: Identity | None = None) -> dict[str, Any]:
+        """Record a heartbeat. ``identity`` (the enrolment) fixes the site; a heartbeat's
+        ``labels`` are ignored: labels are the admin's (:meth:`set_labels`)."""
         check_segment(report.agent_id, "agent")
         now = self.clock()
         table = self.db.table("agents")
@@ -64,11 +99,11 @@ class Fleet:
             # A last will carries only the id: keep what we knew, flip the flag.
             table.update(report.agent_id, {"online": 0, "last_seen": old["last_seen"]})
             return self.get(report.agent_id)
-        labels = report.labels if report.labels is not None else None
+        site = identity.site if identity else report.site or (old["site"] if old else "")
         row = {
             "agent_id": report.agent_id,
-            "site": report.site or (old["site"] if old else ""),
-            "labels": dumps(labels) if labels is not None else (old["labels"] if old else "{}"),
+            "site": site,
+            "labels": old["labels"] if old else "{}",
             "online": int(report.online),
             "models": dumps(report.models),
             "update_state": dumps(report.update),

@@ -7,22 +7,26 @@ Errors are raised as models.errors subclasses and translated once by the middlew
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from cloud_gateway.auth import PRINCIPAL
 from cloud_gateway.db import loads
 from cloud_gateway.fleet import agent_view
 from cloud_gateway.registry import validate_name
 from cloud_gateway.schemas import (
+    AssignRequest,
     LabelsRequest,
     RollbackRequest,
     RolloutRequest,
     StatusReport,
 )
-from models.errors import BundleTooLarge, InvalidInput
+from models.errors import BundleTooLarge, InvalidInput, PermissionDenied
+from offload.desired import MAX_VERSION
 
 if TYPE_CHECKING:
     from cloud_gateway.service import Gateway
@@ -32,9 +36,11 @@ M = TypeVar("M", bound=BaseModel)
 
 async def _body(request: web.Request, model: type[M]) -> M:
     try:
-        data = await request.json()
+        data = json.loads(await request.read())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise InvalidInput("request body must be JSON") from None
+    except RecursionError:
+        raise InvalidInput("request body is nested too deeply") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -44,13 +50,16 @@ async def _body(request: web.Request, model: type[M]) -> M:
         raise InvalidInput(f"invalid {model.__name__}: {detail}") from None
 
 
+#: ASCII digits only: int() would also take " 1", "1_0" and full-width digits.
+_VERSION = re.compile(r"[1-9][0-9]{0,9}")
+
+
 def _version(request: web.Request) -> tuple[str, int]:
     name = validate_name(request.match_info["name"])
-    try:
-        version = int(request.match_info["version"])
-    except ValueError:
-        raise InvalidInput("version must be an integer") from None
-    return name, version
+    text = request.match_info["version"]
+    if not _VERSION.fullmatch(text) or int(text) > MAX_VERSION:
+        raise InvalidInput(f"version must be an integer from 1 to {MAX_VERSION}")
+    return name, int(text)
 
 
 def _version_view(gw: Gateway, row: dict[str, Any], *, manifest: bool) -> dict[str, Any]:
@@ -132,10 +141,22 @@ async def get_agent(request: web.Request, gw: Gateway) -> web.StreamResponse:
 
 
 async def report_status(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    agent_id = request.match_info["agent_id"]
+    principal = request[PRINCIPAL]
+    if principal.agent_id is None:
+        raise PermissionDenied(
+            "only an enrolled agent's own token may report its status "
+            "(cloud-gateway fleet enrol AGENT_ID --site SITE)"
+        )
+    if principal.agent_id != agent_id:
+        raise PermissionDenied(
+            f"this token belongs to agent {principal.agent_id!r}; "
+            f"it may not report for {agent_id!r}"
+        )
     report = await _body(request, StatusReport)
-    if report.agent_id != request.match_info["agent_id"]:
+    if report.agent_id != agent_id:
         raise InvalidInput("agent_id in the body differs from the path")
-    gw.fleet.apply(report)
+    gw.fleet.apply(report, gw.fleet.identity(agent_id))
     return web.json_response(_agent(gw, gw.fleet.get(report.agent_id)))
 
 
@@ -144,6 +165,21 @@ async def set_labels(request: web.Request, gw: Gateway) -> web.StreamResponse:
     return web.json_response(
         _agent(gw, gw.fleet.set_labels(request.match_info["agent_id"], body.labels))
     )
+
+
+async def assign_model(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    body = await _body(request, AssignRequest)
+    name = validate_name(request.match_info["name"])
+    agent_id = request.match_info["agent_id"]
+    desired = gw.engine.assign(agent_id, name, body.version, body.topics)
+    return web.json_response({"agent_id": agent_id, "desired": desired})
+
+
+async def unassign_model(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    name = validate_name(request.match_info["name"])
+    agent_id = request.match_info["agent_id"]
+    desired = gw.engine.unassign(agent_id, name)
+    return web.json_response({"agent_id": agent_id, "desired": desired})
 
 
 async def list_rollouts(request: web.Request, gw: Gateway) -> web.StreamResponse:

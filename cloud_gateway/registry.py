@@ -27,6 +27,7 @@ import sqlite_utils
 from cloud_gateway.db import loads
 from models.errors import BundleTooLarge, Conflict, InvalidInput, NotFound, Status
 from models.manifest import Manifest, validate_model_name
+from models.servable import check_servable
 
 
 class VersionExists(Conflict):
@@ -42,6 +43,8 @@ def _verify(bundle: Path, trusted_keys: dict[str, Any], max_bytes: int) -> tuple
 
     with tempfile.TemporaryDirectory(prefix="verify-", dir=bundle.parent) as tmp:
         manifest = unpack_bundle(bundle, Path(tmp) / "b", trusted_keys, max_bytes=max_bytes)
+        # Refuse here what no edge agent could feed, before any rollout reaches an agent.
+        check_servable(manifest)
         signer = ""
         sig = Path(tmp) / "b" / "signature.json"
         if sig.exists():
@@ -152,7 +155,8 @@ class Registry:
     def in_use(self, name: str, version: int) -> str | None:
         """Why the version cannot be deleted, or None."""
         for row in self.db.query(
-            "select agent_id from desired where model = ? and version = ? limit 1",
+            "select agent_id from desired where model = ? and version = ?"
+            " and coalesce(state, 'serving') = 'serving' limit 1",
             [name, version],
         ):
             return f"agent {row['agent_id']} is asked to run it"

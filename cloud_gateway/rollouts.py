@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlite_utils
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_gateway import canary, gates, history
 from cloud_gateway.db import dumps, loads
@@ -45,13 +46,14 @@ class RolloutEngine:
         base_url: Callable[[], str],
         *,
         wave_timeout_s: float = 300.0,
+        signing_key: Ed25519PrivateKey | None = None,
         cloud_load: Callable[[str, int], Awaitable[str]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
         self.registry = registry
         self.fleet = fleet
-        self.desired = DesiredState(db, topics, publish, base_url)
+        self.desired = DesiredState(db, topics, publish, base_url, signing_key)
         self.wave_timeout_s = wave_timeout_s
         self.cloud_load = cloud_load
         self.clock = clock
@@ -79,6 +81,7 @@ class RolloutEngine:
                 "strategy": req.strategy,
                 "waves": dumps(req.waves if req.strategy == "canary" else ["100%"]),
                 "selector": req.selector.model_dump_json(),
+                "topics": req.topics,
                 "gates": req.gates.model_dump_json(),
                 "bake_s": req.bake_s,
                 "wave_timeout_s": req.wave_timeout_s or self.wave_timeout_s,
@@ -113,6 +116,37 @@ class RolloutEngine:
         )
         self._event(rid, "started", {"targets": len(targets), "waves": [len(w) for w in plan]})
         return self.get(rid)
+
+    def assign(self, agent_id: str, model: str, version: int, topics: str | None) -> dict[str, int]:
+        """Serve ``model:version`` on one agent now (add it, move its topics, or change its
+        version outside a rollout); returns the agent's desired versions."""
+        row = self.registry.get(model, version)
+        self.fleet.get(agent_id)
+        self._no_rollout_of(model)
+        now = self.clock()
+        self.desired.set(agent_id, model, row, None, now, topics=topics)
+        self._event(
+            None,
+            "assigned",
+            {"agent": agent_id, "model": model, "version": version, "topics": topics},
+        )
+        return self.desired.of(agent_id)
+
+    def unassign(self, agent_id: str, model: str) -> dict[str, int]:
+        """Stop serving ``model`` on one agent."""
+        self.fleet.get(agent_id)
+        self._no_rollout_of(model)
+        if model not in self.desired.of(agent_id):
+            raise NotFound(f"the gateway does not assign {model} to {agent_id}")
+        self.desired.remove(agent_id, model, None, self.clock())
+        self._event(None, "unassigned", {"agent": agent_id, "model": model})
+        return self.desired.of(agent_id)
+
+    def _no_rollout_of(self, model: str) -> None:
+        for row in self.db.query(
+            "select id from rollouts where model = ? and state = 'running'", [model]
+        ):
+            raise Conflict(f"rollout {row['id']} of {model} is running: wait or roll it back")
 
     def rollback(
         self, model: str, rollout_id: str | None = None, reason: str = "manual"
@@ -239,7 +273,7 @@ class RolloutEngine:
             self.db.table("rollout_agents").update(
                 (rid, agent_id), {"state": "issued", "issued_at": now}
             )
-            self.desired.set(agent_id, row["model"], version, rid, now)
+            self.desired.set(agent_id, row["model"], version, rid, now, topics=row.get("topics"))
         self._update(rid, current_wave=wave, wave_started_at=now, wave_converged_at=None)
         self._event(rid, "wave-issued", {"wave": wave + 1, "agents": agent_ids})
         log.info("rollout %s: wave %d issued to %d agents", rid, wave + 1, len(agent_ids))
@@ -258,10 +292,11 @@ class RolloutEngine:
             if prev is None:
                 self.desired.remove(agent_id, model, rid, now)
             elif version is not None:
-                self.desired.set(agent_id, model, version, rid, now)
+                self.desired.set(agent_id, model, version, rid, now, rollback=True)
             else:
                 # Not in the registry: the agent still has it locally (it keeps the last K).
-                self.desired.set(agent_id, model, {"version": prev, "sha256": None}, rid, now)
+                prev_row = {"version": prev, "sha256": None}
+                self.desired.set(agent_id, model, prev_row, rid, now, rollback=True)
             self.db.table("rollout_agents").update(
                 (rid, agent_id), {"state": "rolled_back", "reason": reason}
             )

@@ -14,6 +14,8 @@ from pydantic import BaseModel
 from cloud_gateway import handlers as h
 from cloud_gateway import schemas as s
 from cloud_gateway.auth import Role
+from cloud_gateway.health import readyz
+from cloud_gateway.metrics import metrics
 
 if TYPE_CHECKING:
     from cloud_gateway.service import Gateway
@@ -48,6 +50,8 @@ class Route:
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", None, "Liveness probe", h.healthz, tag="ops"),
+    Route("GET", "/readyz", None, "Readiness: DB, broker and engine up", readyz, tag="ops"),
+    Route("GET", "/metrics", None, "Prometheus metrics (text format)", metrics, tag="ops"),
     Route("GET", "/openapi.json", None, "This OpenAPI document", h.openapi, tag="ops"),
     Route(
         "GET",
@@ -102,7 +106,7 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/api/v1/models/{name}/versions/{version}/bundle",
         Role.AGENT,
-        "Download the bundle file",
+        "Download the bundle file (an enrolled agent's token may do only this and report)",
         h.download_bundle,
         response=BINARY,
         tag="registry",
@@ -130,7 +134,8 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/api/v1/fleet/{agent_id}/status",
         Role.AGENT,
-        "Report a heartbeat over HTTP (same JSON as fleet/{agent}/status)",
+        "Report a heartbeat over HTTP (same JSON as fleet/{agent}/status); only with the "
+        "agent's own enrolled token; labels in it are ignored",
         h.report_status,
         request=s.StatusReport,
         response=s.AgentInfo,
@@ -144,6 +149,25 @@ ROUTES: tuple[Route, ...] = (
         h.set_labels,
         request=s.LabelsRequest,
         response=s.AgentInfo,
+        tag="fleet",
+    ),
+    Route(
+        "PUT",
+        "/api/v1/fleet/{agent_id}/models/{name}",
+        Role.ADMIN,
+        "Serve a model version on one agent, bound to a topic filter (add or move it)",
+        h.assign_model,
+        request=s.AssignRequest,
+        response=s.AgentDesired,
+        tag="fleet",
+    ),
+    Route(
+        "DELETE",
+        "/api/v1/fleet/{agent_id}/models/{name}",
+        Role.ADMIN,
+        "Stop serving a model on one agent (its readings become no-model dead letters)",
+        h.unassign_model,
+        response=s.AgentDesired,
         tag="fleet",
     ),
     Route(

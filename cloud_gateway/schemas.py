@@ -6,8 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from models.errors import InvalidInput
 from models.manifest import validate_model_name
-from offload.desired import UpdateState
+from offload.desired import MAX_VERSION, UpdateState
+from offload.topics import check_filter
 
 
 def update_state(value: Any) -> UpdateState:
@@ -62,6 +64,33 @@ class AgentInfo(_Body):
 
 class LabelsRequest(_Body):
     labels: dict[str, str]
+
+
+class AssignRequest(_Body):
+    """Serve a model version on one agent, bound to a topic filter (add or move it)."""
+
+    version: int = Field(ge=1, le=MAX_VERSION, strict=True)
+    topics: str | None = Field(
+        default=None,
+        max_length=512,
+        description="MQTT topic filter the model answers on the agent (default: unchanged, "
+        "or the agent's default model when it does not serve it yet)",
+    )
+
+    @field_validator("topics")
+    @classmethod
+    def _topics(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                check_filter(v)
+            except InvalidInput as exc:
+                raise ValueError(exc.message) from None
+        return v
+
+
+class AgentDesired(_Body):
+    agent_id: str
+    desired: dict[str, int] = Field(description="model -> version the gateway asks for")
 
 
 class Selector(_Body):
@@ -154,8 +183,20 @@ class Gates(_Body):
 
 class RolloutRequest(_Body):
     model: str
-    version: int = Field(ge=1)
+    # Strict: " 1", "1", 1.0 and true are not the version 1 (issue 16, item 12).
+    version: int = Field(ge=1, le=MAX_VERSION, strict=True)
+    topics: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="MQTT topic filter the model is bound to on each agent (default: unchanged)",
+    )
     strategy: Literal["all-at-once", "canary"] = "canary"
+
+    @field_validator("topics")
+    @classmethod
+    def _rollout_topics(cls, v: str | None) -> str | None:
+        return AssignRequest._topics(v)  # the same filter rule
+
     waves: list[str] = Field(
         default_factory=lambda: ["10%", "50%", "100%"],
         description="cumulative wave sizes: 'N%' of the targets or a count 'N'",

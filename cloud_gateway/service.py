@@ -21,6 +21,7 @@ from cloud_gateway.bus import Bus
 from cloud_gateway.cloud import CloudTier
 from cloud_gateway.db import open_db
 from cloud_gateway.fleet import Fleet
+from cloud_gateway.metrics import GatewayMetrics
 from cloud_gateway.openapi import build_openapi
 from cloud_gateway.registry import Registry
 from cloud_gateway.rollouts import RolloutEngine
@@ -74,9 +75,16 @@ class Gateway:
             executor=self.executor,
         )
         self.registry.cleanup_incoming()
-        self.fleet = Fleet(self.db, settings.heartbeat_timeout_s)
+        self.fleet = Fleet(
+            self.db, settings.heartbeat_timeout_s, require_enrolment=settings.require_enrolment
+        )
+        from models.signing import ensure_key
+
+        self.desired_key = ensure_key(settings.signing_key_path())
         self.topics = settings.topics()
         self.bus: Bus | None = None
+        self.engine_task: asyncio.Task[None] | None = None
+        self.metrics = GatewayMetrics(self)
         self.port = settings.port
         self.cloud = (
             CloudTier(settings.cloud, settings.cloud_repository, self.trusted_keys, self.executor)
@@ -91,6 +99,7 @@ class Gateway:
             self._publish,
             self.base_url,
             wave_timeout_s=settings.wave_timeout_s,
+            signing_key=self.desired_key,
             cloud_load=self._cloud_load if self.cloud else None,
         )
         self._openapi: dict[str, Any] | None = None
@@ -135,13 +144,15 @@ class Gateway:
 
     def _on_status(self, agent_id: str, payload: bytes) -> None:
         if not self._closed:  # paho may still hand over messages while we shut down
-            self.fleet.apply_payload(agent_id, payload)
+            row = self.fleet.apply_payload(agent_id, payload)
+            self.metrics.mqtt_heartbeat(payload, accepted=row is not None)
 
     async def run_engine(self) -> None:
         while True:
             try:
-                self.fleet.sweep()
-                await self.engine.tick()
+                with self.metrics.engine_tick.time():
+                    self.fleet.sweep()
+                    await self.engine.tick()
             except Exception:  # keep the engine alive; the next tick retries
                 log.exception("engine tick failed")
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
@@ -172,10 +183,10 @@ async def serve(settings: GatewaySettings) -> AsyncIterator[Gateway]:
     if server is not None and server.sockets:  # type: ignore[union-attr]
         gw.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     if not await gw.bus.wait_connected(5.0):
-        log.warning("broker %s not reachable yet; retrying in the background", gw.bus.url)
+        gw.bus.unreachable("not connected within 5s")
     # Let retained heartbeats arrive before the engine judges anyone offline or stale.
     await asyncio.sleep(0.2)
-    engine = asyncio.create_task(gw.run_engine(), name="rollout-engine")
+    engine = gw.engine_task = asyncio.create_task(gw.run_engine(), name="rollout-engine")
     log.info("cloud gateway on %s (API %s/openapi.json)", gw.url, gw.url)
     try:
         yield gw

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
 from offload.topics import Topics
 
 
@@ -57,6 +58,17 @@ class GatewaySettings(BaseSettings):
     admin_token: SecretStr | None = Field(default=None, description="An admin bearer token.")
     agent_token: SecretStr | None = Field(default=None, description="An agent bearer token.")
     viewer_token: SecretStr | None = Field(default=None, description="A viewer bearer token.")
+    desired_signing_key: Path | None = Field(
+        default=None,
+        description="Ed25519 key signing every desired-state message, created with its .pub "
+        "when missing (default: desired.key beside --db-path); agents trust the .pub via "
+        "--gateway-key.",
+    )
+    require_enrolment: bool | None = Field(
+        default=None,
+        description="Accept status only from enrolled agent ids (default: on as soon as any "
+        "agent is enrolled).",
+    )
     heartbeat_timeout_s: float = Field(
         default=15.0, gt=0, description="Agents silent this long are marked offline."
     )
@@ -69,7 +81,8 @@ class GatewaySettings(BaseSettings):
     max_bundle_bytes: int = Field(
         default=256 * 1024 * 1024, gt=0, description="Largest accepted bundle upload."
     )
-    log_level: str = Field(default="INFO", description="Python logging level.")
+    log_level: LogLevel = Field(default="INFO", description=LOG_LEVEL_HELP)
+    log_format: LogFormat = Field(default="text", description=LOG_FORMAT_HELP)
     url: str = Field(
         default="http://127.0.0.1:8600", description="Gateway URL for client subcommands."
     )
@@ -80,6 +93,9 @@ class GatewaySettings(BaseSettings):
     def topics(self) -> Topics:
         prefix = self.topic_prefix.strip("/")
         return Topics(fleet=f"{prefix}/fleet") if prefix else Topics()
+
+    def signing_key_path(self) -> Path:
+        return self.desired_signing_key or self.db_path.parent / "desired.key"
 
     def base_url(self, bound_port: int | None = None) -> str:
         if self.public_url:

@@ -1,45 +1,55 @@
 """``EdgeAgent``: builds every part of the edge agent from :class:`EdgeSettings` and runs it.
 
-Startup order matters for "ready in <= 3 s": the model loads (and warms) in the inference
-executor while the MQTT session connects; ``/readyz`` turns green when both are done.
+An agent serves any number of models (:mod:`edge_agent.pipeline`, one pipeline each),
+each bound to the sensor topics it answers (:mod:`edge_agent.bindings`); readings reach
+the right one through :mod:`edge_agent.demux`. It may start with none: it connects, is
+ready, reports ``models: {}`` and serves what the gateway's desired state assigns (the
+updater calls :meth:`EdgeAgent.swap` and :meth:`EdgeAgent.remove`). Models the gateway
+assigned are remembered in ``<repository>/served.json`` so a restart serves them at once;
+``--model`` flags win over that file.
+
+Startup order matters for "ready in <= 3 s": the models load (and warm) in their
+executors before the session starts reading; ``/readyz`` turns green when every model is
+loaded and the broker is connected.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from edge_agent.batch import BatchDone, Request
+from edge_agent.bindings import Binding, Bindings
 from edge_agent.core import AgentCore
+from edge_agent.demux import Demux
 from edge_agent.dispatch import Dispatcher
-from edge_agent.journal import Journal
 from edge_agent.mqtt_link import MqttLink
+from edge_agent.payloads import dead_letter_json
+from edge_agent.pipeline import Pipeline
 from edge_agent.registry import ModelSlot
 from edge_agent.settings import EdgeSettings
-from edge_agent.shutdown import stop_agent
-from edge_agent.state import load_streams
-from edge_agent.stats import Stats
+from edge_agent.shutdown import close_link
+from edge_agent.stats import AgentMetrics, Stats
 from edge_agent.status import heartbeat_doc, status_doc
 from edge_agent.store import Store
 from edge_agent.telemetry import Telemetry
-from edge_agent.wiring import (
-    make_dispatcher,
-    make_remote,
-    make_topics,
-    make_updater,
-    open_journal,
-    probe_cloud,
-)
-from models.backends.base import BackendOptions
+from edge_agent.wiring import make_remote, make_topics, make_updater
+from models.errors import ConfigError, EdgecloudError, NotFound
 from models.manifest import Manifest
 from offload.mqtt import BrokerUrl
+from offload.tracing import Tracer
 
 log = logging.getLogger(__name__)
+
+SERVED_FILE = "served.json"
 
 
 class EdgeAgent:
@@ -50,43 +60,26 @@ class EdgeAgent:
         self._connect_wait = connect_wait_s
         self.started = time.monotonic()
         self.topics = make_topics(s.topic_prefix)
-        self.stats = Stats()
+        self.metrics = AgentMetrics()
         self.telemetry = Telemetry()
-        self.executor = ThreadPoolExecutor(s.workers, thread_name_prefix="edge-infer")
-        self.models = ModelSlot(
-            s.repository,
-            self.executor,
-            kind=s.backend,
-            options=BackendOptions(
-                intra_op_threads=s.intra_op_threads,
-                cache_dir=s.engine_cache_dir,
-                fp16=s.fp16,
-                emulate_ms_per_batch=s.emulate_ms_per_batch,
-                emulate_ms_per_item=s.emulate_ms_per_item,
-            ),
-            warmup_batches=tuple(sorted({1, min(8, s.max_batch), s.max_batch})),
-            on_change=self._model_changed,
+        self.bindings = Bindings()
+        self.demux = Demux(self.bindings, self.dead_letter)
+        self.deadletters: Counter[str] = Counter()  # rejected before reaching a model
+        self.pipelines: dict[str, Pipeline] = {}
+        self.tracer = (
+            Tracer(
+                s.otlp_endpoint,
+                "edge-agent",
+                sample_ratio=s.trace_sample_ratio,
+                attributes={"edgecloud.agent_id": s.agent_id, "edgecloud.site": s.site},
+            )
+            if s.otlp_endpoint
+            else None
         )
+        self._pinned: dict[str, int | None] = {}  # model -> version asked for at start
+        self._deadletter_topic = self.topics.dead_letter(s.agent_id)
         self.link: MqttLink | None = None
-        self.dispatcher: Dispatcher  # built in start(): it needs the running loop
-        self.core = AgentCore(
-            s.agent_id,
-            s.site,
-            self.topics,
-            self,
-            self.stats,
-            slo_s=s.slo_ms / 1000.0 if s.slo_ms else None,
-            max_payload_bytes=s.max_payload_bytes,
-            anomaly_threshold=s.anomaly_threshold,
-            hop=s.hop,
-            deadline_from=s.deadline_from,
-            max_clock_skew_s=s.max_clock_skew_s,
-        )
-        self.core.on_results = self._on_results
-        self.core.on_alert = self._on_alert
-        self.remote: Any = None
-        self.policy: Any = None
-        self.journal: Journal | None = None
+        self.remote: Any = make_remote(s)
         self.store: Store | None = None
         self.updater: Any = None
         self.update_state: dict[str, Any] = {
@@ -100,8 +93,97 @@ class EdgeAgent:
         self.http_runner: Any = None
         self.tasks: list[asyncio.Task[None]] = []
         self._connected_event = asyncio.Event()
+        self._served_lock = asyncio.Lock()
+        for binding in self._initial_bindings():
+            self._add_pipeline(binding.name, binding.topics)
+            self._pinned[binding.name] = binding.version
 
-    # -- Publisher protocol for the core (before the link exists, drop) -------------------
+    # -- which models -----------------------------------------------------------------------
+    @property
+    def served_file(self) -> Path:
+        return Path(self.settings.repository) / SERVED_FILE
+
+    def _initial_bindings(self) -> list[Binding]:
+        """``--model`` flags, then the models the gateway assigned before a restart."""
+        flags = self.settings.bindings()
+        names = {b.name for b in flags}
+        remembered: list[Binding] = []
+        try:
+            doc = json.loads(self.served_file.read_text())
+            for entry in doc.get("models", []):
+                b = Binding(str(entry["name"]), None, entry.get("topics"))
+                Binding.parse(str(b))  # the file is ours, but validate what we read back
+                if b.name not in names:
+                    remembered.append(b)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError, EdgecloudError) as exc:
+            log.warning("ignoring unreadable %s: %s", self.served_file, exc)
+        return flags + remembered
+
+    def _save_served(self) -> None:
+        """Remember every served model's binding for the next start (atomic replace)."""
+        doc = {
+            "models": [
+                {"name": name, "topics": self.bindings.topics_of(name)} for name in self.pipelines
+            ]
+        }
+        path = self.served_file
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot save %s: %s", path, exc)
+
+    def _add_pipeline(self, name: str, topics: str | None) -> Pipeline:
+        self.bindings.bind(name, topics)
+        p = Pipeline(
+            self.settings,
+            name,
+            topics=self.topics,
+            metrics=self.metrics,
+            publisher=self,
+            remote=self.remote,
+            pressure=lambda: self.telemetry.node_pressure,
+            on_results=self._on_results,
+            on_alert=self._on_alert,
+            connected=lambda: self.broker_connected,
+            topics_of=self.bindings.topics_of,
+            tracer=self.tracer,
+        )
+        self.pipelines[name] = p
+        return p
+
+    @property
+    def primary(self) -> Pipeline:
+        """The first model's pipeline (what a single-model agent serves)."""
+        for p in self.pipelines.values():
+            return p
+        raise NotFound("this agent serves no model")
+
+    # Single-model views, for the common case and for tests written for it.
+    @property
+    def core(self) -> AgentCore:
+        return self.primary.core
+
+    @property
+    def models(self) -> ModelSlot:
+        return self.primary.models
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        d = self.primary.dispatcher
+        if d is None:
+            raise NotFound("the agent has not started")
+        return d
+
+    @property
+    def stats(self) -> Stats:
+        return self.primary.stats
+
+    # -- Publisher protocol for the cores (before the link exists, drop) ---------------------
     def publish(self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False) -> None:
         if self.link is not None:
             self.link.publish(topic, payload, qos, retain)
@@ -110,45 +192,43 @@ class EdgeAgent:
         if self.link is not None:
             self.link.publish_many(messages, qos)
 
+    def dead_letter(self, topic: str, payload: bytes, reason: str, detail: str) -> None:
+        """A reading no model took (MQTT thread)."""
+        self.deadletters[reason] += 1
+        self.metrics.deadletter.labels(reason).inc()
+        msg = dead_letter_json(self.settings.agent_id, topic, payload, reason, detail)
+        try:
+            self.publish(self._deadletter_topic, msg, 0, False)
+        except Exception:  # the broker being gone must not turn bad input into a crash
+            log.debug("dead-letter publish failed", exc_info=True)
+
     @property
     def broker_connected(self) -> bool:
         return self.link is not None and self.link.connected
 
     @property
     def ready(self) -> bool:
-        return self.models.loaded is not None and self.broker_connected and self.core.ready
-
-    def _model_changed(self, manifest: Manifest, event: str) -> None:
-        self.core.use_manifest(manifest, event)
-        self.stats.model_changed(manifest.ref)  # judge a new version on its own latencies
-        loaded = self.models.loaded
-        dispatcher = getattr(self, "dispatcher", None)  # built in start()
-        if dispatcher is not None and loaded is not None:
-            # Another version may be faster or slower: start from its measured warm-up
-            # times, not from the previous version's history or a blind default.
-            dispatcher.service.reset(loaded.warm_times)
+        return self.broker_connected and all(p.ready for p in self.pipelines.values())
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        self.core.loop = loop
-        name, version = s.model_ref()
         self._build_routing()
         self.link = MqttLink(
-            BrokerUrl.parse(s.broker),
+            broker_url(s),
             s.agent_id,
-            filters=s.filters(),
+            filters=self.bindings.subscriptions(s.filters()),
             qos=s.qos,
             share_group=s.share_group,
             clean_session=s.clean_session,
-            ingest=self.core.ingest,
-            ingest_acked=self.core.ingest_acked,
+            ingest=self.demux.ingest,
+            ingest_acked=self.demux.ingest_acked,
             control_topics=[self.topics.desired(s.agent_id), self.topics.desired(s.site)],
             on_control=self._on_control,
             on_connection=self._on_connection,
-            end_of_burst=self.core.end_of_burst,
-            mid_burst=self.core.mid_burst,
+            end_of_burst=self.demux.end_of_burst,
+            mid_burst=self.demux.mid_burst,
             loop=loop,
             will=(
                 self.topics.status(s.agent_id),
@@ -159,27 +239,32 @@ class EdgeAgent:
             key_file=s.mqtt_key_file,
         )
         # Windows need the manifest before the first reading arrives.
-        await self.models.load(name, version)
-        state = s.stream_state_path()
-        if state is not None:
-            restored = load_streams(self.core, state)
-            if restored:
-                log.info("restored %d open stream windows from %s", restored, state)
-        self.journal = open_journal(self)
+        flags = {b.name for b in s.bindings()}
+        for name, p in list(self.pipelines.items()):
+            try:
+                await p.load(self._pinned.get(name))
+            except EdgecloudError as exc:
+                if name in flags:
+                    raise  # a model the operator asked for must load, or the agent fails
+                log.error("cannot serve %s remembered from %s: %s", name, SERVED_FILE, exc)
+                await self._drop(name)
+                continue
+            self.demux.attach(name, p.core)
+        self._export_served()
         self.link.start()
         if s.db_path is not None:
+            link = self.link
             self.store = Store(
                 s.db_path,
                 retention_s=s.retention_hours * 3600,
                 max_bytes=s.retention_mb * 2**20,
                 uplink_topic=self.topics.uplink_topic(s.agent_id),
-                publish=lambda t, p: self.link.client.publish(t, p, 1),  # type: ignore[union-attr]
+                publish=lambda t, p: link.client.publish(t, p, 1),
                 connected=lambda: self.broker_connected,
             )
             self.store.start()
         if self.remote is not None:
             await self.remote.start()
-            self.tasks.append(asyncio.create_task(probe_cloud(self), name="cloud-rtt-probe"))
         self._wire_updater()
         from edge_agent.http import start_http
 
@@ -188,32 +273,19 @@ class EdgeAgent:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._telemetry_loop(), name="telemetry"),
         ]
-        if self.journal is not None:
+        if s.journal_path() is not None:
             self.tasks.append(asyncio.create_task(self._journal_loop(), name="journal-marks"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._connected_event.wait(), self._connect_wait)
 
     def _build_routing(self) -> None:
-        self.remote = make_remote(self.settings)
-        self.dispatcher = make_dispatcher(self)
-        self.policy = self.dispatcher.policy
-        self.dispatcher.on_route = self._on_route
-        self.dispatcher.on_fallback = self._on_fallback
-        self.core.dispatcher = self.dispatcher
-        self.core.inline = self.settings.inline_max_ms > 0
-        self.core.flush_after_s = self.settings.max_wait_ms / 1000.0
-
-    def _on_route(self, route: str, reason: str) -> None:
-        with self.stats.lock:  # the loop and the MQTT thread (inline batches) both route
-            self.stats.routes[route] += 1
-            self.stats.reasons[reason] += 1
-
-    def _on_fallback(self, reason: str) -> None:
-        self.stats.fallbacks += 1
-        self.stats.reasons[f"fallback:{reason}"] += 1
+        loop = asyncio.get_running_loop()
+        for p in self.pipelines.values():
+            if p.dispatcher is None:
+                p.build(loop)
 
     def _wire_updater(self) -> None:
-        self.updater = make_updater(self)
+        self.updater = make_updater(self.settings, self, self.update_report)
         self.update_state = dict(self.updater.state)
 
     def update_report(self, state: dict[str, Any]) -> None:
@@ -224,23 +296,82 @@ class EdgeAgent:
         if self.updater is None:
             return
         task = asyncio.ensure_future(self.updater.handle_desired(payload))
-        task.add_done_callback(
-            lambda t: (
-                t.cancelled()
-                or (t.exception() and log.error("desired-state handling failed: %s", t.exception()))
-            )
-        )
+        task.add_done_callback(_log_failure)
 
     def _on_connection(self, up: bool) -> None:
         if up:
             self._connected_event.set()
-            self.core.wake()  # windows replayed from the journal can be answered now
+            for p in self.pipelines.values():
+                p.core.wake()  # windows replayed from the journal can be answered now
             self.send_heartbeat()
+
+    # -- models the gateway assigns (the updater's ModelTarget) -----------------------------
+    def topics_of(self, name: str) -> str | None:
+        return self.bindings.topics_of(name)
+
+    def serving(self, name: str) -> int | None:
+        """The active version of ``name`` here, or None."""
+        p = self.pipelines.get(name)
+        return None if p is None else p.version
+
+    async def swap(self, name: str, version: int, topics: str | None = None) -> Manifest:
+        """Serve ``name:version`` (adding the model, bound to ``topics``, if it is new).
+
+        An existing model swaps load-before-unload; ``topics`` (when given) moves its
+        binding. The other models keep serving throughout.
+        """
+        async with self._served_lock:
+            p = self.pipelines.get(name)
+            if p is None:
+                p = self._add_pipeline(name, topics)
+                try:
+                    p.build(asyncio.get_running_loop())
+                    manifest = await p.load(version)
+                except BaseException:
+                    await self._drop(name)
+                    raise
+                self.demux.attach(name, p.core)
+                log.info("now serving %s on %s", manifest.ref, topics or "the default topics")
+            else:
+                loaded = p.models.loaded
+                if loaded is not None and loaded.manifest.version == version:
+                    manifest = loaded.manifest  # the same version: only the binding moves
+                else:
+                    manifest = await p.models.swap(name, version)
+                if topics is not None and topics != self.bindings.topics_of(name):
+                    self.bindings.bind(name, topics)
+                    self.demux.rebound()
+            self._changed_served()
+            return manifest
+
+    async def remove(self, name: str) -> None:
+        """Stop serving ``name``: its readings become ``no-model`` dead letters."""
+        async with self._served_lock:
+            if name not in self.pipelines:
+                return
+            await self._drop(name)
+            self._changed_served()
+            log.info("stopped serving %s", name)
+
+    async def _drop(self, name: str) -> None:
+        p = self.pipelines.pop(name)
+        self.bindings.unbind(name)
+        self.demux.detach(name)
+        await p.drain()
+        p.close()
+
+    def _changed_served(self) -> None:
+        self._save_served()
+        self._export_served()
+        if self.link is not None:
+            self.link.set_filters(self.bindings.subscriptions(self.settings.filters()))
+        self.send_heartbeat()
+
+    def _export_served(self) -> None:
+        self.metrics.served({n: v for n, p in self.pipelines.items() if (v := p.version)})
 
     # -- results / alerts side outputs --------------------------------------------------
     def _on_results(self, produced: list[tuple[Request, str]], done: BatchDone) -> None:
-        if self.journal is not None:
-            self.journal.answered(produced)
         if self.store is not None:
             self.store.add_batch(produced, done.route, uplink=self.settings.uplink == "results")
 
@@ -269,22 +400,82 @@ class EdgeAgent:
     async def _telemetry_loop(self) -> None:
         while True:
             self.telemetry.sample()
-            self.stats.m_cpu.set(self.telemetry.cpu_percent)
-            self.stats.m_rss.set(self.telemetry.rss_mb * 2**20)
-            self.stats.m_readings.set(self.stats.readings)
-            self.stats.m_queue.set(self.dispatcher.depth)
+            m = self.metrics
+            m.cpu.set(self.telemetry.cpu_percent)
+            m.rss.set(self.telemetry.rss_mb * 2**20)
+            m.breaker_state(_breaker(self.remote))
+            for p in self.pipelines.values():
+                p.stats.export_readings()
+                if p.dispatcher is not None:
+                    p.stats.m_queue.set(p.dispatcher.depth)
             await asyncio.sleep(1.0)
 
     async def _journal_loop(self) -> None:
-        journal = self.journal
-        while journal is not None:
-            await asyncio.sleep(journal.lag_s)
-            journal.idle()
+        lag = 0.05
+        while True:
+            await asyncio.sleep(lag)
+            for p in list(self.pipelines.values()):
+                p.journal_tick()
 
     async def stop(self) -> None:
         """Drain and close everything (safe after a failed or partial start)."""
-        try:
-            await stop_agent(self)
-        finally:
-            if self.journal is not None:
-                self.journal.close()  # after the drain: what was answered is final
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        link = self.link
+        if link is not None and not link.started:
+            link.stop()  # start() failed before the session began: nothing to drain
+        elif link is not None:
+            s = self.settings
+            offline = {"agent_id": s.agent_id, "site": s.site, "online": False, "ts": time.time()}
+            await close_link(
+                link,
+                list(self.pipelines.values()),
+                self.topics.status(s.agent_id),
+                json.dumps(offline),
+            )
+        for p in self.pipelines.values():
+            if link is None or not link.started:
+                await p.drain(within_s=0.5)
+            p.close()
+        if self.updater is not None:
+            with contextlib.suppress(Exception):
+                await self.updater.close()
+        if self.http_runner is not None:
+            await self.http_runner.cleanup()
+        if self.remote is not None:
+            with contextlib.suppress(Exception):
+                await self.remote.close()
+        if self.store is not None:
+            self.store.stop()
+        if self.tracer is not None:
+            self.tracer.close()  # exports what is left
+        self.telemetry.close()
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("desired-state handling failed: %s", task.exception())
+
+
+def _breaker(remote: Any) -> str:
+    if remote is None:
+        return "none"
+    try:
+        return str(remote.stats.breaker_state)
+    except Exception:  # a client without stats yet
+        return "closed"
+
+
+def broker_url(s: EdgeSettings) -> BrokerUrl:
+    """``--broker``, with the password from ``--mqtt-password-file`` when one is given."""
+    url = BrokerUrl.parse(s.broker)
+    if s.mqtt_password_file is None:
+        return url
+    try:
+        password = Path(s.mqtt_password_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --mqtt-password-file: {exc}") from exc
+    return dataclasses.replace(url, username=url.username or s.agent_id, password=password)

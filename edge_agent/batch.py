@@ -11,6 +11,8 @@ import numpy as np
 
 from edge_agent.registry import Loaded
 from models.errors import EdgecloudError
+from models.servable import to_model_input
+from offload.tracing import SpanContext
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ class Request:
     ``origin + slo``. Batching waits count from arrival, reported latency from origin.
     """
 
-    __slots__ = ("arrival", "deadline", "origin", "seq", "stream", "ts", "window")
+    __slots__ = ("arrival", "deadline", "origin", "seq", "stream", "trace", "ts", "window")
 
     def __init__(
         self,
@@ -44,6 +46,7 @@ class Request:
         self.arrival = arrival
         self.deadline = deadline
         self.origin = arrival if origin is None else origin
+        self.trace: SpanContext | None = None  # the request's root span when it is traced
 
 
 class BatchDone:
@@ -51,6 +54,7 @@ class BatchDone:
 
     __slots__ = (
         "answered_by",
+        "call_span",
         "compute_s",
         "dispatched",
         "error",
@@ -82,6 +86,8 @@ class BatchDone:
         # still waiting for a worker then skips its compute (device time is the scarce
         # resource during a burst). A plain bool: the worker only ever reads it.
         self.superseded = False
+        # The offload call's (span, start, end) when a traced request went to the cloud.
+        self.call_span: tuple[SpanContext, float, float] | None = None
 
 
 def answered_by(meta: dict[str, str], name: str, version: int | None) -> tuple[str, int | None]:
@@ -96,9 +102,10 @@ def run_and_complete(done: BatchDone, complete: Callable[[BatchDone], None] | No
     if done.superseded:
         return
     try:
-        x = np.stack([r.window for r in done.requests])
+        spec = loaded.manifest.inputs[0]
+        x = to_model_input(np.stack([r.window for r in done.requests]), spec.shape)
         t0 = time.perf_counter()
-        done.outputs = loaded.backend.infer({loaded.manifest.inputs[0].name: x})
+        done.outputs = loaded.backend.infer({spec.name: x})
         done.compute_s = time.perf_counter() - t0
     except Exception as exc:  # every request still gets exactly one (error) result
         done.error = exc.reason if isinstance(exc, EdgecloudError) else type(exc).__name__

@@ -27,16 +27,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
-from edge_agent.batch import BatchDone, answered_by
+from edge_agent.batch import BatchDone
 from edge_agent.registry import Loaded
+from edge_agent.remote_runner import RemoteRunner
 from models.errors import BackendError, EdgecloudError
-
-if TYPE_CHECKING:
-    from edge_agent.dispatch import Dispatcher
+from offload.policy import Observed
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +44,28 @@ KEPT = "low-confidence-kept"
 _NOT_ESCALATED = ("fallback:", "shed:", "hedge")
 
 
+class CascadeHost(Protocol):
+    """What the escalator needs from its dispatcher."""
+
+    policy: Any  # offload.policy.Cascade
+    remote: RemoteRunner
+    loop: asyncio.AbstractEventLoop
+
+    def complete_now(self, done: BatchDone) -> None: ...
+
+    def observe(
+        self, now: float, n: int, deadline: float, queue_s: float | None = None
+    ) -> Observed: ...
+
+    def kick(self) -> None: ...
+
+
 class Escalator:
     """The cascade's second stage for one dispatcher (``complete`` is thread-safe)."""
 
     def __init__(
         self,
-        d: Dispatcher,
+        d: CascadeHost,
         min_confidence: float,
         on_outcome: Callable[[str, int], None] = lambda outcome, n: None,
     ) -> None:
@@ -71,7 +86,7 @@ class Escalator:
             complete(_subset(done, ~low))
         rest = _subset(done, low)
         conf = float(np.nanmax(top[low])) if np.isfinite(top[low]).any() else 0.0
-        if self.d.remote is None:  # nothing to ask: no loop hop needed
+        if not self.d.remote.configured:  # nothing to ask: no loop hop needed
             self._keep(rest, f"{KEPT}:no-remote", release=False)
             return
         done.loaded.acquire()  # the low rows outlive the batch's own lease
@@ -118,26 +133,19 @@ class Escalator:
         if route != "remote":
             self._keep(rest, reason)
             return
-        if d.budget is not None:
-            d.budget.try_take(n, 0)
-        d.remote_busy += 1  # on the loop, like every other remote call
-        task = d.loop.create_task(self._escalate(rest, deadline))
-        d.track(task)
+        d.remote.take(n)  # on the loop, like every other remote call
+        d.remote.track(self._escalate(rest, deadline))
 
     async def _escalate(self, rest: BatchDone, deadline: float) -> None:
         d, loaded = self.d, rest.loaded
         reqs = rest.requests
         try:
-            name, version = d.remote_target(loaded.manifest)
-            x = np.stack([r.window for r in reqs])
-            t0 = time.perf_counter()
-            meta: dict[str, str] = {}
-            outputs = await d.remote.infer(
-                name, version, {loaded.manifest.inputs[0].name: x}, deadline, answered_by=meta
-            )
-            call_s = time.perf_counter() - t0
-            out = outputs.get(loaded.manifest.postprocessing.output)
+            traced = next((r.trace for r in reqs if r.trace is not None), None)
+            windows = np.stack([r.window for r in reqs])
+            answer = await d.remote.call(loaded.manifest, windows, deadline, trace=traced)
+            out = answer.outputs.get(loaded.manifest.postprocessing.output)
             if out is None or len(out) != len(reqs):
+                name = answer.answered_by[0]
                 raise BackendError(f"cloud model {name} answered without a matching output")
         except Exception as exc:  # the edge answer stands: every row still published once
             why = exc.reason if isinstance(exc, EdgecloudError) else type(exc).__name__
@@ -147,16 +155,16 @@ class Escalator:
             self._keep(rest, f"{KEPT}:cancelled")
             raise
         finally:
-            d.remote_busy -= 1
+            d.remote.release()
             d.kick()
-        d.rtt.observed()
         cloud = BatchDone(reqs, loaded, "cloud", ESCALATED, rest.dispatched)
-        cloud.outputs = outputs
-        cloud.answered_by = answered_by(meta, name, version)
+        cloud.outputs = answer.outputs
+        cloud.answered_by = answer.answered_by
+        cloud.call_span = answer.span
         # complete_batch reports a cloud batch's network time as network_s - compute_s:
         # the edge compute is part of this answer's latency, so both are carried.
         cloud.compute_s = rest.compute_s
-        cloud.network_s = rest.compute_s + call_s
+        cloud.network_s = rest.compute_s + answer.seconds
         try:
             d.complete_now(cloud)
         finally:

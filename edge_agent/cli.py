@@ -20,7 +20,9 @@ from pydantic import ValidationError
 
 from edge_agent.settings import EdgeSettings
 from models.errors import EdgecloudError
+from models.logs import setup_logging
 from models.settings_cli import add_settings_arguments, given
+from models.settings_errors import describe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,9 +68,9 @@ async def _run(settings: EdgeSettings) -> int:
     gc.collect()
     gc.freeze()
     try:
-        manifest, _ = agent.models.active
+        served = ",".join(f"{name}:{p.version}" for name, p in agent.pipelines.items()) or "-"
         print(
-            f"edge-agent ready agent_id={settings.agent_id} model={manifest.ref} "
+            f"edge-agent ready agent_id={settings.agent_id} model={served} "
             f"broker_connected={agent.broker_connected} http=http://{settings.http_host}:"
             f"{agent.http_port} policy={settings.policy} startup_s={time.monotonic() - t0:.3f}",
             flush=True,
@@ -83,11 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(argv)
     except ValidationError as exc:
-        print(f"edge-agent: invalid configuration:\n{exc}", file=sys.stderr)
+        print(f"edge-agent: invalid configuration: {describe(exc)}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format)
     try:
         return asyncio.run(_run(settings))
     except EdgecloudError as exc:

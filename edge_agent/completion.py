@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from edge_agent.batch import BatchDone, Request
 from edge_agent.results import Outputs, alert_for, batch_results, error_output, model_part
+from offload.tracing import CLIENT, SERVER, Tracer
 
 if TYPE_CHECKING:
     from edge_agent.core import AgentCore
@@ -63,8 +64,48 @@ def complete_batch(core: AgentCore, done: BatchDone) -> None:
     errors = n if done.error else 0
     nan = outs.nan if outs is not None else 0
     core.stats.record_batch(done.route, lat, met, done.compute_s, errors, nan)
+    if core.tracer is not None:
+        _trace(core.tracer, done, now)
     if core.on_results is not None:
         core.on_results(produced, done)
+
+
+def _trace(tracer: Tracer, done: BatchDone, now: float) -> None:
+    """Spans of the traced requests of ``done``: the request from its latency origin to
+    its result, and its stages (transit to the agent, waiting to batch, the inference or
+    the offload call, whose cloud-side span the server recorded under the same trace)."""
+    n = len(done.requests)
+    for r in done.requests:
+        root = r.trace
+        if root is None:
+            continue
+        st = r.stream
+        tracer.record(
+            "edge-agent request",
+            root,
+            None,
+            r.origin,
+            now,
+            kind=SERVER,
+            stream=st.topic,
+            seq=r.seq,
+            route=done.route,
+            reason=done.reason,
+            deadline_met=now <= r.deadline,
+            model=done.loaded.manifest.ref,
+        )
+        tracer.record("ingest", tracer.child(root), root, r.origin, r.arrival)
+        tracer.record("batch", tracer.child(root), root, r.arrival, done.dispatched, size=n)
+        call = done.call_span
+        if done.route == "cloud":
+            # The span whose context went to the cloud tier when this request's trace was
+            # the one sent; a span of its own otherwise (its batch shared one call).
+            ctx = call[0] if call and call[0].trace_id == root.trace_id else tracer.child(root)
+            start, end = (call[1], call[2]) if call else (done.dispatched, now)
+            tracer.record("offload call", ctx, root, start, end, kind=CLIENT)
+        else:
+            end = done.dispatched + done.compute_s
+            tracer.record("local inference", tracer.child(root), root, done.dispatched, end)
 
 
 def _check_alert(core: AgentCore, st: StreamWindow, r: Request, outs: Outputs, i: int) -> None:

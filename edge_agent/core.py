@@ -24,7 +24,6 @@ from edge_agent.batch import BatchDone, Request
 from edge_agent.completion import Publisher, complete_batch
 from edge_agent.deadlines import DeadlineFrom, LatencyClock
 from edge_agent.dispatch import Dispatcher
-from edge_agent.inline import flush_waited, run_inline
 from edge_agent.payloads import PayloadError, dead_letter_json, decode
 from edge_agent.results import stream_prefix
 from edge_agent.stats import Stats
@@ -32,6 +31,7 @@ from edge_agent.windowing import StreamWindow
 from models.errors import InvalidInput
 from models.manifest import Manifest
 from offload.topics import StreamId, Topics
+from offload.tracing import Tracer
 
 if TYPE_CHECKING:
     from edge_agent.journal import Journal
@@ -53,6 +53,7 @@ class AgentCore:
         slo_s: float | None,
         max_payload_bytes: int,
         max_streams: int = 10000,
+        stream_idle_s: float = 300.0,
         result_qos: int = 0,
         anomaly_threshold: float | None = None,
         hop: int | None = None,
@@ -70,6 +71,7 @@ class AgentCore:
         )
         self.max_bytes = max_payload_bytes
         self.max_streams = max_streams
+        self.stream_idle_s = stream_idle_s
         self.result_qos = result_qos
         self.threshold = anomaly_threshold
         self.hop_override = hop
@@ -88,6 +90,7 @@ class AgentCore:
         self._window = 0
         self._hop = 1
         self._deadletter_topic = topics.dead_letter(agent_id)
+        self.tracer: Tracer | None = None  # set by the agent with --otlp-endpoint
         self.journal: Journal | None = None  # set by the agent: QoS>=1 readings survive kill -9
         # While the journal replays, emitted windows are collected here instead of queued.
         self._capture: list[tuple[StreamWindow, np.ndarray, int, float | None]] | None = None
@@ -133,6 +136,11 @@ class AgentCore:
 
     # -- MQTT thread ---------------------------------------------------------------------
     def _stream(self, topic: str) -> StreamWindow | None:
+        """A new stream for ``topic`` (None: bad topic, or the table is full of live streams).
+
+        Called only for a reading that already passed validation: junk on distinct topics
+        must not fill the table and lock real sensors out.
+        """
         try:
             parts = topic.split("/")
             if len(parts) < 4:
@@ -141,16 +149,36 @@ class AgentCore:
         except InvalidInput as exc:
             self.dead_letter(topic, b"", "bad-topic", str(exc))
             return None
-        if len(self._streams) >= self.max_streams and topic not in self._streams:
-            self.dead_letter(topic, b"", "too-many-streams", f"limit {self.max_streams}")
+        if len(self._streams) >= self.max_streams and not self._evict_idle():
+            self.dead_letter(
+                topic,
+                b"",
+                "too-many-streams",
+                f"limit {self.max_streams} streams, none idle for {self.stream_idle_s:g} s",
+            )
             return None
         st = StreamWindow(sid, self._window, self._hop, len(self._names), self._gen)
         st.topic = topic
         st.prefix = stream_prefix(sid.site, sid.device, sid.stream, self.agent_id)
         st.result_topic = self.topics.result(sid)
         st.alert_topic = self.topics.alert(sid)
+        st.last_seen = time.monotonic()  # restored and replayed streams start fresh too
         self._streams[topic] = st
         return st
+
+    def _evict_idle(self) -> bool:
+        """Drop streams idle for ``stream_idle_s`` (none with unanswered journaled windows).
+
+        Runs only when the table is full, so the hot path pays one float store per reading
+        (``last_seen``) and no LRU bookkeeping; one pass frees every idle stream at once.
+        """
+        cutoff = time.monotonic() - self.stream_idle_s
+        idle = [t for t, st in self._streams.items() if st.last_seen < cutoff and not st.pending]
+        for t in idle:
+            del self._streams[t]
+        if idle:
+            self.stats.record_eviction(len(idle))
+        return bool(idle)
 
     def ingest_acked(self, topic: str, payload: bytes, arrival: float) -> None:
         """A QoS>=1 reading: ingested, then journaled before paho acknowledges it (on
@@ -160,26 +188,25 @@ class AgentCore:
             self.ingest(topic, payload, arrival)
             return
         st = self._streams.get(topic)
-        if st is None or st.generation != self._gen:
-            st = self._stream(topic)
-            if st is None:
-                return
-        if st.pending is None:
+        if st is not None and st.generation == self._gen and st.pending is None:
             journal.track(st)  # before ingest: the windows this reading completes count
-        if self.ingest(topic, payload, arrival) is not None:
+        st = self.ingest(topic, payload, arrival, track=journal.track)
+        if st is not None:
             journal.append(st, payload, arrival)
 
-    def ingest(self, topic: str, payload: bytes, arrival: float) -> StreamWindow | None:
+    def ingest(
+        self,
+        topic: str,
+        payload: bytes,
+        arrival: float,
+        track: Callable[[StreamWindow], None] | None = None,
+    ) -> StreamWindow | None:
         """Hot path, on the MQTT network thread for every reading message; returns the
-        reading's stream when it added rows (None: rejected or dropped)."""
+        reading's stream when it added rows (None: rejected or dropped). ``track`` sees a
+        stream created here before the reading's windows are emitted (the journal)."""
         if not self._window:
             self.dead_letter(topic, payload, "no-model", "no model loaded yet")
             return None
-        st = self._streams.get(topic)
-        if st is None or st.generation != self._gen:
-            st = self._stream(topic)
-            if st is None:
-                return None
         try:
             r = decode(payload, self._names, self._window, self.max_bytes)
         except PayloadError as exc:
@@ -189,6 +216,14 @@ class AgentCore:
             log.exception("payload decoder failed")
             self.dead_letter(topic, payload, "internal", repr(exc)[:200])
             return None
+        st = self._streams.get(topic)
+        if st is None or st.generation != self._gen:
+            st = self._stream(topic)  # only now: a valid reading earns a table slot
+            if st is None:
+                return None
+            if track is not None:
+                track(st)
+        st.last_seen = arrival
         stats = self.stats
         stats.readings += r.rows
         seq = r.seq
@@ -241,6 +276,8 @@ class AgentCore:
         if ts is None:
             ts = time.time()  # results always carry a ts; this one is ours
         req = Request(st, win, seq, ts, arrival, deadline, origin)
+        if self.tracer is not None:
+            req.trace = self.tracer.sample()
         if st.pending is not None:
             st.pending[seq] = req  # journaled stream: unanswered until its result is out
         self._pending.append(req)
@@ -263,17 +300,47 @@ class AgentCore:
             self._wake = True
             self.loop.call_soon_threadsafe(self._drain)
 
+    # -- inline batches (MQTT thread) ----------------------------------------------------
+    # For a cheap model, skipping three thread hand-offs (event loop, executor, back) is
+    # worth more than overlapping compute with reading: on a busy node every hand-off waits
+    # for the scheduler. The dispatcher decides per batch (``Dispatcher.try_inline``) and
+    # declines expensive batches, remote routes and anything while the loop has a backlog
+    # (EDF order is kept there).
+
     def end_of_burst(self) -> None:
-        """MQTT thread, after each drained socket read (see :mod:`edge_agent.inline`)."""
-        run_inline(self)
+        """MQTT thread, after each drained socket read: batch what the read produced,
+        inline where the dispatcher agrees, else on the loop."""
+        pending = self._pending
+        dispatcher = self.dispatcher
+        if not self.inline or not pending or dispatcher is None:
+            return
+        if self._wake:
+            return  # the loop is already draining: keep EDF order there
+        limit = dispatcher.max_batch
+        while pending:
+            batch = [pending.popleft() for _ in range(min(limit, len(pending)))]
+            try:
+                ran = dispatcher.try_inline(batch)
+            except Exception:  # a bug guard: the loop path still answers every request
+                log.exception("inline batch failed; handing it to the dispatcher")
+                ran = False
+            if not ran:
+                pending.extendleft(reversed(batch))
+                self.wake()
+                return
 
     def mid_burst(self) -> None:
-        """MQTT thread, during a long read: answer what has waited enough (ditto)."""
-        flush_waited(self)
+        """MQTT thread, during a long read: once the oldest window has waited
+        ``flush_after_s``, answer what is pending. Without it, a window completed at the
+        start of a 256-packet read waits for the whole read to be parsed (several ms on a
+        busy node)."""
+        pending = self._pending
+        if self.inline and pending and time.monotonic() - pending[0].arrival >= self.flush_after_s:
+            self.end_of_burst()
 
     def dead_letter(self, topic: str, payload: bytes, reason: str, detail: str) -> None:
         self.stats.deadletter_by_reason[reason] += 1
-        self.stats.m_deadletter.labels(reason).inc()
+        self.stats.metrics.deadletter.labels(reason).inc()
         msg = dead_letter_json(self.agent_id, topic, payload, reason, detail)
         try:
             self.publisher.publish(self._deadletter_topic, msg, 0, False)

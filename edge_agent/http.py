@@ -31,7 +31,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 async def _metrics(request: web.Request) -> web.Response:
     agent: EdgeAgent = request.app[AGENT_KEY]
-    body = generate_latest(agent.stats.registry)
+    body = generate_latest(agent.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -43,7 +43,8 @@ async def _readyz(request: web.Request) -> web.Response:
     agent: EdgeAgent = request.app[AGENT_KEY]
     body = {
         "ready": agent.ready,
-        "model_loaded": agent.models.loaded is not None,
+        "model_loaded": all(p.models.loaded is not None for p in agent.pipelines.values()),
+        "models": {name: p.ready for name, p in agent.pipelines.items()},
         "broker_connected": agent.broker_connected,
     }
     return web.json_response(body, status=200 if agent.ready else 503)

@@ -29,6 +29,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 
@@ -141,8 +142,9 @@ class FastClient(mqtt.Client):
         if view is None or sock is None:
             return _OK if sock is not None else _LOST
         try:
+            send = cast(Any, sock).send  # paho's SocketLike says bytes; memoryviews work
             while view:
-                view = view[sock.send(view) :]
+                view = view[send(view) :]
         except _WOULD_BLOCK:
             self._raw_inflight = view
             return _OK

@@ -32,6 +32,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edge_agent.mqtt_client import FastClient, install
+from models.logs import Outage
 from offload.mqtt import BrokerUrl, backoff_delays, make_client
 from offload.mqtt_frames import FrameEncoder
 
@@ -70,6 +71,7 @@ class MqttLink:
         ingest_acked: Callable[[str, bytes, float], None] | None = None,
     ) -> None:
         self.url = url
+        self._share = share_group
         self._filters = [f"$share/{share_group}/{f}" if share_group else f for f in filters]
         self._qos = qos
         self._control = control_topics
@@ -87,6 +89,8 @@ class MqttLink:
         self.dropped_offline = 0  # QoS-0 publishes while disconnected (paho drops them too)
         self._encoder = FrameEncoder()
         self._stop = threading.Event()
+        # One WARNING per outage (not per reconnect attempt), as in every other process.
+        self._outage = Outage(log, f"broker {url}")
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -117,11 +121,12 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
     ) -> None:
         if rc.is_failure:
-            log.warning("broker refused connection: %s", rc)
+            self._outage.failed(f"connection refused: {rc}")
             return
         subs = [(f, self._qos) for f in self._filters] + [(t, 1) for t in self._control]
         client.subscribe(subs)
         self.connected = True
+        self._outage.recovered()
         log.info("connected to %s (session present: %s)", self.url, flags.session_present)
         self._loop.call_soon_threadsafe(self._on_connection, True)
 
@@ -129,7 +134,7 @@ class MqttLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
     ) -> None:
         if self.connected and not self._stop.is_set():
-            log.warning("disconnected from broker: %s", rc)
+            self._outage.failed(f"connection lost: {rc}")
         self.connected = False
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._on_connection, False)
@@ -137,7 +142,7 @@ class MqttLink:
     def _message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         """paho's path (stragglers the fast path left to it): QoS 1 is acknowledged by
         paho when this returns."""
-        self._handle(msg.topic, msg.payload, self._ingest_acked if msg.qos else self._ingest)
+        self._handle(msg.topic, bytes(msg.payload), self._ingest_acked if msg.qos else self._ingest)
 
     def _fast_acked(self, topic: str, payload: bytes) -> None:
         """Fast path, QoS 1: the client acknowledges it once this returns."""
@@ -171,7 +176,7 @@ class MqttLink:
                 c.connect(self.url.host, self.url.port, keepalive=self._keepalive)
             except (OSError, ValueError) as exc:
                 wait = next(delays)
-                log.info("broker %s unreachable (%s); retrying in %.1fs", self.url, exc, wait)
+                self._outage.failed(exc, wait)
                 self._stop.wait(wait)
                 continue
             self._serve(c)
@@ -229,6 +234,20 @@ class MqttLink:
                 next_misc = now + 0.5
                 if c.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
                     return
+
+    def set_filters(self, filters: list[str]) -> None:
+        """Subscribe to ``filters`` from now on (event loop; paho queues the packets and
+        the network thread writes them). Re-applied on every reconnect."""
+        wanted = [f"$share/{self._share}/{f}" if self._share else f for f in filters]
+        old, self._filters = self._filters, wanted
+        if not self.connected:
+            return
+        added = [f for f in wanted if f not in old]
+        dropped = [f for f in old if f not in wanted]
+        if added:
+            self.client.subscribe([(f, self._qos) for f in added])
+        if dropped:
+            self.client.unsubscribe(dropped)
 
     def pause_reading(self) -> None:
         """Stop taking messages (unread QoS-1 ones stay un-acknowledged: the broker keeps

@@ -186,7 +186,12 @@ def _decode_binary(payload: bytes, channels: int, window: int) -> Reading:
     arr = np.frombuffer(payload, dtype="<f4", offset=HEADER_SIZE).reshape(n, c)
     if not np.isfinite(arr).all():
         raise PayloadError("non-finite", "values must be finite float32 numbers")
-    return Reading(arr.astype(np.float32), seq, None if math.isnan(ts) else ts, n)
+    if math.isnan(ts):
+        ts = None  # the binary form's "unknown"
+    elif not math.isfinite(ts):
+        # Same rule as JSON: a result with "ts": inf would be JSON no parser accepts.
+        raise PayloadError("bad-ts", "ts must be a finite number (unix seconds) or NaN")
+    return Reading(arr.astype(np.float32), seq, ts, n)
 
 
 def decode(payload: bytes, names: tuple[str, ...], window: int, max_bytes: int) -> Reading:

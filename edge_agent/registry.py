@@ -20,6 +20,7 @@ import numpy as np
 from models.backends.base import Backend, BackendOptions
 from models.errors import BackendError, EdgecloudError, NotFound
 from models.manifest import Manifest
+from models.servable import check_servable
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,7 @@ def _check_compatible(manifest: Manifest, backend: Backend) -> None:
         m = want.get(spec.name)
         if m is None or len(m.shape) != len(spec.shape):
             raise BackendError(f"graph input {spec.name!r} does not match manifest {manifest.ref}")
-    pre = manifest.preprocessing
-    shape = manifest.inputs[0].shape
-    if (
-        len(shape) != 3
-        or shape[1] not in (-1, pre.window)
-        or shape[2] not in (-1, len(pre.channels))
-    ):
-        raise BackendError(f"{manifest.ref}: input shape {shape} does not match window/channels")
+    check_servable(manifest)  # the one rule of what an agent can feed (models.servable)
 
 
 def _time_batch(backend: Backend, n: int) -> float:

@@ -23,6 +23,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from models.logs import Outage
+
 log = logging.getLogger(__name__)
 
 
@@ -70,10 +72,11 @@ class RemoteRtt:
         """Call ``call(deadline)`` until ``min_samples`` calls succeeded, then (with
         ``refresh_s`` > 0) whenever no call succeeded for ``refresh_s``; until cancelled.
 
-        Failures (cloud down, model missing) are logged once at INFO and retried every
-        ``interval_s``; meanwhile the prior (or the last measurement) stands.
+        Failures (cloud down, model missing) are retried every ``interval_s`` and logged
+        like every unreachable dependency (:class:`models.logs.Outage`: one WARNING per
+        outage); meanwhile the prior (or the last measurement) stands.
         """
-        warned = False
+        outage = Outage(log, "cloud tier")
         while True:
             if self.measured:
                 if refresh_s <= 0:
@@ -88,11 +91,10 @@ class RemoteRtt:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    if not warned:
-                        log.info("cloud RTT probe failed (%s); using the prior for now", exc)
-                        warned = True
+                    outage.failed(f"RTT probe: {exc}", interval_s)
                     await asyncio.sleep(interval_s)
                     continue
+                outage.recovered()
                 self.observed()
                 continue
             await asyncio.sleep(interval_s)

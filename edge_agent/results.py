@@ -42,7 +42,7 @@ class Outputs:
     ) -> None:
         post = manifest.postprocessing
         arr = np.asarray(outputs[post.output], dtype=np.float64).reshape(n, -1)
-        finite = np.isfinite(arr).all(axis=1)
+        finite = np.asarray(np.isfinite(arr).all(axis=1))
         self.nan = int(n - finite.sum())
         self.labels: list[str | None] = [None] * n
         self.scores: list[float | None] = [None] * n
@@ -150,25 +150,27 @@ def batch_results(
     bodies: list[str] = []
     met = 0
     for i, r in enumerate(reqs):
+        trace = r.trace
         total = now - r.origin
         lat[i] = total
         ok = now <= r.deadline
         met += ok
-        bodies.append(
-            result_json(
-                r.stream.prefix,
-                r.seq,
-                r.ts,
-                mpart,
-                jsons[i],
-                done.route,
-                done.reason,
-                total * 1000.0,
-                queue_ms[i],
-                compute_ms,
-                network_ms,
-                (r.arrival - r.origin) * 1000.0,
-                ok,
-            )
+        body = result_json(
+            r.stream.prefix,
+            r.seq,
+            r.ts,
+            mpart,
+            jsons[i],
+            done.route,
+            done.reason,
+            total * 1000.0,
+            queue_ms[i],
+            compute_ms,
+            network_ms,
+            (r.arrival - r.origin) * 1000.0,
+            ok,
         )
+        if trace is not None:  # traced: the id to look the trace up by
+            body = f'{body[:-1]},"trace_id":"{trace.trace_id}"}}'
+        bodies.append(body)
     return bodies, lat, met

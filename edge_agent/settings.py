@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.errors import InvalidInput
+from edge_agent.bindings import Binding
+from models.errors import EdgecloudError, InvalidInput
+from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
 from offload.topics import check_segment
 
 
@@ -43,6 +45,12 @@ class EdgeSettings(BaseSettings):
     mqtt_ca_file: str | None = Field(default=None, description="CA bundle for mqtts:// brokers.")
     mqtt_cert_file: str | None = Field(default=None, description="Client certificate (mqtts).")
     mqtt_key_file: str | None = Field(default=None, description="Client key (mqtts).")
+    mqtt_password_file: str | None = Field(
+        default=None,
+        description="File holding this agent's MQTT password (its enrolment token, `cloud-gateway "
+        "fleet enrol`); the user is the broker URL's, else the agent id. Keeps per-node "
+        "credentials out of a shared broker URL.",
+    )
     topics_filter: str = Field(
         default="sensors/+/+/+",
         description="Comma-separated MQTT topic filters for readings.",
@@ -63,7 +71,13 @@ class EdgeSettings(BaseSettings):
     repository: Path = Field(
         default=Path("models-repo"), description="Model repository root (Triton layout)."
     )
-    model: str = Field(default="motion-edge", description="Model to serve, NAME or NAME:VERSION.")
+    model: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Model to serve: NAME[:VERSION][=TOPIC_FILTER], repeatable (environment: "
+        "comma-separated). A model with a filter answers the readings that filter matches; "
+        "the one without takes what no filter matches. None: the agent starts empty and "
+        "serves what the gateway's desired state assigns.",
+    )
     hop: int | None = Field(
         default=None, ge=1, description="Override the manifest's hop (samples between windows)."
     )
@@ -89,7 +103,9 @@ class EdgeSettings(BaseSettings):
     )
     cloud: str | None = Field(default=None, description="Offload target HOST:PORT (optional).")
     cloud_model: str | None = Field(
-        default=None, description="Model name on the cloud tier (default: the local model)."
+        default=None,
+        description="Model on the cloud tier that answers offloaded batches: NAME (every "
+        "local model) or LOCAL=CLOUD,... per model (default: the local model's own name).",
     )
     cloud_rtt_prior_ms: float = Field(
         default=50.0,
@@ -158,6 +174,15 @@ class EdgeSettings(BaseSettings):
     )
     remote_concurrency: int = Field(default=32, ge=1, description="Concurrent offload calls.")
     max_payload_bytes: int = Field(default=65536, ge=64, description="Larger payloads rejected.")
+    max_streams: int = Field(
+        default=10000,
+        ge=1,
+        description="Sensor streams tracked per model; when full, streams idle for "
+        "--stream-idle-s are evicted, else the new stream's reading is dead-lettered.",
+    )
+    stream_idle_s: float = Field(
+        default=300.0, gt=0, description="A stream without readings this long may be evicted."
+    )
     http_host: str = Field(default="127.0.0.1", description="HTTP bind address.")
     http_port: int = Field(default=8080, ge=0, le=65535, description="HTTP port (0: any free).")
     heartbeat_s: float = Field(default=5.0, gt=0, description="Heartbeat period.")
@@ -201,7 +226,21 @@ class EdgeSettings(BaseSettings):
     trusted_keys: str | None = Field(
         default=None, description="Public key file or directory trusted to sign bundles."
     )
-    log_level: str = Field(default="INFO", description="Python log level.")
+    gateway_key: str | None = Field(
+        default=None,
+        description="The gateway's desired-state public key (.pub, or a directory of them): "
+        "desired state not signed by it is refused.",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry collector (OTLP/HTTP, e.g. http://127.0.0.1:4318): trace "
+        "sampled requests from the sensor through the offload call (off when unset).",
+    )
+    trace_sample_ratio: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="Share of requests traced (with --otlp-endpoint)."
+    )
+    log_level: LogLevel = Field(default="INFO", description=LOG_LEVEL_HELP)
+    log_format: LogFormat = Field(default="text", description=LOG_FORMAT_HELP)
 
     @field_validator("agent_id", "site")
     @classmethod
@@ -212,10 +251,42 @@ class EdgeSettings(BaseSettings):
             raise ValueError(exc.message) from None
         return v
 
-    def model_ref(self) -> tuple[str, int | None]:
-        """``--model`` split into (name, version or None for the active one)."""
-        name, _, version = self.model.partition(":")
-        return name, int(version) if version else None
+    @field_validator("model", mode="before")
+    @classmethod
+    def _models(cls, v: Any) -> Any:
+        # One string (an env variable, a single flag): comma-separated bindings.
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _check_models(cls, v: list[str]) -> list[str]:
+        try:
+            names = [Binding.parse(b).name for b in v]
+        except EdgecloudError as exc:  # pydantic reports ValueErrors with the field name
+            raise ValueError(exc.message) from None
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"model {sorted(dup)[0]!r} is given twice")
+        return v
+
+    def bindings(self) -> list[Binding]:
+        """``--model`` entries parsed (name, pinned version, topic filter)."""
+        return [Binding.parse(b) for b in self.model]
+
+    def cloud_model_for(self, local: str) -> str | None:
+        """The cloud model for local model ``local`` (None: the same name)."""
+        spec = self.cloud_model
+        if not spec:
+            return None
+        if "=" not in spec:
+            return spec.strip()
+        for part in spec.split(","):
+            name, _, cloud = part.partition("=")
+            if name.strip() == local:
+                return cloud.strip() or None
+        return None
 
     def stream_state_path(self) -> Path | None:
         if self.state_path is not None:

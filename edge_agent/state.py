@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,7 +28,7 @@ def save_streams(core: AgentCore, path: Path) -> int:
     """Write every stream's window state to ``path`` atomically; returns the stream count."""
     topics: list[str] = []
     meta: list[list[int]] = []
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Any] = {}
     for i, (topic, st) in enumerate(core.streams.items()):
         rows, nxt, run_start, since, fill = st.export()
         topics.append(topic)

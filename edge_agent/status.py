@@ -1,12 +1,41 @@
-"""The agent's status documents: ``/api/status`` JSON and the MQTT heartbeat (contracts.md)."""
+"""The agent's status documents: ``/api/status`` JSON and the MQTT heartbeat.
+
+Both have a ``models`` section with one entry per served model (its version, topic
+binding, latency and counters: what the rollout gates judge for that model) and
+agent-wide fields: counters summed over the models, latency quantiles of the first model
+(for the single-model dashboards and tools that read them) and the worst p50/p99 in the
+heartbeat's ``metrics``.
+"""
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from edge_agent.agent import EdgeAgent
+from edge_agent.mqtt_link import MqttLink
+from edge_agent.pipeline import Pipeline
+from edge_agent.settings import EdgeSettings
+from edge_agent.telemetry import Telemetry
+
+
+class EdgeAgent(Protocol):
+    """What the status documents read of an agent (``edge_agent.agent.EdgeAgent``)."""
+
+    settings: EdgeSettings
+    pipelines: dict[str, Pipeline]
+    telemetry: Telemetry
+    deadletters: Counter[str]
+    started: float
+    update_state: dict[str, Any]
+    link: MqttLink | None
+    remote: Any
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def broker_connected(self) -> bool: ...
 
 
 def _cloud_state(agent: EdgeAgent) -> str:
@@ -31,9 +60,12 @@ def cloud_doc(agent: EdgeAgent) -> dict[str, Any]:
         "model": s.cloud_model,
         "rtt_prior_ms": s.cloud_rtt_prior_ms,
     }
-    dispatcher = getattr(agent, "dispatcher", None)  # built in start()
-    if agent.remote is None or dispatcher is None:
+    first = next(iter(agent.pipelines.values()), None)
+    dispatcher = first.dispatcher if first is not None else None  # built in start()
+    if agent.remote is None:
         return doc | {"breaker": "none"}
+    if dispatcher is None:
+        return doc | {"breaker": _cloud_state(agent), "available": bool(agent.remote.available)}
     st = agent.remote.stats
     rtt = dispatcher.rtt
     used_rtt, used_p95 = rtt.estimate(st)
@@ -50,7 +82,9 @@ def cloud_doc(agent: EdgeAgent) -> dict[str, Any]:
         "available": bool(agent.remote.available),
         "calls": st.calls,
         "failures": st.failures,
-        "in_flight": dispatcher.remote_busy,
+        "in_flight": sum(
+            p.dispatcher.remote_busy for p in agent.pipelines.values() if p.dispatcher is not None
+        ),
     }
 
 
@@ -67,30 +101,30 @@ def mqtt_doc(agent: EdgeAgent) -> dict[str, Any]:
     }
 
 
-def status_doc(agent: EdgeAgent) -> dict[str, Any]:
-    s, st = agent.settings, agent.stats
-    loaded = agent.models.loaded
-    model = (
-        {
-            "name": loaded.manifest.name,
-            "version": loaded.manifest.version,
-            "backend": loaded.backend.description,
-        }
-        if loaded is not None
-        else {"name": s.model_ref()[0], "version": None, "backend": None}
-    )
-    now = time.monotonic()
-    tel = agent.telemetry
+_TOTALS = (
+    "readings",
+    "inferences",
+    "results",
+    "offloaded",
+    "fallbacks",
+    "escalated",
+    "low_confidence_kept",
+    "requests",
+    "errors",
+)
+
+
+def _model_doc(p: Pipeline, now: float) -> dict[str, Any]:
+    """One served model in ``/api/status``."""
+    st = p.stats
+    loaded = p.models.loaded
     return {
-        "agent_id": s.agent_id,
-        "site": s.site,
-        "uptime_s": round(now - agent.started, 3),
-        "ready": agent.ready,
-        "broker_connected": agent.broker_connected,
-        "policy": s.policy,
-        "slo_ms": round(agent.core.slo_s * 1000.0, 3),
-        "model": model,
-        "model_history": list(agent.models.history),
+        "name": p.name,
+        "version": loaded.manifest.version if loaded is not None else None,
+        "backend": loaded.backend.description if loaded is not None else None,
+        "topics": p.core_topics,
+        "slo_ms": round(p.core.slo_s * 1000.0, 3),
+        "ready": p.ready,
         "rates": {
             "readings_per_s": round(st.readings_rate.rate(st.readings, now), 1),
             "inferences_per_s": round(st.inference_rate.rate(st.results, now), 1),
@@ -98,9 +132,63 @@ def status_doc(agent: EdgeAgent) -> dict[str, Any]:
         "latency_ms": st.quantiles_ms(),
         "slo_attainment": round(st.slo_attainment, 5),
         "offload_share": round(st.offload_share, 5),
+        "queue_depth": p.dispatcher.depth if p.dispatcher is not None else 0,
         "routes": dict(st.routes),
-        "reasons": dict(st.reasons),
-        "queue_depth": agent.dispatcher.depth if hasattr(agent, "dispatcher") else 0,
+        "totals": {k: getattr(st, k) for k in _TOTALS},
+        "history": list(p.models.history),
+    }
+
+
+def _sum(pipes: list[Pipeline], attr: str) -> int:
+    return sum(getattr(p.stats, attr) for p in pipes)
+
+
+def status_doc(agent: EdgeAgent) -> dict[str, Any]:
+    s = agent.settings
+    pipes = list(agent.pipelines.values())
+    first = pipes[0] if pipes else None
+    now = time.monotonic()
+    models = [_model_doc(p, now) for p in pipes]
+    tel = agent.telemetry
+    deadletter = dict(agent.deadletters)
+    for p in pipes:
+        for reason, n in p.stats.deadletter_by_reason.items():
+            deadletter[reason] = deadletter.get(reason, 0) + n
+    routes: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for p in pipes:
+        for k, v in p.stats.routes.items():
+            routes[k] = routes.get(k, 0) + v
+        for k, v in p.stats.reasons.items():
+            reasons[k] = reasons.get(k, 0) + v
+    results = _sum(pipes, "results")
+    totals = {k: _sum(pipes, k) for k in _TOTALS}
+    totals["deadletter"] = sum(deadletter.values())
+    return {
+        "agent_id": s.agent_id,
+        "site": s.site,
+        "uptime_s": round(now - agent.started, 3),
+        "ready": agent.ready,
+        "broker_connected": agent.broker_connected,
+        "policy": s.policy,
+        "slo_ms": models[0]["slo_ms"] if models else (s.slo_ms or None),
+        "model": (
+            {k: models[0][k] for k in ("name", "version", "backend")}
+            if models
+            else {"name": None, "version": None, "backend": None}
+        ),
+        "models": models,
+        "model_history": models[0]["history"] if models else [],
+        "rates": {
+            "readings_per_s": round(sum(m["rates"]["readings_per_s"] for m in models), 1),
+            "inferences_per_s": round(sum(m["rates"]["inferences_per_s"] for m in models), 1),
+        },
+        "latency_ms": models[0]["latency_ms"] if models else {"p50": 0.0, "p95": 0.0, "p99": 0.0},
+        "slo_attainment": round(_sum(pipes, "deadline_met") / results, 5) if results else 1.0,
+        "offload_share": round(totals["offloaded"] / results, 5) if results else 0.0,
+        "routes": routes,
+        "reasons": reasons,
+        "queue_depth": sum(m["queue_depth"] for m in models),
         "node": {
             "cpu_percent": tel.cpu_percent,
             "mem_percent": tel.mem_percent,
@@ -108,44 +196,71 @@ def status_doc(agent: EdgeAgent) -> dict[str, Any]:
             "gpu_percent": tel.gpu_percent,
             "temperature_c": tel.temperature_c,
         },
-        "deadletter": {"total": st.deadletter_total, "by_reason": dict(st.deadletter_by_reason)},
-        "alerts": list(agent.core.alerts)[-20:],
+        "deadletter": {"total": totals["deadletter"], "by_reason": deadletter},
+        "alerts": sorted((a for p in pipes for a in p.core.alerts), key=lambda a: a.get("ts", 0.0))[
+            -20:
+        ],
         "streams": {
-            "duplicates": st.duplicates,
-            "late": st.late,
-            "gaps": st.gaps,
-            "missing": st.missing,
-            "clock_skew": agent.core.clock.skewed,
+            "duplicates": _sum(pipes, "duplicates"),
+            "late": _sum(pipes, "late"),
+            "gaps": _sum(pipes, "gaps"),
+            "missing": _sum(pipes, "missing"),
+            "evicted": _sum(pipes, "evicted"),
+            "clock_skew": sum(p.core.clock.skewed for p in pipes),
         },
         "deadline_from": s.deadline_from,
         "mqtt": mqtt_doc(agent),
-        "journal": dict(agent.journal.stats) if agent.journal is not None else None,
+        "journal": (
+            dict(first.journal.stats) if first is not None and first.journal is not None else None
+        ),
         "cloud": cloud_doc(agent),
-        "totals": {
-            "readings": st.readings,
-            "inferences": st.inferences,
-            "results": st.results,
-            "deadletter": st.deadletter_total,
-            "offloaded": st.offloaded,
-            "fallbacks": st.fallbacks,
-            "escalated": st.escalated,  # cascade: low-confidence rows the cloud answered
-            "low_confidence_kept": st.low_confidence_kept,
-            "requests": st.requests,
-            "errors": st.errors,
-        },
+        "totals": totals,
         "update": dict(agent.update_state),
     }
 
 
-def heartbeat_doc(agent: EdgeAgent) -> dict[str, Any]:
-    s, st = agent.settings, agent.stats
-    loaded = agent.models.loaded
-    models = (
-        {loaded.manifest.name: {"version": loaded.manifest.version, "state": "serving"}}
-        if loaded is not None
-        else {}
-    )
+def _metrics(p: Pipeline) -> dict[str, Any]:
+    """The rollout gates' inputs for one model."""
+    st = p.stats
     q = st.quantiles_ms()
+    return {
+        "inferences": st.inferences,
+        "errors": st.errors,
+        "nan_outputs": st.nan_outputs,
+        "p50_ms": q["p50"],
+        "p99_ms": q["p99"],
+        "error_rate": round(st.error_rate, 6),
+        "slo_attainment": round(st.slo_attainment, 6),
+        "offload_share": round(st.offload_share, 6),
+    }
+
+
+def heartbeat_doc(agent: EdgeAgent) -> dict[str, Any]:
+    s = agent.settings
+    pipes = [p for p in agent.pipelines.values() if p.models.loaded is not None]
+    per_model = {p.name: _metrics(p) for p in pipes}
+    models = {
+        p.name: {
+            "version": p.version,
+            "state": "serving",
+            "topics": p.core_topics,
+            "metrics": per_model[p.name],
+        }
+        for p in pipes
+    }
+    results = _sum(pipes, "results")
+    errors = _sum(pipes, "errors")
+    offloaded = _sum(pipes, "offloaded")
+    metrics = {
+        "inferences": _sum(pipes, "inferences"),
+        "errors": errors,
+        "nan_outputs": _sum(pipes, "nan_outputs"),
+        "p50_ms": max((m["p50_ms"] for m in per_model.values()), default=0.0),
+        "p99_ms": max((m["p99_ms"] for m in per_model.values()), default=0.0),
+        "error_rate": round(errors / results, 6) if results else 0.0,
+        "slo_attainment": round(_sum(pipes, "deadline_met") / results, 6) if results else 1.0,
+        "offload_share": round(offloaded / results, 6) if results else 0.0,
+    }
     return {
         "agent_id": s.agent_id,
         "site": s.site,
@@ -158,15 +273,6 @@ def heartbeat_doc(agent: EdgeAgent) -> dict[str, Any]:
             "broker": agent.broker_connected,
             "cloud": _cloud_state(agent),
         },
-        "metrics": {
-            "inferences": st.inferences,
-            "errors": st.errors,
-            "nan_outputs": st.nan_outputs,
-            "p50_ms": q["p50"],
-            "p99_ms": q["p99"],
-            "error_rate": round(st.error_rate, 6),
-            "slo_attainment": round(st.slo_attainment, 6),
-            "offload_share": round(st.offload_share, 6),
-        },
+        "metrics": metrics,
         "cloud": cloud_doc(agent),
     }

@@ -35,6 +35,7 @@ class StreamWindow:
         "generation",
         "hop",
         "last_label",
+        "last_seen",
         "next_seq",
         "pending",
         "prefix",
@@ -59,6 +60,7 @@ class StreamWindow:
         self.next_seq: int | None = None
         self.run_start = 0
         self.last_label: str | None = None
+        self.last_seen = 0.0  # monotonic arrival of its last reading (idle-stream eviction)
         self.prefix = ""
         self.result_topic = ""
         self.alert_topic = ""

@@ -1,4 +1,5 @@
-"""``python -m models build --out DIR`` | ``python -m models demo [--out DIR]``."""
+"""``python -m models build --out DIR`` | ``demo [--out DIR]`` | ``pack MODEL.onnx ...`` |
+``install BUNDLE ...``."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ import logging
 import sys
 from pathlib import Path
 
+from models.bundle_cli import add_install_parser, add_pack_parser, run_bundle_command
 from models.errors import EdgecloudError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m models", description=__doc__, allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build, sign and install the built-in models")
+    build = sub.add_parser(
+        "build", help="build, sign and install the built-in models", allow_abbrev=False
+    )
     build.add_argument("--out", type=Path, default=Path("build/models"), help="output directory")
     build.add_argument("--version", type=int, default=1, help="version number to build")
     build.add_argument("--variant", default="normal", choices=("normal", "nan", "slow"))
@@ -21,11 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--model", action="append", default=None, help="build only this model (repeatable)"
     )
-    demo = sub.add_parser("demo", help="build if missing, then run one real inference")
+    demo = sub.add_parser(
+        "demo", help="build if missing, then run one real inference", allow_abbrev=False
+    )
     demo.add_argument("--out", type=Path, default=Path("build/models"), help="build directory")
     demo.add_argument("--model", default="motion-edge")
     demo.add_argument("--index", type=int, default=25, help="BasicMotions TEST window index")
     demo.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
+    add_pack_parser(sub)
+    add_install_parser(sub)
     return parser
 
 
@@ -56,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command in ("pack", "install"):
+            return run_bundle_command(args.command, args)
         if args.command == "build":
             from models.recipes import RECIPES, build_all
 

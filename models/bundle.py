@@ -30,7 +30,7 @@ from models.errors import (
     TestVectorMismatch,
     UnsafeArchive,
 )
-from models.manifest import Manifest, TensorSpec
+from models.manifest import DType, Manifest, TensorSpec
 from models.vectors import TestVectors
 
 MANIFEST = "manifest.json"
@@ -41,7 +41,7 @@ SIGNATURE = "signature.json"
 PAYLOAD: tuple[str, ...] = (MODEL, VECTORS)
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 _MAX_MEMBERS = 64
-_ONNX_DTYPES: dict[int, str] = {
+_ONNX_DTYPES: dict[int, DType] = {
     onnx.TensorProto.FLOAT: "FP32",
     onnx.TensorProto.FLOAT16: "FP16",
     onnx.TensorProto.DOUBLE: "FP64",

@@ -151,6 +151,10 @@ class SpecMismatch(BundleError):
     """Manifest inputs/outputs disagree with the ONNX graph's names, dtypes or shapes."""
 
 
+class UnservableModel(BundleError):
+    """The model's input is not a shape an edge agent can feed (see models.servable)."""
+
+
 class TestVectorMismatch(BundleError):
     """The model does not reproduce the bundle's test vectors within tolerance."""
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 DType = Literal["FP32", "FP16", "FP64", "INT8", "INT32", "INT64", "UINT8", "BOOL"]
 
 #: KServe V2 datatype name -> numpy dtype.
-NUMPY_DTYPES: dict[str, np.dtype] = {
+NUMPY_DTYPES: dict[DType, np.dtype] = {
     "FP32": np.dtype(np.float32),
     "FP16": np.dtype(np.float16),
     "FP64": np.dtype(np.float64),

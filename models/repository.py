@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from models import bundle
@@ -171,12 +171,17 @@ class ModelRepository:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def install(
-        self, bundle_file_or_dir: Path | str, trusted_keys: TrustedKeys | None = None
+        self,
+        bundle_file_or_dir: Path | str,
+        trusted_keys: TrustedKeys | None = None,
+        *,
+        check: Callable[[Manifest], None] | None = None,
     ) -> Manifest:
         """Verify and atomically add a version; the first version of a model becomes active.
 
-        Installing the same bytes again is a no-op; a different bundle with an existing
-        version number raises :class:`Conflict`.
+        ``check`` (e.g. :func:`models.servable.check_servable`) runs on the verified
+        manifest before anything is written. Installing the same bytes again is a no-op; a
+        different bundle with an existing version number raises :class:`Conflict`.
         """
         keys = trusted_keys if trusted_keys is not None else self.trusted_keys
         if keys is None:
@@ -188,6 +193,8 @@ class ModelRepository:
             else:
                 manifest = bundle.unpack_bundle(source, Path(tmp) / "b", keys)
                 source = Path(tmp) / "b"
+            if check is not None:
+                check(manifest)
             with self._lock(manifest.name) as model_dir:
                 target = model_dir / str(manifest.version)
                 if target.exists():

@@ -15,7 +15,26 @@ from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to a flag's help unless the help already says its default
+    or that it is required (flags of one request, which have no environment variable)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        low = text.lower()
+        if (
+            not action.option_strings
+            or "default" in low
+            or "required" in low
+            or action.default in (None, argparse.SUPPRESS, False, [])
+            or action.required
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def parse_bool(text: str) -> bool:
@@ -32,6 +51,8 @@ def _arg_kwargs(annotation: Any) -> dict[str, Any]:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     optional = typing.get_origin(annotation) in (typing.Union, type(int | None))
     base = args[0] if optional and args else annotation
+    if typing.get_origin(base) is list:
+        return {"action": "append", "type": str}  # repeatable flag
     if typing.get_origin(base) is typing.Literal:
         return {"choices": list(typing.get_args(base))}
     if base is bool:
@@ -41,10 +62,70 @@ def _arg_kwargs(annotation: Any) -> dict[str, Any]:
     return {"type": str}
 
 
+def env_name(settings: type[BaseSettings], name: str) -> str:
+    """The environment variable of a settings field (``PREFIX_FIELD``)."""
+    return f"{settings.model_config.get('env_prefix', '')}{name}".upper()
+
+
+def _shown_default(field: FieldInfo) -> str:
+    factory = field.default_factory
+    value = factory() if factory is not None else field.default  # type: ignore[call-arg]
+    if value is None or value == "" or value == () or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    return str(getattr(value, "value", value))
+
+
+def settings_help(
+    settings: type[BaseSettings],
+    name: str,
+    description: str | None = None,
+    *,
+    required: bool = False,
+) -> str:
+    """Help text of one settings flag: what it is, its default (or that it is required)
+    and its environment variable. ``%`` is escaped for argparse."""
+    field = settings.model_fields[name]
+    text = (description if description is not None else field.description or "").rstrip()
+    if required or field.is_required():
+        tail = f"required; env {env_name(settings, name)}"
+    elif field.default is None and "default" in text.lower():
+        tail = f"env {env_name(settings, name)}"  # the description says what None means
+    else:
+        tail = f"default: {_shown_default(field)}; env {env_name(settings, name)}"
+    return f"{text} ({tail})".strip().replace("%", "%%")
+
+
+def annotate_settings_help(
+    parser: argparse.ArgumentParser,
+    settings: type[BaseSettings],
+    required: Container[str] = (),
+) -> None:
+    """For a hand-built parser: append default and env to every flag whose dest is a field
+    of ``settings``, and refuse abbreviated flags (``--slo`` must not mean ``--slo-ms``)."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if action.dest in settings.model_fields and action.option_strings:
+            action.help = settings_help(
+                settings,
+                action.dest,
+                (action.help or "").replace("%%", "%") or None,
+                required=action.dest in required,
+            )
+
+
 def add_settings_arguments(
     parser: argparse.ArgumentParser, settings: type[BaseSettings], skip: Container[str] = ()
 ) -> None:
-    """Add ``--foo-bar`` for every field of ``settings`` (default None = "not given")."""
+    """Add ``--foo-bar`` for every field of ``settings`` (default None = "not given").
+
+    Each help line shows the field's default and environment variable, and the parser
+    stops accepting abbreviations: a prefix of one flag must not silently mean it.
+    """
+    parser.allow_abbrev = False
     for name, field in settings.model_fields.items():
         if name in skip:
             continue
@@ -52,7 +133,7 @@ def add_settings_arguments(
             f"--{name.replace('_', '-')}",
             dest=name,
             default=None,
-            help=field.description,
+            help=settings_help(settings, name),
             **_arg_kwargs(field.annotation),
         )
 

@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ class TestVectors:
     rtol: float = 1e-4
 
     def save(self, path: Path | str) -> None:
-        arrays = {f"input:{k}": v for k, v in self.inputs.items()}
+        arrays: dict[str, Any] = {f"input:{k}": v for k, v in self.inputs.items()}
         arrays.update({f"output:{k}": v for k, v in self.outputs.items()})
         arrays["atol"] = np.float64(self.atol)
         arrays["rtol"] = np.float64(self.rtol)

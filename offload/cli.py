@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from models.errors import EdgecloudError
+from models.logs import setup_logging
+from models.settings_cli import annotate_settings_help
+from models.settings_errors import describe
 from offload.settings import OffloadSettings
 
 
@@ -22,21 +25,23 @@ def build_parser() -> argparse.ArgumentParser:
         "Every flag also reads OFFLOAD_<FLAG> from the environment; flags win.",
     )
     p.add_argument("--repository", help="model repository: <dir>/<name>/<version>/model.onnx")
-    p.add_argument("--host", help="bind address (default 0.0.0.0)")
-    p.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 picks a free one)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 8002; -1 = off)")
+    p.add_argument("--host", help="bind address")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (0 picks a free one)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (-1 = off)")
     p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"])
-    p.add_argument("--max-batch", type=int, help="max rows per batch (default 64)")
+    p.add_argument("--max-batch", type=int, help="max rows per batch")
     p.add_argument("--max-queue-delay-us", type=int, help="batcher wait for a fuller batch")
-    p.add_argument("--max-queue", type=int, help="queued requests per model version (default 4096)")
-    p.add_argument("--workers", type=int, help="inference threads (default 2)")
+    p.add_argument("--max-queue", type=int, help="queued requests per model version")
+    p.add_argument("--workers", type=int, help="inference threads")
     p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per batch")
-    p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
-    p.add_argument("--grace-s", type=float, help="drain time on SIGTERM (default 10)")
+    p.add_argument("--max-message-bytes", type=int, help="largest gRPC message in bytes")
+    p.add_argument("--grace-s", type=float, help="drain time on SIGTERM in seconds")
     p.add_argument("--tls-cert", help="server certificate (PEM)")
     p.add_argument("--tls-key", help="server private key (PEM)")
     p.add_argument("--tls-ca", help="client CA (PEM): requires mutual TLS")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    p.add_argument("--log-format", help="text or json: one object per line")
+    annotate_settings_help(p, OffloadSettings)  # default + env on every flag; no abbreviations
     return p
 
 
@@ -49,13 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             **overrides,
         )
     except ValidationError as exc:
-        print(f"offload-server: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"offload-server: invalid settings: {describe(exc)}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stdout,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(settings.log_level, settings.log_format, stream=sys.stdout)
     # Lifecycle lines (the ready line a parent waits for) survive --log-level WARNING.
     logging.getLogger("offload.lifecycle").setLevel(logging.INFO)
     from offload.server import run

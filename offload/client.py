@@ -137,8 +137,12 @@ class OffloadClient:
         inputs: Mapping[str, np.ndarray],
         deadline: float,
         answered_by: dict[str, str] | None = None,
+        traceparent: str | None = None,
     ) -> dict[str, np.ndarray]:
         """Run one batch remotely before ``deadline`` (absolute, on this client's clock).
+
+        ``traceparent`` (W3C trace context, :mod:`offload.tracing`) travels in the call's
+        gRPC metadata so the cloud tier's span joins the caller's trace.
 
         ``answered_by``, when given, receives the ``model`` and ``version`` the server
         says answered (a request without a version runs whatever the server has ready).
@@ -168,7 +172,11 @@ class OffloadClient:
                     if self._use_stream:
                         response = await self._stream_call(request, remaining)
                     else:
-                        response = await stub.ModelInfer(request, timeout=remaining)
+                        response = await stub.ModelInfer(
+                            request,
+                            timeout=remaining,
+                            metadata=(("traceparent", traceparent),) if traceparent else None,
+                        )
                 except grpc.RpcError as exc:
                     code = exc.code() if callable(getattr(exc, "code", None)) else None
                     if code == grpc.StatusCode.UNAVAILABLE:

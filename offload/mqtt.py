@@ -13,6 +13,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -55,7 +56,7 @@ class BrokerUrl:
         return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
 
 
-def _set_nodelay(client: mqtt.Client, userdata: object, sock: socket.socket) -> None:
+def _set_nodelay(client: mqtt.Client, userdata: object, sock: Any) -> None:
     # Not a TCP socket (e.g. a websockets proxy): nothing to tune.
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

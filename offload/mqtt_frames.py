@@ -10,7 +10,7 @@ agent, the simulators' raw publisher and the benchmark collector share them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 PUBLISH = 0x30
 _MAX_REMAINING = 268_435_455
@@ -93,7 +93,7 @@ class FrameEncoder:
             self._topics[topic] = field
         return field
 
-    def encode(self, messages: list[tuple[str, str | bytes]]) -> bytes:
+    def encode(self, messages: Sequence[tuple[str, str | bytes]]) -> bytes:
         parts: list[bytes] = []
         append = parts.append
         for topic, body in messages:

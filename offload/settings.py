@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
+
 
 class OffloadSettings(BaseSettings):
     """One field per CLI flag (``--grpc-port`` <-> ``grpc_port`` <-> ``OFFLOAD_GRPC_PORT``).
@@ -57,6 +59,5 @@ class OffloadSettings(BaseSettings):
     tls_ca: Path | None = Field(
         default=None, description="CA of client certificates; setting it requires mutual TLS"
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="log level"
-    )
+    log_level: LogLevel = Field(default="INFO", description=LOG_LEVEL_HELP)
+    log_format: LogFormat = Field(default="text", description=LOG_FORMAT_HELP)

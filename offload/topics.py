@@ -22,6 +22,19 @@ def check_segment(value: str, what: str) -> str:
     return value
 
 
+def check_filter(topic_filter: str) -> str:
+    """A subscribable filter: ``#`` only last and alone in its level, ``+`` alone."""
+    if not topic_filter or len(topic_filter) > 512 or "\x00" in topic_filter:
+        raise InvalidInput(f"invalid topic filter {topic_filter!r}")
+    levels = topic_filter.split("/")
+    for k, level in enumerate(levels):
+        if ("#" in level and (level != "#" or k != len(levels) - 1)) or (
+            "+" in level and level != "+"
+        ):
+            raise InvalidInput(f"invalid topic filter {topic_filter!r}: bad wildcard in {level!r}")
+    return topic_filter
+
+
 @dataclass(frozen=True, slots=True)
 class StreamId:
     """Identifies one sensor stream: ``{site}/{device}/{stream}``."""

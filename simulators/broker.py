@@ -87,7 +87,7 @@ def resolve_kind(kind: BrokerKind, mosquitto: str | None) -> Literal["mosquitto"
 
 
 def start_broker(
-    procs: ProcessSet, workdir: Path, kind: BrokerKind = "auto"
+    procs: ProcessSet, workdir: Path, kind: BrokerKind = "auto", *, extra_conf: str = ""
 ) -> tuple[Managed, int]:
     """Start a broker on a free loopback port; returns (process, port).
 
@@ -97,7 +97,8 @@ def start_broker(
     exe = shutil.which("mosquitto")
     if resolve_kind(kind, exe) == "mosquitto" and exe is not None:
         conf = workdir / "mosquitto.conf"
-        conf.write_text(mosquitto_config(port))
+        # extra_conf: e.g. the stack's generated password_file/acl_file (mosquitto only).
+        conf.write_text(mosquitto_config(port) + extra_conf)
         return procs.spawn("mosquitto", [exe, "-c", str(conf)]), port
     argv = [sys.executable, "-m", "simulators.amqtt_broker", str(port), "127.0.0.1"]
     return procs.spawn("amqtt", argv), port

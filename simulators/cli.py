@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 import time
@@ -22,7 +21,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from models.errors import EdgecloudError
+from models.logs import setup_logging
 from models.settings_cli import add_settings_arguments, given
+from models.settings_errors import describe
 from simulators.procs import install_signal_handlers
 from simulators.settings import SimSettings
 
@@ -35,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         epilog="Every flag also reads SIM_<FLAG> from the environment; flags win.",
     )
-    parser.add_argument("command", choices=COMMANDS, help="what to do")
+    parser.add_argument(
+        "command",
+        choices=COMMANDS,
+        help="run: one scenario; demo: the demo scenario with a summary table; compare: every "
+        "deployment of --policies side by side; list: the built-in scenarios",
+    )
     parser.add_argument(
         "scenario", nargs="?", default=None, help="scenario TOML path or built-in name (run)"
     )
@@ -48,13 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = SimSettings(**given(args, skip={"command"}))
     except ValidationError as exc:
-        print(f"fleet-sim: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"fleet-sim: invalid settings: {describe(exc)}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(settings.log_level, settings.log_format)
     if args.command == "list":
         from simulators.scenario import builtin_names
 

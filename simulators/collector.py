@@ -116,24 +116,21 @@ class Collector:
             self.bad += 1
             return
         r = self.results
+        columns: tuple[list[Any], ...] = (
+            r.recv,
+            r.ts,
+            r.stream,
+            r.seq,
+            r.route,
+            r.version,
+            r.model,
+            r.agent,
+            r.deadline_met,
+            r.agent_ms,
+            r.anomaly,
+        )
         with self._lock:
-            for column, value in zip(
-                (
-                    r.recv,
-                    r.ts,
-                    r.stream,
-                    r.seq,
-                    r.route,
-                    r.version,
-                    r.model,
-                    r.agent,
-                    r.deadline_met,
-                    r.agent_ms,
-                    r.anomaly,
-                ),
-                row,
-                strict=True,
-            ):
+            for column, value in zip(columns, row, strict=True):
                 column.append(value)
 
     def count(self) -> int:

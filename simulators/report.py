@@ -18,10 +18,24 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
+def broker_line(broker: dict[str, Any]) -> str:
+    """The summary's first line: which broker carried the run, and what that means for the
+    numbers (the README's figures are measured on mosquitto)."""
+    if broker["kind"] != "amqtt":
+        return str(broker["kind"])
+    line = "embedded amqtt (mosquitto not used): numbers are not comparable to the README's"
+    if broker.get("scaled_from"):
+        line += f"; load scaled to {broker['sensors']:,} of {broker['scaled_from']:,} sensors"
+    return line + "; install mosquitto for the full load"
+
+
 def summary_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
     """(figure, value) pairs shared by summary.md and the terminal table."""
     lat, loss = f["latency_ms"], f["loss"]
     rows = []
+    broker = f.get("broker")
+    if broker:
+        rows.append(("broker", broker_line(broker)))
     if f.get("edge_capacity"):
         rows.append(("local capacity per agent", describe(f["edge_capacity"])))
     rows += [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from simulators.collector import Collector
 from simulators.metrics import analyze, detection
 from simulators.payloads import BasicMotionsReplay, VibrationSource
 from simulators.probes import CpuMeter, agent_status
-from simulators.scenario import Scenario
+from simulators.scenario import Scenario, pin_broker
 from simulators.sensors import SensorFleet, make_streams
 from simulators.shapes import Burst
 from simulators.stack import Stack
@@ -65,14 +66,16 @@ class ScenarioRun:
         progress: Callable[[dict[str, Any]], None] | None = None,
         on_done: Callable[[RunResult], Awaitable[None]] | None = None,
     ) -> None:
-        self.sc = scenario
+        # Once, before anything starts: the stack then starts exactly this broker, and the
+        # load fits it (a scenario's [amqtt] table scales the sensors on the embedded one).
+        self.sc = pin_broker(scenario, shutil.which("mosquitto"))
         self.workdir = workdir
         self.models_dir = models_dir
         self.progress = progress or (lambda _: None)
         self.on_done = on_done
         self.events: list[dict[str, Any]] = []
         self.cpu = CpuMeter()
-        self.timeline = Timeline(scenario, workdir, models_dir, self.cpu, self._event)
+        self.timeline = Timeline(self.sc, workdir, models_dir, self.cpu, self._event)
         self.t0 = 0.0
         self.stack_pids: list[int] = []
 
@@ -162,6 +165,11 @@ class ScenarioRun:
             figures["wan_bytes_up"] = stack.wan.bytes_up - wan0[0]
             figures["wan_bytes_down"] = stack.wan.bytes_down - wan0[1]
         figures["edge_capacity"] = capacity_figures(sc, hop)
+        figures["broker"] = {
+            "kind": sc.stack.broker_kind,
+            "sensors": sc.sensors.count,
+            "scaled_from": sc.amqtt.scaled_from if sc.amqtt else None,
+        }
         figures["late_ticks"] = stats.late_ticks
         figures["bad_results"] = collector.bad
         figures["agent_versions"] = collector.versions()

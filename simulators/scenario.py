@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from simulators.broker import resolve_kind
 from simulators.payloads import FaultWindow
 from simulators.settings import SimSettings
 from simulators.shapes import Shape, Steady
@@ -95,6 +96,20 @@ class Expect(_Strict):
     all_agents_on_version: int | None = None
 
 
+class EmbeddedBrokerLoad(_Strict):
+    """``[amqtt]``: the load to run instead when the broker is the embedded amqtt broker.
+
+    amqtt (pure Python) sustains a fraction of mosquitto's message rate; a scenario sized
+    for mosquitto would measure the broker, not the system, and lose windows. With this
+    table the run scales down and says so in the first line of its summary.
+    """
+
+    sensors: int = Field(ge=1, description="sensor streams on amqtt (measured to sustain)")
+    scaled_from: int | None = Field(
+        default=None, description="set by fleet-sim: the [sensors] count this replaced"
+    )
+
+
 class Scenario(_Strict):
     name: str
     description: str = ""
@@ -107,6 +122,7 @@ class Scenario(_Strict):
     faults: list[Fault] = Field(default_factory=list)
     rollouts: list[Rollout] = Field(default_factory=list)
     expect: Expect = Field(default_factory=Expect)
+    amqtt: EmbeddedBrokerLoad | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -159,6 +175,7 @@ def apply_overrides(sc: Scenario, settings: SimSettings) -> Scenario:
         stack["wan"] = sc.stack.wan.model_copy(update={"delay_ms": settings.wan_delay_ms})
     if settings.sensors is not None:
         sensors["count"] = settings.sensors
+        top["amqtt"] = None  # the user's count stands, whatever the broker
     if settings.rate_hz is not None:
         sensors["rate_hz"] = settings.rate_hz
     if settings.duration_s is not None:
@@ -170,3 +187,16 @@ def apply_overrides(sc: Scenario, settings: SimSettings) -> Scenario:
             "sensors": sc.sensors.model_copy(update=sensors),
         }
     )
+
+
+def pin_broker(sc: Scenario, mosquitto: str | None) -> Scenario:
+    """Resolve ``broker_kind`` once (``mosquitto``: its path on PATH, or None) and, on the
+    embedded amqtt broker, scale the sensors down to the scenario's ``[amqtt]`` load."""
+    kind = resolve_kind(sc.stack.broker_kind, mosquitto)
+    update: dict[str, Any] = {"stack": sc.stack.model_copy(update={"broker_kind": kind})}
+    load = sc.amqtt
+    scale = load is not None and load.scaled_from is None and load.sensors < sc.sensors.count
+    if kind == "amqtt" and load is not None and scale:
+        update["sensors"] = sc.sensors.model_copy(update={"count": load.sensors})
+        update["amqtt"] = load.model_copy(update={"scaled_from": sc.sensors.count})
+    return sc.model_copy(update=update)

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
+
 Policy = Literal["local-only", "cloud-only", "threshold", "slo-aware", "cascade"]
 BrokerKind = Literal["auto", "mosquitto", "amqtt"]
 
@@ -56,6 +58,5 @@ class SimSettings(BaseSettings):
     hold: bool = Field(
         default=False, description="Keep the stack up after the run (dashboards) until Ctrl-C."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="WARNING", description="Python log level (logs also go to <work>/fleet-sim.log)."
-    )
+    log_level: LogLevel = Field(default="WARNING", description=LOG_LEVEL_HELP)
+    log_format: LogFormat = Field(default="text", description=LOG_FORMAT_HELP)

@@ -6,6 +6,16 @@ order. Every agent gets its own copy of the model repository (the updater instal
 versions into it) and its own site, subscribing only that site's sensor topics; its
 offload traffic goes through a :class:`~simulators.wan.WanProxy` so the WAN is emulated
 and its bytes counted.
+
+Trust (docs/architecture.md §3): with a gateway and mosquitto, every agent is enrolled
+in the gateway database before anything starts (its own token: gateway bearer token and
+MQTT password), and the broker runs with the password file and ACL generated from that
+registry (``cloud_gateway.brokerconf``; sensors and the result collector stay anonymous
+with the generated anonymous rules). Broker credentials reach the children through the
+environment, never argv (argv is logged). Agents trust the gateway's desired-state key.
+With the embedded amqtt broker (no ACLs, no ``mosquitto_passwd``) the stack runs in the
+documented permissive mode: a shared agent token and ``--require-enrolment false``;
+desired state is still signed and verified.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import logging
 import secrets
 import shutil
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -70,6 +80,7 @@ class AgentHandle:
     repository: Path
     proc: Managed
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -91,8 +102,16 @@ class Stack:
         self.gateway_port = 0
         self.gateway: Managed | None = None
         self.admin_token = secrets.token_urlsafe(18)
-        self.agent_token = secrets.token_urlsafe(18)
+        self.agent_token = secrets.token_urlsafe(18)  # shared: permissive mode only
         self.agents: list[AgentHandle] = []
+        #: agent id -> its enrolled token (the secure path; empty in permissive mode)
+        self.agent_tokens: dict[str, str] = {}
+        self.gateway_mqtt_password: str | None = None
+
+    @property
+    def secure(self) -> bool:
+        """Agents are enrolled and the broker enforces the generated ACL."""
+        return bool(self.agent_tokens)
 
     @property
     def broker_url(self) -> str:
@@ -124,9 +143,55 @@ class Stack:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def _enrol(self) -> str:
+        """Enrol every agent and write the broker's passwd + acl; returns the mosquitto
+        config lines that use them ("" in permissive mode)."""
+        from cloud_gateway.brokerconf import write_broker_config
+        from cloud_gateway.db import open_db
+        from cloud_gateway.enrolment import Enrolments
+        from offload.topics import Topics
+        from simulators.broker import resolve_kind
+
+        mosquitto = shutil.which("mosquitto")
+        if (
+            not self.spec.gateway
+            or resolve_kind(self.spec.broker_kind, mosquitto) != "mosquitto"
+            or shutil.which("mosquitto_passwd") is None
+        ):
+            if self.spec.gateway:
+                log.warning(
+                    "permissive mode: the broker cannot enforce per-agent ACLs (amqtt or no "
+                    "mosquitto_passwd); agents share one token, enrolment is not required"
+                )
+            return ""
+        gw = self.workdir / "gateway"
+        gw.mkdir(parents=True, exist_ok=True)
+        db = open_db(gw / "gateway.db")
+        try:
+            enrolments = Enrolments(db)
+            for i in range(self.spec.agents):
+                self.agent_tokens[f"agent-{i}"] = enrolments.enrol(f"agent-{i}", f"site-{i}")
+            passwd, acl = write_broker_config(
+                enrolments,
+                self.workdir / "broker",
+                Topics(),
+                gateway_password_file=gw / "mqtt.password",
+                anonymous_clients=True,  # sensors and the collector
+            )
+            self.gateway_mqtt_password = (gw / "mqtt.password").read_text().strip()
+        finally:
+            db.conn.close()
+        return f"password_file {passwd}\nacl_file {acl}\n"
+
+    def _broker_url_for(self, user: str, password: str) -> str:
+        return f"mqtt://{user}:{password}@127.0.0.1:{self.broker_port}"
+
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        broker, self.broker_port = start_broker(self.procs, self.workdir, self.spec.broker_kind)
+        extra = await asyncio.to_thread(self._enrol)
+        broker, self.broker_port = start_broker(
+            self.procs, self.workdir, self.spec.broker_kind, extra_conf=extra
+        )
         waits = [wait_broker(broker, self.broker_port, self.spec.ready_timeout_s)]
         if self.spec.offload:
             self._start_offload()
@@ -195,10 +260,17 @@ class Stack:
         gw = self.workdir / "gateway"
         gw.mkdir(parents=True, exist_ok=True)
         tokens = gw / "tokens"
-        tokens.write_text(f"admin {self.admin_token}\nagent {self.agent_token}\n")
+        # The shared agent token exists only in permissive mode; enrolled agents use theirs.
+        shared = "" if self.secure else f"agent {self.agent_token}\n"
+        tokens.write_text(f"admin {self.admin_token}\n{shared}")
         tokens.chmod(0o600)
         self.gateway_port = free_port()
-        self.gateway = self.procs.spawn("cloud-gateway", self.gateway_argv())
+        env = {}
+        if self.gateway_mqtt_password:
+            env["GATEWAY_BROKER"] = self._broker_url_for(
+                "cloud-gateway", self.gateway_mqtt_password
+            )
+        self.gateway = self.procs.spawn("cloud-gateway", self.gateway_argv(), env)
 
     def gateway_argv(self) -> list[str]:
         gw = self.workdir / "gateway"
@@ -210,14 +282,27 @@ class Stack:
             "--port", str(self.gateway_port),
             "--db-path", str(gw / "gateway.db"),
             "--blob-dir", str(gw / "blobs"),
-            "--broker", self.broker_url,
             "--trusted-keys", str(self.public_key),
             "--tokens-file", str(tokens),
+            "--desired-signing-key", str(self.gateway_key.with_suffix(".key")),
         ]  # fmt: skip
+        if not self.secure:
+            # Permissive mode: the broker URL carries no credentials, anyone may report.
+            argv += ["--broker", self.broker_url, "--require-enrolment", "false"]
         if self.offload_port:
             # The gateway sits in the cloud next to the inference tier: no WAN between them.
             argv += ["--cloud", f"127.0.0.1:{self.offload_port}"]
         return argv
+
+    @property
+    def gateway_key(self) -> Path:
+        """The gateway's desired-state public key (the gateway creates the pair)."""
+        return self.workdir / "gateway" / "desired.pub"
+
+    def agent_env(self, i: int) -> dict[str, str]:
+        """Broker credentials go through the environment: argv is logged."""
+        token = self.agent_tokens.get(f"agent-{i}")
+        return {"EDGE_BROKER": self._broker_url_for(f"agent-{i}", token)} if token else {}
 
     def agent_argv(self, i: int, http_port: int, repo: Path) -> list[str]:
         s = self.spec
@@ -227,7 +312,7 @@ class Stack:
             *command("edge-agent", "edge_agent"),
             "--agent-id", agent_id,
             "--site", site,
-            "--broker", self.broker_url,
+            *([] if agent_id in self.agent_tokens else ["--broker", self.broker_url]),
             "--repository", str(repo),
             "--model", s.model,
             "--policy", s.policy,
@@ -248,11 +333,12 @@ class Stack:
         if self.spec.gateway:
             adir.mkdir(parents=True, exist_ok=True)
             token = adir / "gateway.token"
-            token.write_text(self.agent_token)
+            token.write_text(self.agent_tokens.get(agent_id, self.agent_token))
             token.chmod(0o600)
             argv += [
                 "--gateway-url", self.gateway_url,
                 "--gateway-token-file", str(token),
+                "--gateway-key", str(self.gateway_key),
                 "--trusted-keys", str(self.public_key),
             ]  # fmt: skip
         return argv + list(s.agent_args)
@@ -265,9 +351,9 @@ class Stack:
         if not repo.exists():
             shutil.copytree(self.models_dir / "repository", repo)
         port = free_port()
-        argv = self.agent_argv(i, port, repo)
-        proc = self.procs.spawn(agent_id, argv)
-        return AgentHandle(agent_id, f"site-{i}", port, repo, proc, argv)
+        argv, env = self.agent_argv(i, port, repo), self.agent_env(i)
+        proc = self.procs.spawn(agent_id, argv, env)
+        return AgentHandle(agent_id, f"site-{i}", port, repo, proc, argv, env)
 
     async def wait_agent(self, agent: AgentHandle) -> None:
         await wait_http(
@@ -285,7 +371,7 @@ class Stack:
         if agent.proc.alive():
             await asyncio.to_thread(agent.proc.stop)
         self.procs.children.remove(agent.proc)
-        agent.proc = self.procs.spawn(agent.agent_id, agent.argv)
+        agent.proc = self.procs.spawn(agent.agent_id, agent.argv, agent.env)
         await self.wait_agent(agent)
 
     def agent_pids(self) -> list[int]:

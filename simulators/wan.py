@@ -238,6 +238,13 @@ class WanProxy:
         self.outage(False, blackhole=blackhole)
 
     async def _accept(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        # Python 3.11's start_server calls task.exception() on the finished handler task,
+        # which raises for a cancelled one: every connection still open when fleet-sim
+        # stops (SIGTERM, Ctrl-C) logged a CancelledError traceback. Fixed in 3.12.
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._relay(c_reader, c_writer)
+
+    async def _relay(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         if self.refusing:
             self.refused += 1
             c_writer.transport.abort()

@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from models.backends.base import Backend, BackendOptions
 from models.errors import BackendError, InvalidInput
-from models.manifest import TensorSpec
+from models.manifest import DType, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ CPU_EP = "CPUExecutionProvider"
 KNOWN_PROVIDERS: tuple[str, ...] = (TRT_EP, CUDA_EP, CPU_EP)
 
 #: ONNX Runtime type strings -> our KServe-style dtype names.
-ORT_DTYPES: dict[str, str] = {
+ORT_DTYPES: dict[str, DType] = {
     "tensor(float)": "FP32",
     "tensor(float16)": "FP16",
     "tensor(double)": "FP64",
@@ -40,7 +40,7 @@ ORT_DTYPES: dict[str, str] = {
 }
 
 
-def ort_dtype(type_str: str) -> str:
+def ort_dtype(type_str: str) -> DType:
     """Map an ONNX Runtime type string (``tensor(float)``) to our dtype name (``FP32``)."""
     try:
         return ORT_DTYPES[type_str]

@@ -21,7 +21,7 @@ import numpy as np
 
 from models.backends.base import Backend, BackendOptions
 from models.errors import BackendError, InvalidInput, MissingDependency
-from models.manifest import TensorSpec
+from models.manifest import DType, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ class TrtBackend(Backend):
         self._context = self._engine.create_execution_context()
         self._stream = _check(cudart.cudaStreamCreate())
         self._lock = threading.Lock()
-        ins, outs = [], []
+        ins: list[TensorSpec] = []
+        outs: list[TensorSpec] = []
         for i in range(self._engine.num_io_tensors):
             name = self._engine.get_tensor_name(i)
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
@@ -212,7 +213,7 @@ class TrtBackend(Backend):
             self._cudart.cudaStreamDestroy(self._stream)
 
 
-def _np_to_name(dtype: np.dtype) -> str:
+def _np_to_name(dtype: np.dtype) -> DType:
     from models.manifest import NUMPY_DTYPES
 
     for name, dt in NUMPY_DTYPES.items():

@@ -6,6 +6,8 @@ graph on ONNX Runtime), so training and serving can never disagree.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -28,7 +30,7 @@ class GraphBuilder:
         self._n += 1
         return f"{prefix}_{self._n}"
 
-    def const(self, value: np.ndarray | float | list, prefix: str = "c") -> str:
+    def const(self, value: np.ndarray | np.floating | float | list, prefix: str = "c") -> str:
         arr = np.asarray(value)
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
@@ -42,7 +44,7 @@ class GraphBuilder:
         *inputs: str,
         out: str | None = None,
         n_outputs: int = 1,
-        **attrs: object,
+        **attrs: Any,
     ) -> str:
         """Add a node; returns its first output (extra outputs are named ``<out>_<i>``)."""
         name = out or self._name(op_type.lower())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,19 @@ TOKENS = {"admin": "admin-token-1", "agent": "agent-token-1", "viewer": "viewer-
 
 def auth(role: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+def gateway_keys(gw: Gateway) -> dict[str, Any]:
+    """The gateway's desired-state public key, as an agent trusts it (--gateway-key)."""
+    from models.signing import key_id
+
+    public = gw.desired_key.public_key()
+    return {key_id(public): public}
+
+
+def document(payload: bytes) -> dict[str, Any]:
+    """The desired-state document inside a signed retained message."""
+    return json.loads(json.loads(payload)["document"])
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +61,7 @@ def gateway_settings(
             "port": 0,
             "db_path": tmp_path / "gw" / "gateway.sqlite",
             "blob_dir": tmp_path / "gw" / "blobs",
+            "desired_signing_key": tmp_path / "gw" / "desired.key",
             "broker": mosquitto.url,
             "topic_prefix": topic_prefix,
             "trusted_keys": bundle_set.trusted_dir,

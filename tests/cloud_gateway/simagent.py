@@ -23,7 +23,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from edge_agent.registry import ModelSlot
-from edge_agent.updater import ModelUpdater
+from edge_agent.updater import ModelUpdater, SlotTarget
 from models.errors import EdgecloudError
 from models.repository import ModelRepository
 from offload.mqtt import BrokerUrl, make_client
@@ -54,6 +54,8 @@ class SimAgent:
         rate_hz: float = 10.0,
         heartbeat_s: float = 0.3,
         batch: int = 1,
+        gateway_url: str | None = None,
+        gateway_keys: dict[str, Any] | None = None,
     ) -> None:
         self.agent_id, self.site, self.topics = agent_id, site, topics
         self.repo = ModelRepository(root, trusted_keys=trusted_keys, check=False)
@@ -62,11 +64,14 @@ class SimAgent:
             agent_id,
             site,
             self.repo,
-            self.slot,
+            SlotTarget(self.slot),
             token,
             trusted_keys,
             self._on_update,
             keep=3,
+            gateway_url=gateway_url,
+            gateway_keys=gateway_keys,
+            sequence_file=root / ".desired-sequence.json",
             retry_base_s=0.2,
             retry_cap_s=1.0,
         )
@@ -118,7 +123,7 @@ class SimAgent:
 
     def _desired(self, payload: bytes) -> None:
         if payload:
-            self.desired_seen.append(json.loads(payload))
+            self.desired_seen.append(json.loads(json.loads(payload)["document"]))
             self._tasks.append(asyncio.create_task(self.updater.handle_desired(payload)))
 
     def _on_update(self, state: dict[str, Any]) -> None:

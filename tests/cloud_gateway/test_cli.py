@@ -3,7 +3,6 @@ against it, and the flag <-> settings mapping the deploy manifests rely on."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from cloud_gateway.commands import gates_from
 from cloud_gateway.schemas import Gates
 from cloud_gateway.settings import GatewaySettings
 from tests.cloud_gateway.bundles import BundleSet
-from tests.cloud_gateway.conftest import TOKENS
+from tests.cloud_gateway.conftest import TOKENS, document
 from tests.cloud_gateway.mqttutil import Peer
 from tests.conftest import free_port, wait_for_port
 
@@ -240,7 +239,7 @@ def test_client_commands_against_a_served_gateway(
         assert _cli(served, "viewer", "rollout", "list") == 0
         assert rid in capsys.readouterr().out
         wait_for(2)
-        versions = [json.loads(p)["models"]["motion-edge"]["version"] for p in peer.got(topic)]
+        versions = [document(p)["models"]["motion-edge"]["version"] for p in peer.got(topic)]
         assert versions == [2, 1]
     finally:
         peer.publish(f"{topic_prefix}/fleet/cli-a1/status", b"")

@@ -103,6 +103,10 @@ def fleet(
                         str(token_file),
                         "--trusted-keys",
                         str(bundle_set.trusted_dir),
+                        "--gateway-url",
+                        gateway.url,
+                        "--gateway-key",
+                        str(gateway.settings.signing_key_path().with_suffix(".pub")),
                         "--log-level",
                         "WARNING",
                     ]

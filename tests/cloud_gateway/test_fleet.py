@@ -78,11 +78,13 @@ async def test_missed_heartbeats_mark_offline_and_http_report(
         finally:
             peer.client.publish(gw.topics.status("quiet"), b"", retain=True).wait_for_publish(5)
             peer.close()
+        own = {"Authorization": f"Bearer {gw.fleet.enrolments.enrol('h1', 'site-h')}"}
         url = f"{gw.url}/api/v1/fleet/h1/status"
-        async with http.post(url, json=_status("h1"), headers=auth("agent")) as resp:
+        async with http.post(url, json=_status("h1"), headers=own) as resp:
             body = await resp.json()
             assert resp.status == 200 and body["online"], body
-        async with http.post(url, json=_status("h2"), headers=auth("agent")) as resp:
+            assert body["site"] == "site-h"  # the enrolled site, whatever the body says
+        async with http.post(url, json=_status("h2"), headers=own) as resp:
             assert resp.status == 400
 
 
@@ -93,7 +95,8 @@ def test_selector_by_site_label_and_id(tmp_path) -> None:
 
     fleet = Fleet(open_db(tmp_path / "f.sqlite"), heartbeat_timeout_s=5)
     for agent, site, ring in (("a", "s1", "canary"), ("b", "s1", "main"), ("c", "s2", "main")):
-        fleet.apply(StatusReport(agent_id=agent, site=site, labels={"ring": ring}))
+        fleet.apply(StatusReport(agent_id=agent, site=site))
+        fleet.set_labels(agent, {"ring": ring})
     fleet.apply(StatusReport(agent_id="d", site="s1", online=False))
 
     def ids(**kw: object) -> list[str]:

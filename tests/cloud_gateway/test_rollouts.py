@@ -4,7 +4,6 @@ model slot and ONNX Runtime (tests/cloud_gateway/simagent.py)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ import pytest
 from cloud_gateway.service import Gateway, serve
 from models import signing
 from tests.cloud_gateway.bundles import BundleSet
-from tests.cloud_gateway.conftest import TOKENS, auth, push
+from tests.cloud_gateway.conftest import TOKENS, auth, document, gateway_keys, push
 from tests.cloud_gateway.mqttutil import Peer, until
 from tests.cloud_gateway.simagent import SimAgent
 from tests.conftest import free_port
@@ -43,6 +42,8 @@ def sim_fleet(tmp_path: Path, mosquitto: Any, bundle_set: BundleSet) -> Fleet:
                 keys,
                 TOKENS["agent"],
                 executor,
+                gateway_url=gw.url,
+                gateway_keys=gateway_keys(gw),
                 **kw,
             )
             for i in range(n)
@@ -79,7 +80,7 @@ def _desired_versions(watcher: Peer, agent: SimAgent) -> list[int]:
     out = []
     for payload in watcher.got(agent.topics.desired(agent.agent_id)):
         if payload:
-            out.append(json.loads(payload)["models"]["motion-edge"]["version"])
+            out.append(document(payload)["models"]["motion-edge"]["version"])
     return out
 
 

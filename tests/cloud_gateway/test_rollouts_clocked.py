@@ -4,7 +4,6 @@ agents are in test_rollouts.py)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from cloud_gateway.schemas import RolloutInfo, RolloutRequest, StatusReport
 from models import signing
 from offload.topics import Topics
 from tests.cloud_gateway.bundles import BundleSet
+from tests.cloud_gateway.conftest import document
 
 
 class _Clock:
@@ -144,7 +144,7 @@ async def test_engine_rolls_back_a_canary_ten_times_slower_than_its_control(
     assert {agents[f"e{i}"]["state"] for i in (1, 2, 3)} == {"pending"}
     rolled = [e for e in done["events"] if e["kind"] == "rolled-back"]
     assert rolled[0]["detail"]["gate"]["control"]["agents"] == ["e1", "e2", "e3"]
-    versions = [json.loads(p)["models"]["motion-edge"]["version"] for _, p in published]
+    versions = [document(p)["models"]["motion-edge"]["version"] for _, p in published]
     assert [t for t, _ in published] == ["fleet/e0/desired"] * 2 and versions == [2, 1]
     listed = engine.list("motion-edge")
     assert listed[0]["gate"]["failure"] == done["reason"].removeprefix("gate failed in wave 1: ")
@@ -178,7 +178,7 @@ async def test_engine_rolls_back_when_evidence_never_arrives(clocked: Any) -> No
     assert done["gate"]["failure"] == done["reason"]  # recorded with the evaluation
     states = {a["agent_id"]: a["state"] for a in done["agents"]}
     assert states == {"e0": "rolled_back", "e1": "pending", "e2": "pending", "e3": "pending"}
-    versions = [json.loads(p)["models"]["motion-edge"]["version"] for _, p in published]
+    versions = [document(p)["models"]["motion-edge"]["version"] for _, p in published]
     assert [t for t, _ in published] == ["fleet/e0/desired"] * 2 and versions == [2, 1]
 
 

@@ -60,6 +60,9 @@ def stack(mosquitto: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Ite
                     str(gateway.agent_token_file),
                     "--trusted-keys",
                     str(built.public_key),
+                    # The gateway signs desired state with desired.key beside its database.
+                    "--gateway-key",
+                    str(work / "gateway" / "desired.pub"),
                     prefix=prefix,
                     agent_id=f"edge-{i}",
                     site="plant-a",

@@ -140,8 +140,11 @@ def reading(seq: int, values: np.ndarray | list[float], ts: float | None = None)
 def process_args(
     agent_id: str, broker_url: str, repository: Path, prefix: str, *extra: str
 ) -> list[str]:
-    """edge-agent flags for a process on ``broker_url`` reading ``{prefix}/sensors/+/+/+``."""
+    """edge-agent flags for a process on ``broker_url`` reading ``{prefix}/sensors/+/+/+``
+    (serving motion-edge unless ``extra`` names models)."""
+    model = [] if "--model" in extra else ["--model", "motion-edge"]
     return [
+        *model,
         "--agent-id",
         agent_id,
         "--broker",

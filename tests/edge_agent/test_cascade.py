@@ -98,9 +98,15 @@ def _scores(r: dict[str, Any]) -> np.ndarray:
 
 
 def _counter(metrics: str, outcome: str) -> float:
-    key = f'edge_cascade_escalations_total{{outcome="{outcome}"}} '
-    lines = [ln for ln in metrics.splitlines() if ln.startswith(key)]
-    return float(lines[0].split()[-1]) if lines else 0.0
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "edge_cascade_escalations_total"
+        and sample.labels.get("outcome") == outcome
+    )
 
 
 def _check(res: dict[int, dict[str, Any]], w: dict[str, np.ndarray], thr: float) -> dict[str, int]:
@@ -276,7 +282,7 @@ async def test_anomaly_models_and_a_missing_cloud_are_never_escalated(
 def test_fleet_sim_compare_runs_cascade_load_aware(tmp_path: Path) -> None:
     """The agents `fleet-sim compare` starts for cascade get a real, load-aware cascade."""
     from edge_agent.cli import settings_from_args
-    from edge_agent.wiring import policy_params
+    from edge_agent.pipeline import policy_params
     from offload.policy import Cascade, Observed, Route, make_policy
     from simulators.scenario import load_scenario
     from simulators.stack import Stack

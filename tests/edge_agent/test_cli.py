@@ -66,7 +66,7 @@ def test_cli_overrides_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ]
     )
     assert s.site == "from-cli" and s.slo_ms == 80
-    assert s.model_ref() == ("motion-edge", 3)
+    assert [(b.name, b.version, b.topics) for b in s.bindings()] == [("motion-edge", 3, None)]
     assert s.clean_session is True and s.db_path == Path("x.db")
     assert s.stream_state_path() == Path("x.streams.npz")
 

@@ -133,7 +133,7 @@ async def test_windows_replayed_at_start_are_answered_once_connected(
         max_payload_bytes=65536,
     )
     crashed.use_manifest(ModelRepository(repo, check=False).manifest("motion-edge"))
-    journal = Journal(tmp_path / "j")
+    journal = Journal(tmp_path / "j" / "motion-edge")  # one journal per served model
     journal.open(crashed)
     crashed.journal = journal
     topic = f"{topic_prefix}/sensors/s1/d1/acc"

@@ -23,6 +23,8 @@ def test_heartbeat_fields_and_last_will(mosquitto: Any, repo: Path, topic_prefix
             mosquitto.url,
             "--repository",
             str(repo),
+            "--model",
+            "motion-edge",
             "--topic-prefix",
             topic_prefix,
             "--topics-filter",
@@ -38,7 +40,10 @@ def test_heartbeat_fields_and_last_will(mosquitto: Any, repo: Path, topic_prefix
         beats = sub.wait_for(2, timeout=10)
         hb = beats[-1]
         assert hb["agent_id"] == agent_id and hb["site"] == "plant-9" and hb["online"] is True
-        assert hb["models"] == {"motion-edge": {"version": 1, "state": "serving"}}
+        entry = hb["models"]["motion-edge"]
+        assert list(hb["models"]) == ["motion-edge"]
+        assert (entry["version"], entry["state"], entry["topics"]) == (1, "serving", None)
+        assert set(entry["metrics"]) == set(hb["metrics"])  # what the gates judge per model
         assert set(hb["update"]) == {"rollout_id", "model", "version", "state", "reason"}
         assert hb["health"] == {"ready": True, "broker": True, "cloud": "none"}
         assert hb["cloud"]["configured"] is False and hb["cloud"]["breaker"] == "none"

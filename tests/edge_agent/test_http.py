@@ -111,6 +111,11 @@ async def test_readyz_is_503_without_broker(repo: Path, topic_prefix: str, make_
                 assert r.status == 503
             async with http.get(f"{base}/healthz") as r:
                 assert r.status == 200
-        assert body == {"ready": False, "model_loaded": True, "broker_connected": False}
+        assert body == {
+            "ready": False,
+            "model_loaded": True,
+            "models": {"motion-edge": True},
+            "broker_connected": False,
+        }
     finally:
         await agent.stop()

@@ -11,7 +11,6 @@ import numpy as np
 
 from edge_agent.batch import BatchDone, Request
 from edge_agent.dispatch import Dispatcher
-from edge_agent.overflow import offload_overflow
 from edge_agent.registry import ModelSlot
 from edge_agent.remote_rtt import RemoteRtt
 from models.backends.base import BackendOptions
@@ -106,11 +105,10 @@ async def test_a_queue_the_device_can_serve_in_time_stays_local(repo: Path) -> N
     d, _ = await _dispatcher(repo, "slo-aware", client)
     try:
         reqs = _requests(6)  # 3 batches of 40 ms: well inside 250 ms
-        for r in reqs:
-            d._heap.append((r.deadline, r.seq, r))
-        assert offload_overflow(d, time.monotonic()) == 0
-        assert len(d._heap) == 6 and d.remote_busy == 0
+        d.queue.push_many(reqs)  # queued without a kick
+        assert d._overflow(time.monotonic()) == 0
+        assert len(d.queue) == 6 and d.remote_busy == 0
     finally:
-        d._heap.clear()
+        d.queue.pop_head(len(d.queue))
         d._executor.shutdown(wait=True)
         await asyncio.sleep(0)

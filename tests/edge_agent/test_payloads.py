@@ -98,3 +98,12 @@ def test_binary_rejections() -> None:
     empty = struct.pack("<2sBBQdHH", b"EC", 1, 0, 5, 1.0, 0, 6)
     assert len(empty) == HEADER_SIZE
     assert _reason(empty) == "empty"
+
+
+@pytest.mark.parametrize("ts", [float("inf"), float("-inf")])
+def test_binary_ts_must_be_finite_like_json(ts: float) -> None:
+    """Issue 16 item 10: a result with "ts": inf would be JSON no parser accepts."""
+    payload = encode_binary(np.ones((1, 6)), 5, ts)
+    assert _reason(payload) == "bad-ts"
+    assert _reason(json.dumps({"ts": ts, "seq": 5, "values": [1.0] * 6}).encode()) == "bad-ts"
+    assert _dec(encode_binary(np.ones((1, 6)), 5, float("nan"))).ts is None  # NaN: unknown

@@ -63,4 +63,4 @@ def test_scrape_annotations_point_at_declared_ports() -> None:
             ports = {p["containerPort"] for c in pod_spec(w)["containers"] for p in c["ports"]}
             assert int(notes["prometheus.io/port"]) in ports, w["metadata"]["name"]
             checked += 1
-    assert checked == 3  # the agent in both edge overlays and the offload server
+    assert checked == 4  # the agent in both edge overlays, the offload server, the gateway

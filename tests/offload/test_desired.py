@@ -1,90 +1,166 @@
-"""The desired-state message and the heartbeat update record (offload.desired)."""
+"""The signed desired-state contract (offload.desired) and the heartbeat update record."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from models.errors import InvalidInput
-from offload.desired import Desired, UpdatePhase, UpdateState, WantedModel, parse_desired
+from models.errors import BadSignature, InvalidInput, UnknownSigner
+from models.signing import key_id
+from offload.desired import (
+    Desired,
+    SignedDesired,
+    UpdatePhase,
+    UpdateState,
+    WantedModel,
+    parse_desired,
+    sign_desired,
+    verify_desired,
+)
 
 SHA = "ab" * 32
+KEY = Ed25519PrivateKey.generate()
+TRUSTED = {key_id(KEY.public_key()): KEY.public_key()}
 
 
-def _message(**models: dict[str, object]) -> bytes:
-    return json.dumps({"rollout_id": "r1", "models": models, "issued_at": 1700000000.5}).encode()
-
-
-def test_round_trip_is_lossless_and_plain_json() -> None:
-    desired = Desired(
-        rollout_id="ro-1",
-        models={
-            "motion-edge": WantedModel(version=2, sha256=SHA, url="https://gw/api/v1/b"),
-            "vibration-anomaly": WantedModel(version=1),
-        },
-        issued_at=1700000000.25,
-    )
-    data = desired.to_bytes()
-    assert parse_desired(data) == desired
-    assert json.loads(data) == {
-        "rollout_id": "ro-1",
-        "models": {
-            "motion-edge": {"version": 2, "sha256": SHA, "url": "https://gw/api/v1/b"},
-            "vibration-anomaly": {"version": 1, "sha256": None, "url": None},
-        },
-        "issued_at": 1700000000.25,
+def _doc(**models: dict[str, object]) -> dict[str, object]:
+    return {
+        "target": "edge-1",
+        "target_kind": "agent",
+        "sequence": 7,
+        "rollout_id": "r1",
+        "models": models,
+        "issued_at": 1700000000.5,
     }
 
 
-def test_parses_the_gateway_contract_and_ignores_unknown_keys() -> None:
-    payload = json.loads(_message(**{"motion-edge": {"version": 3, "sha256": SHA, "url": None}}))
-    payload["added_later"] = {"by": "a newer gateway"}
-    payload["models"]["motion-edge"]["size"] = 123
-    desired = parse_desired(json.dumps(payload).encode())
-    assert desired.rollout_id == "r1" and desired.issued_at == 1700000000.5
+def test_signed_round_trip_is_lossless_and_plain_json() -> None:
+    desired = Desired(
+        target="edge-1",
+        sequence=3,
+        rollout_id="ro-1",
+        models={
+            "motion-edge": WantedModel(version=2, sha256=SHA, url="https://gw/api/v1/b"),
+            "vibration-anomaly": WantedModel(
+                version=1, rollback=True, topics="sensors/s1/+/vib", state="absent"
+            ),
+        },
+        issued_at=1700000000.25,
+    )
+    payload = sign_desired(desired, KEY)
+    assert verify_desired(payload, TRUSTED) == desired
+    envelope = json.loads(payload)
+    assert set(envelope) == {"document", "key_id", "signature"}
+    assert json.loads(envelope["document"])["models"]["motion-edge"] == {
+        "version": 2,
+        "sha256": SHA,
+        "url": "https://gw/api/v1/b",
+        "rollback": False,
+        "topics": None,
+        "state": "serving",
+    }
+
+
+def test_unknown_keys_are_ignored_and_defaults_apply() -> None:
+    doc = _doc(**{"motion-edge": {"version": 3, "sha256": SHA, "url": None, "size": 1}})
+    doc["added_later"] = {"by": "a newer gateway"}
+    desired = parse_desired(json.dumps(doc))
     assert desired.models["motion-edge"] == WantedModel(version=3, sha256=SHA)
-
-
-def test_optional_fields_default_to_none() -> None:
-    desired = parse_desired(b'{"models": {}}')
-    assert (desired.rollout_id, desired.models, desired.issued_at) == (None, {}, None)
+    assert desired.models["motion-edge"].state == "serving"
+    assert desired.models["motion-edge"].rollback is False
 
 
 @pytest.mark.parametrize(
-    ("payload", "where"),
+    "payload",
     [
-        (b"", "message"),
-        (b"{not json", "message"),
-        (b"[]", "message"),
-        (b"{}", "models"),
-        (b'{"models": []}', "models"),
-        (b'{"models": {"motion-edge": {"version": "2"}}}', "models.motion-edge.version"),
-        (b'{"models": {"motion-edge": {"version": true}}}', "models.motion-edge.version"),
-        (b'{"models": {"motion-edge": {"version": 0}}}', "models.motion-edge.version"),
-        (b'{"models": {"motion-edge": {"version": 2.5}}}', "models.motion-edge.version"),
-        (b'{"models": {"motion-edge": {"version": 2, "sha256": "xyz"}}}', "sha256"),
-        (b'{"models": {"motion-edge": {"version": 2, "sha256": "' + b"AB" * 32 + b'"}}}', "sha"),
-        (b'{"models": {"motion-edge": {"version": 2, "url": "file:///etc/passwd"}}}', "url"),
-        (b'{"models": {"../evil": {"version": 2}}}', "invalid model name"),
-        (b'{"models": {}, "rollout_id": 7}', "rollout_id"),
-        (b'{"models": {}, "issued_at": "yesterday"}', "issued_at"),
-        (b'{"models": {}, "issued_at": -1}', "issued_at"),
+        b"",
+        b"{not json",
+        b"[]",
+        # The attack of issue 16: a plain (unsigned) desired-state message.
+        json.dumps({"models": {"motion-edge": {"version": 1, "sha256": None, "url": None}}}),
+        json.dumps({"document": "{}", "key_id": "x"}),
     ],
 )
-def test_malformed_messages_are_invalid_input_naming_the_field(payload: bytes, where: str) -> None:
+def test_unsigned_or_malformed_envelopes_are_refused(payload: bytes | str) -> None:
+    data = payload.encode() if isinstance(payload, str) else payload
     with pytest.raises(InvalidInput) as info:
-        parse_desired(payload)
-    assert info.value.reason == "invalid-input"
+        verify_desired(data, TRUSTED)
+    assert info.value.message.startswith("unsigned or malformed desired state")
+
+
+def test_a_document_signed_by_another_key_is_an_unknown_signer() -> None:
+    other = Ed25519PrivateKey.generate()
+    payload = sign_desired(parse_desired(json.dumps(_doc())), other)
+    with pytest.raises(UnknownSigner) as info:
+        verify_desired(payload, TRUSTED)
+    assert "not the gateway key" in info.value.message
+
+
+def test_a_tampered_document_fails_the_signature() -> None:
+    envelope = json.loads(sign_desired(parse_desired(json.dumps(_doc())), KEY))
+    doc = json.loads(envelope["document"])
+    doc["sequence"] = 99
+    envelope["document"] = json.dumps(doc)
+    with pytest.raises(BadSignature):
+        verify_desired(json.dumps(envelope).encode(), TRUSTED)
+    envelope["signature"] = base64.b64encode(b"x" * 64).decode()
+    with pytest.raises(BadSignature):
+        verify_desired(json.dumps(envelope).encode(), TRUSTED)
+
+
+def test_a_signed_but_invalid_document_is_invalid_input() -> None:
+    text = json.dumps(_doc(**{"motion-edge": {"version": 0}}))
+    sig = SignedDesired(
+        document=text,
+        key_id=key_id(KEY.public_key()),
+        signature=base64.b64encode(KEY.sign(text.encode())).decode(),
+    )
+    with pytest.raises(InvalidInput) as info:
+        verify_desired(sig.to_bytes(), TRUSTED)
+    assert "models.motion-edge.version" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"models": []}, "models"),
+        ({"target": "a/b"}, "target"),
+        ({"target": "+"}, "target"),
+        ({"target_kind": "fleet"}, "target_kind"),
+        ({"sequence": 0}, "sequence"),
+        ({"sequence": 2**63}, "sequence"),
+        ({"sequence": "5"}, "sequence"),
+        ({"models": {"m": {"version": "2"}}}, "models.m.version"),
+        ({"models": {"m": {"version": True}}}, "models.m.version"),
+        ({"models": {"m": {"version": 2**31}}}, "models.m.version"),
+        ({"models": {"m": {"version": 2.5}}}, "models.m.version"),
+        ({"models": {"m": {"version": 2, "sha256": "AB" * 32}}}, "sha256"),
+        ({"models": {"m": {"version": 2, "url": "file:///etc/passwd"}}}, "url"),
+        ({"models": {"m": {"version": 2, "rollback": "yes"}}}, "rollback"),
+        ({"models": {"m": {"version": 2, "state": "deleted"}}}, "state"),
+        ({"models": {"../evil": {"version": 2}}}, "invalid model name"),
+        ({"rollout_id": 7}, "rollout_id"),
+        ({"issued_at": -1}, "issued_at"),
+    ],
+)
+def test_malformed_documents_are_invalid_input_naming_the_field(
+    change: dict[str, object], where: str
+) -> None:
+    doc = _doc() | change
+    with pytest.raises(InvalidInput) as info:
+        parse_desired(json.dumps(doc))
     assert info.value.message.startswith("bad desired state: ")
     assert where in info.value.message, info.value.message
 
 
 def test_messages_are_frozen() -> None:
-    desired = parse_desired(_message(**{"motion-edge": {"version": 2}}))
+    desired = parse_desired(json.dumps(_doc(**{"motion-edge": {"version": 2}})))
     with pytest.raises(ValidationError):
-        desired.rollout_id = "other"  # type: ignore[misc]
+        desired.sequence = 8  # type: ignore[misc]
     with pytest.raises(ValidationError):
         desired.models["motion-edge"].version = 5  # type: ignore[misc]
 
