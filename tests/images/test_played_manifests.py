@@ -11,7 +11,11 @@ What changes between the rendered output and what is played, and why:
   ServiceMonitor and Namespaces are not played: there is no cluster network or API
   server; every pod gets ``hostNetwork`` and talks over 127.0.0.1;
 * site values the manifests leave to the operator (placeholder hosts, the node's
-  hostPath directories, Secrets, trusted-key ConfigMaps) and the ports: every listener
+  hostPath directories, Secrets, trusted-key ConfigMaps, the gateway's desired-state
+  key, the node's enrolment token and the broker passwd/ACL that ``cloud-gateway fleet
+  enrol`` and ``fleet broker-config`` make; both run on the host against the gateway's
+  database volume, since they need ``mosquitto_passwd``, which the gateway image lacks)
+  and the ports: every listener
   gets a free loopback port (ConfigMap values, mosquitto ``listener`` lines and the
   matching ``containerPort``) so the suite's other tests cannot collide with it;
 * the downward-API agent id becomes a literal (podman 4.3 lacks ``spec.nodeName``) and
@@ -280,9 +284,11 @@ def _play_and_check(st: Stage) -> None:
     bundles = _build_models(st.tmp / "models")
     node = st.tmp / "node"
     host_paths = {"/var/lib/edgecloud/repository": node / "repository",
-                  "/var/lib/edgecloud/db": node / "db"}  # fmt: skip
+                  "/var/lib/edgecloud/db": node / "db",
+                  "/var/lib/edgecloud/identity": node / "identity"}  # fmt: skip
     shutil.copytree(st.tmp / "models" / "repository", node / "repository")
     (node / "db").mkdir()
+    (node / "identity").mkdir()
     subprocess.run(["chown", "-R", f"{UID}:{UID}", str(node)], check=True)
     cloud_repo = st.name("offload-model-repository")
     st.created.volumes.append(cloud_repo)
@@ -300,15 +306,14 @@ def _play_and_check(st: Stage) -> None:
         .replace("BRIDGE_PASSWORD", "bridge-pw")
         .replace("SITE", st.site)
     )  # fmt: skip
-    edge_users = {u: PASSWORDS[u] for u in ("edge-agent", "sensor", "viewer")}
+    host_users = {u: PASSWORDS[u] for u in ("sensor", "viewer")}
     cloud_users = {"cloud-gateway": PASSWORDS["cloud-gateway"], st.site: "bridge-pw"}
     mk = st.created.secret
-    mk(st.name("mosquitto-auth"), {"passwd": _passwd(st, edge_users)}, as_env=False)
     mk(st.name("mosquitto-bridge"), {"bridge.conf": bridge.encode(), "ca.crt": tls_data["ca.crt"]},
        as_env=False)  # fmt: skip
     mk(st.name("edge-grpc-tls"), tls_data, as_env=False)
-    mk(st.name("edge-gateway-token"), {"token": TOKENS["agent"].encode()}, as_env=False)
-    broker_url = f"mqtt://edge-agent:{PASSWORDS['edge-agent']}@127.0.0.1:{p['edge-mqtt']}"
+    # No credentials in the URL: user = agent id, password = its enrolment token.
+    broker_url = f"mqtt://127.0.0.1:{p['edge-mqtt']}"
     mk(st.name("edge-mqtt"), {"broker-url": broker_url.encode()}, as_env=True)
     # The cloud's Secrets; the cloud broker's password file has its own name (both
     # sites' manifests call theirs mosquitto-auth, and here they share one podman).
@@ -330,6 +335,10 @@ def _play_and_check(st: Stage) -> None:
         if res["kind"] == "ConfigMap" and name == st.name("mosquitto-config"):
             res["data"]["mosquitto.conf"] = _listeners(res["data"]["mosquitto.conf"],
                                                        {1883: p["edge-mqtt"]})  # fmt: skip
+            # The enrolled agents' rules (fleet broker-config), then the static file's
+            # users for sensors and viewers (what the site adds for its own clients).
+            static = res["data"]["acl"]
+            res["data"]["acl"] = broker_acl + "\n" + static[static.index("# Sensors") :]
         elif res["kind"] == "ConfigMap" and name == st.name("edge-agent-config"):
             res["data"] |= {
                 "EDGE_SITE": st.site,
@@ -404,10 +413,12 @@ def _play_and_check(st: Stage) -> None:
     cloud = [r for r in _workloads(st, render("cloud"), "cloud", patch_cloud)
              if r["metadata"]["name"] != "__skip__"]  # fmt: skip
     cloud.append(configmap("gateway-trusted-keys", {"dev.pub": public_key}))
-    edge = list(_workloads(st, render("edge-cpu"), "edge", lambda r: patch_edge(r, "slo-aware")))
-    edge.append(configmap("edge-trusted-keys", {"dev.pub": public_key}))
-    kinds = {r["kind"] for r in [*cloud, *edge]}
-    assert kinds == {"ConfigMap", "PersistentVolumeClaim", "Deployment", "Pod"}, kinds
+
+    def edge_docs(policy: str) -> list[Resource]:
+        docs = list(_workloads(st, render("edge-cpu"), "edge", lambda r: patch_edge(r, policy)))
+        docs.append(configmap("edge-trusted-keys", {"dev.pub": public_key}))
+        docs.append(configmap("gateway-desired-key", {"desired.pub": desired_pub}))
+        return docs
 
     def play(docs: list[Resource], name: str) -> None:
         docs = copy.deepcopy(docs)
@@ -425,6 +436,39 @@ def _play_and_check(st: Stage) -> None:
         assert proc.returncode == 0, f"kube play {name}:\n{proc.stderr[-3000:]}"
 
     play(cloud, "cloud")
+    # -- the site's credentials, as docs/deploy.md has the operator make them ----------
+    gw = st.containers["cloud/cloud-gateway"]
+    ready = {"httpGet": {"path": "/readyz"}}
+    _wait("the gateway's readiness", lambda: _probe(gw, ready, p["gw"]) is None, 60, st)
+    # enrol and broker-config hash with mosquitto_passwd, which the gateway image lacks
+    # (no mosquitto in it): run them on the host, on the gateway's database in its
+    # volume, then give the files back to the gateway's uid.
+    data = podman("volume", "inspect", "--format", "{{.Mountpoint}}",
+                  st.name("cloud-gateway-data")).stdout.strip()  # fmt: skip
+    fleet = [str(Path(sys.executable).parent / "cloud-gateway"), "fleet"]
+    db = ["--db-path", f"{data}/gateway.sqlite"]
+    enrol = subprocess.run([*fleet, "enrol", st.agent, "--site", st.site, *db],
+                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert enrol.returncode == 0, enrol.stderr
+    token = enrol.stdout.split()[0]
+    (node / "identity" / "token").write_text(token)
+    os.chmod(node / "identity" / "token", 0o400)
+    subprocess.run(["chown", "-R", f"{UID}:{UID}", str(node / "identity")], check=True)
+    out = st.tmp / "broker"
+    conf = subprocess.run([*fleet, "broker-config", "--out", str(out), "--site", st.site, *db],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    subprocess.run(["chown", "-R", f"{UID}:{UID}", data], check=True)
+    assert conf.returncode == 0, conf.stderr
+    broker_acl = (out / "acl").read_text()
+    agents_passwd = (out / "passwd").read_bytes()
+    assert st.agent in broker_acl and agents_passwd, (broker_acl, agents_passwd)
+    desired_pub = exec_in(gw, "cat", "/var/lib/edgecloud/gateway/desired.pub").stdout
+    assert desired_pub.strip(), "the gateway made no desired-state key"
+    passwd = agents_passwd.rstrip(b"\n") + b"\n" + _passwd(st, host_users)
+    mk(st.name("mosquitto-auth"), {"passwd": passwd}, as_env=False)
+    edge = edge_docs("slo-aware")
+    kinds = {r["kind"] for r in [*cloud, *edge]}
+    assert kinds == {"ConfigMap", "PersistentVolumeClaim", "Deployment", "Pod"}, kinds
     play(edge, "edge")
 
     # -- every process as the manifests' user, on a read-only root ---------------------
@@ -490,11 +534,8 @@ def _play_and_check(st: Stage) -> None:
         agent_pod = st.name("edge-edge-agent")
         podman("pod", "rm", "-f", "-t", "5", agent_pod, timeout=60)
         st.created.pods.remove(agent_pod)
-        edge = list(_workloads(st, render("edge-cpu"), "edge",
-                               lambda r: patch_edge(r, "cloud-only")))  # fmt: skip
-        edge = [r for r in edge if r["kind"] in ("ConfigMap", "Pod")]
-        edge = [r for r in edge if r["kind"] != "ConfigMap" or "agent" in r["metadata"]["name"]]
-        edge.append(configmap("edge-trusted-keys", {"dev.pub": public_key}))
+        edge = [r for r in edge_docs("cloud-only") if r["kind"] in ("ConfigMap", "Pod")]
+        edge = [r for r in edge if "mosquitto" not in r["metadata"]["name"]]
         play(edge, "edge-offload")
         agent = st.containers["edge/edge-agent"]
         _wait("the agent's readiness after the restart",
