@@ -30,7 +30,7 @@ from urllib.request import urlopen
 import psutil
 
 from benchmarks.edge_agent.procs import Broker, _free_port
-from offload.mqtt import BrokerUrl, make_client
+from bus.broker import BrokerUrl, make_client
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bus.topics import Topics
 from cloud_gateway.enrolment import GATEWAY_MQTT_USER, Enrolments, mosquitto_hashes
-from offload.topics import Topics
 
 
 def render_acl(rows: list[dict[str, object]], topics: Topics, *, anonymous_clients: bool) -> str:

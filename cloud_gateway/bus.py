@@ -14,9 +14,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from models.logs import Outage
-from offload.mqtt import BrokerUrl, make_client
-from offload.topics import Topics
+from bus.broker import BrokerUrl, make_client
+from bus.topics import Topics
+from shell.logs import Outage
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from cloud_gateway.schemas import Gates, RolloutRequest
 from cloud_gateway.settings import GatewaySettings
 from models.bundle_cli import add_install_parser, add_pack_parser
 from models.errors import EdgecloudError
-from models.logs import setup_logging
-from models.settings_cli import DefaultsHelpFormatter, annotate_settings_help
-from models.settings_errors import describe
+from shell.cli import DefaultsHelpFormatter, annotate_settings_help
+from shell.logs import setup_logging
+from shell.settings_errors import describe
 
 
 def _bool(text: str) -> bool:
@@ -49,6 +49,10 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("topic-prefix", str, "prefix of the fleet topic root"),
     ("cloud", str, "cloud tier HOST:PORT to load rolled-out versions into"),
     ("cloud-repository", Path, "model repository of the cloud tier (shared volume)"),
+    ("cloud-tls-ca", Path, "CA of the cloud tier's certificate (turns on TLS)"),
+    ("cloud-tls-cert", Path, "client certificate for mutual TLS with the cloud tier"),
+    ("cloud-tls-key", Path, "private key of --cloud-tls-cert"),
+    ("cloud-admin-token-file", Path, "bearer token the cloud tier accepts for model load"),
     ("trusted-keys", Path, "signer public key file or directory of *.pub"),
     ("tokens-file", Path, "token file: 'ROLE TOKEN' per line (or GATEWAY_ADMIN_TOKEN)"),
     ("desired-signing-key", Path, "ed25519 key signing desired state (created when missing)"),

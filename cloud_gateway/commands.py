@@ -12,11 +12,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bus.topics import Topics
 from cloud_gateway.client import GatewayClient
 from cloud_gateway.settings import GatewaySettings
 from models.bundle_cli import run_bundle_command
 from models.errors import InvalidInput
-from offload.topics import Topics
 
 _FINAL = ("succeeded", "rolled_back", "failed")
 

@@ -1,6 +1,6 @@
 """Per-agent desired state: the rows in SQLite and their signed, retained MQTT messages.
 
-The message on ``fleet/{agent}/desired`` is ``offload.desired.SignedDesired``: the
+The message on ``fleet/{agent}/desired`` is ``bus.desired.SignedDesired``: the
 ``Desired`` document signed with the gateway's own ed25519 key, carrying a sequence
 number from a counter persisted in the gateway database (``counters``), so every
 document the gateway ever signs is newer than the ones before it, across restarts.
@@ -17,9 +17,9 @@ from typing import Any
 import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bus.desired import Desired, WantedModel, sign_desired
+from bus.topics import Topics
 from cloud_gateway.db import next_counter
-from offload.desired import Desired, WantedModel, sign_desired
-from offload.topics import Topics
 
 Publish = Callable[[str, bytes], None]
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import sqlite_utils
 
+from bus.topics import check_segment
 from cloud_gateway.auth import token_digest
 from models.errors import ConfigError, NotFound
-from offload.topics import check_segment
 
 #: MQTT user names that are not agents (cloud_gateway.brokerconf).
 GATEWAY_MQTT_USER = "cloud-gateway"

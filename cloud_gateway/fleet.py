@@ -16,11 +16,11 @@ from typing import Any
 import sqlite_utils
 from pydantic import ValidationError
 
+from bus.topics import check_segment
 from cloud_gateway.db import dumps, loads
 from cloud_gateway.enrolment import Enrolments, Identity
 from cloud_gateway.schemas import Selector, StatusReport
 from models.errors import InvalidInput, NotFound, PermissionDenied
-from offload.topics import check_segment
 
 log = logging.getLogger(__name__)
 

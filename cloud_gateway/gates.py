@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from bus.desired import UpdatePhase, UpdateState
 from cloud_gateway.db import loads
 from cloud_gateway.fleet import serving_version
 from cloud_gateway.schemas import Gates, update_state
-from offload.desired import UpdatePhase, UpdateState
 
 _BUSY = (UpdatePhase.DOWNLOADING, UpdatePhase.VERIFYING, UpdatePhase.SWAPPING)
 _OWN = "no control group"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from bus.desired import MAX_VERSION
 from cloud_gateway.auth import PRINCIPAL
 from cloud_gateway.db import loads
 from cloud_gateway.fleet import agent_view
@@ -26,7 +27,6 @@ from cloud_gateway.schemas import (
     StatusReport,
 )
 from models.errors import BundleTooLarge, InvalidInput, PermissionDenied
-from offload.desired import MAX_VERSION
 
 if TYPE_CHECKING:
     from cloud_gateway.service import Gateway

@@ -21,6 +21,7 @@ from typing import Any
 import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bus.topics import Topics
 from cloud_gateway import canary, gates, history
 from cloud_gateway.db import dumps, loads
 from cloud_gateway.desired import DesiredState
@@ -28,7 +29,6 @@ from cloud_gateway.fleet import Fleet, serving_version
 from cloud_gateway.registry import Registry
 from cloud_gateway.schemas import RolloutRequest
 from models.errors import Conflict, NotFound
-from offload.topics import Topics
 
 log = logging.getLogger(__name__)
 

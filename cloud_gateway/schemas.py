@@ -6,10 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bus.desired import MAX_VERSION, UpdateState
+from bus.topics import check_filter
 from models.errors import InvalidInput
 from models.manifest import validate_model_name
-from offload.desired import MAX_VERSION, UpdateState
-from offload.topics import check_filter
 
 
 def update_state(value: Any) -> UpdateState:
@@ -297,7 +297,7 @@ class StatusReport(BaseModel):
     models: dict[str, Any] = Field(default_factory=dict)
     update: dict[str, Any] | None = Field(
         default=None,
-        description="offload.desired.UpdateState: rollout_id, model, version, state, reason",
+        description="bus.desired.UpdateState: rollout_id, model, version, state, reason",
     )
     health: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)

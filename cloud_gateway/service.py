@@ -87,7 +87,7 @@ class Gateway:
         self.metrics = GatewayMetrics(self)
         self.port = settings.port
         self.cloud = (
-            CloudTier(settings.cloud, settings.cloud_repository, self.trusted_keys, self.executor)
+            CloudTier.from_settings(settings, self.trusted_keys, self.executor)
             if settings.cloud
             else None
         )

@@ -11,8 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
-from offload.topics import Topics
+from bus.topics import Topics
+from shell.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
 
 
 class GatewaySettings(BaseSettings):
@@ -47,6 +47,23 @@ class GatewaySettings(BaseSettings):
         default=None,
         description="Model repository the cloud tier serves (shared volume); versions are "
         "installed there before the load RPC.",
+    )
+    cloud_tls_ca: Path | None = Field(
+        default=None,
+        description="CA (PEM) that signed the cloud tier's server certificate; turns on TLS.",
+    )
+    cloud_tls_cert: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM) for mutual TLS with the cloud tier; its CN must "
+        "be in the server's --admin-subjects to load models.",
+    )
+    cloud_tls_key: Path | None = Field(
+        default=None, description="Private key (PEM) of --cloud-tls-cert."
+    )
+    cloud_admin_token_file: Path | None = Field(
+        default=None,
+        description="File whose first line is a bearer token of the cloud tier's "
+        "--admin-token-file (sent on model load).",
     )
     trusted_keys: Path | None = Field(
         default=None, description="Ed25519 public key file or directory of *.pub signer keys."

@@ -19,6 +19,8 @@ RUN python3 -m venv --system-site-packages /opt/edgecloud \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY models ./models
+COPY bus ./bus
+COPY shell ./shell
 COPY offload ./offload
 COPY edge_agent ./edge_agent
 COPY cloud_gateway ./cloud_gateway

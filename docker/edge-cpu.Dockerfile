@@ -32,6 +32,8 @@ RUN for p in models offload edge_agent cloud_gateway simulators; do \
     && /opt/edgecloud/bin/pip install ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} . \
     && /opt/edgecloud/bin/pip uninstall -y edgecloud
 COPY models ./models
+COPY bus ./bus
+COPY shell ./shell
 COPY offload ./offload
 COPY edge_agent ./edge_agent
 COPY cloud_gateway ./cloud_gateway

@@ -41,6 +41,8 @@ RUN git clone --depth 1 --branch ${TENSORRT_TAG} https://github.com/NVIDIA/Tenso
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY models ./models
+COPY bus ./bus
+COPY shell ./shell
 COPY offload ./offload
 COPY edge_agent ./edge_agent
 COPY cloud_gateway ./cloud_gateway

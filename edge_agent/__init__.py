@@ -3,5 +3,5 @@
 
 Entry points: the ``edge-agent`` console script (:mod:`edge_agent.cli`), and
 :class:`edge_agent.agent.EdgeAgent` for in-process use. The reading payload formats
-(JSON and the compact binary frame) are documented in :mod:`edge_agent.payloads`.
+(JSON and the compact binary frame) are documented in :mod:`bus.readings`.
 """

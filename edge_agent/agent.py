@@ -26,13 +26,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bus.broker import BrokerUrl
+from bus.readings import dead_letter_json
 from edge_agent.batch import BatchDone, Request
 from edge_agent.bindings import Binding, Bindings
 from edge_agent.core import AgentCore
 from edge_agent.demux import Demux
 from edge_agent.dispatch import Dispatcher
 from edge_agent.mqtt_link import MqttLink
-from edge_agent.payloads import dead_letter_json
 from edge_agent.pipeline import Pipeline
 from edge_agent.registry import ModelSlot
 from edge_agent.settings import EdgeSettings
@@ -44,7 +45,6 @@ from edge_agent.telemetry import Telemetry
 from edge_agent.wiring import make_remote, make_topics, make_updater
 from models.errors import ConfigError, EdgecloudError, NotFound
 from models.manifest import Manifest
-from offload.mqtt import BrokerUrl
 from offload.tracing import Tracer
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from bus.topics import check_filter
 from models.errors import ConfigError, InvalidInput
 from models.manifest import validate_model_name
-from offload.topics import check_filter
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from pydantic import ValidationError
 
 from edge_agent.settings import EdgeSettings
 from models.errors import EdgecloudError
-from models.logs import setup_logging
-from models.settings_cli import add_settings_arguments, given
-from models.settings_errors import describe
+from shell.cli import add_settings_arguments, given
+from shell.logs import setup_logging
+from shell.settings_errors import describe
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bus.readings import PayloadError, dead_letter_json, decode
+from bus.topics import StreamId, Topics
 from edge_agent.batch import BatchDone, Request
 from edge_agent.completion import Publisher, complete_batch
 from edge_agent.deadlines import DeadlineFrom, LatencyClock
 from edge_agent.dispatch import Dispatcher
-from edge_agent.payloads import PayloadError, dead_letter_json, decode
 from edge_agent.results import stream_prefix
 from edge_agent.stats import Stats
 from edge_agent.windowing import StreamWindow
 from models.errors import InvalidInput
 from models.manifest import Manifest
-from offload.topics import StreamId, Topics
 from offload.tracing import Tracer
 
 if TYPE_CHECKING:

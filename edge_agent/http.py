@@ -13,20 +13,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge_agent.dashboard import add_routes as add_dashboard_routes
-from models.errors import HTTP_STATUS, EdgecloudError
+from shell.http import json_errors, redact_bad_request_logs
 
 if TYPE_CHECKING:
     from edge_agent.agent import EdgeAgent
 
 AGENT_KEY: web.AppKey[Any] = web.AppKey("agent", object)
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except EdgecloudError as exc:
-        return web.json_response(exc.to_dict(), status=HTTP_STATUS[exc.status])
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -70,7 +62,8 @@ async def _events(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(agent: EdgeAgent) -> web.Application:
-    app = web.Application(middlewares=[_errors])
+    redact_bad_request_logs()
+    app = web.Application(middlewares=[json_errors()])
     app[AGENT_KEY] = agent
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)

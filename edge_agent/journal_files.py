@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.payloads import PayloadError, decode, encode_binary
+from bus.readings import PayloadError, decode, encode_binary
 
 if TYPE_CHECKING:
     from edge_agent.core import AgentCore

@@ -5,13 +5,13 @@ itself through a socket pair on every publish from another thread. Here the thre
 drains every readable packet after one ``select()`` (``loop_read`` until no message
 arrives), and other threads' publishes only poke a wake-up socket when there was nothing
 to write before, so all socket writes happen on this one thread. QoS-0 readings and
-QoS-0 results take the fast paths of :mod:`edge_agent.mqtt_client`. Readings go straight
+QoS-0 results take the fast paths of :mod:`bus.fast_client`. Readings go straight
 to ``AgentCore.ingest`` on this thread (the hot path); readings that arrive at QoS 1 go
 to ``ingest_acked`` when given (it must make them durable before it returns: paho
 acknowledges right after); everything else (desired state, connection changes) is handed
 to the event loop.
 
-Reconnects use full-jitter exponential backoff (``offload.mqtt.backoff_delays``); the
+Reconnects use full-jitter exponential backoff (``bus.broker.backoff_delays``); the
 session is persistent (``clean_session=False``, client id = agent id) so QoS-1 readings
 published while the agent is away are delivered when it returns.
 """
@@ -31,10 +31,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge_agent.mqtt_client import FastClient, install
-from models.logs import Outage
-from offload.mqtt import BrokerUrl, backoff_delays, make_client
-from offload.mqtt_frames import FrameEncoder
+from bus.broker import BrokerUrl, backoff_delays, make_client
+from bus.fast_client import FastClient
+from bus.frames import FrameEncoder
+from shell.logs import Outage
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class MqttLink:
             cert_file=cert_file,
             key_file=key_file,
             max_inflight=1000,
+            client_class=FastClient,
         )
         if will is not None:
             c.will_set(will[0], will[1], qos=1, retain=True)
@@ -109,7 +110,9 @@ class MqttLink:
         c.on_disconnect = self._disconnected
         c.on_message = self._message
         c.on_socket_register_write = self._want_write
-        self.client: FastClient = install(c, self._fast_message, self._fast_acked)
+        c.fast_deliver = self._fast_message
+        c.fast_acked = self._fast_acked
+        self.client: FastClient = c
         self._thread = threading.Thread(target=self._run, name=f"mqtt-{client_id}", daemon=True)
 
     # -- paho callbacks (network thread) ------------------------------------------------

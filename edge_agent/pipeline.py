@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from bus.topics import Topics
 from edge_agent.batch import BatchDone, Request
 from edge_agent.completion import Publisher
 from edge_agent.core import AgentCore
@@ -34,7 +35,6 @@ from edge_agent.stats import AgentMetrics, Stats
 from models.backends.base import BackendOptions
 from models.manifest import Manifest
 from offload.policy import OffloadBudget, ServiceTimeModel, make_policy
-from offload.topics import Topics
 from offload.tracing import Tracer
 
 log = logging.getLogger(__name__)

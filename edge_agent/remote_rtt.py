@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from models.logs import Outage
+from shell.logs import Outage
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class RemoteRtt:
         ``refresh_s`` > 0) whenever no call succeeded for ``refresh_s``; until cancelled.
 
         Failures (cloud down, model missing) are retried every ``interval_s`` and logged
-        like every unreachable dependency (:class:`models.logs.Outage`: one WARNING per
+        like every unreachable dependency (:class:`shell.logs.Outage`: one WARNING per
         outage); meanwhile the prior (or the last measurement) stands.
         """
         outage = Outage(log, "cloud tier")

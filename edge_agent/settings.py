@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bus.topics import check_segment
 from edge_agent.bindings import Binding
 from models.errors import EdgecloudError, InvalidInput
-from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
-from offload.topics import check_segment
+from shell.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
 
 
 def _default_agent_id() -> str:

@@ -1,7 +1,7 @@
 """The edge model updater: signed desired state in, verified zero-downtime swap out.
 
 A message on ``fleet/{agent}/desired`` or ``fleet/{site}/desired`` is accepted only if
-it is the gateway's signed envelope (``offload.desired.SignedDesired``, verified with
+it is the gateway's signed envelope (``bus.desired.SignedDesired``, verified with
 the gateway key the agent trusts by configuration), names this agent or its site, and
 carries a sequence number newer than the last one accepted for that target (persisted in
 the repository directory, so a replayed old state is refused after a restart too).
@@ -38,6 +38,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from bus.broker import backoff_delays
+from bus.desired import Desired, UpdatePhase, UpdateState, WantedModel, verify_desired
 from models.errors import (
     ConfigError,
     EdgecloudError,
@@ -49,8 +51,6 @@ from models.errors import (
 from models.manifest import Manifest
 from models.repository import ModelRepository
 from models.signing import TrustedKeys
-from offload.desired import Desired, UpdatePhase, UpdateState, WantedModel, verify_desired
-from offload.mqtt import backoff_delays
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from offload.topics import StreamId
+from bus.topics import StreamId
 
 
 class StreamWindow:

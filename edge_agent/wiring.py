@@ -7,11 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bus.topics import Topics
 from edge_agent.settings import EdgeSettings
 from edge_agent.updater import ModelTarget, ModelUpdater
 from models.errors import ConfigError, EdgecloudError
 from models.repository import ModelRepository
-from offload.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -26,20 +26,6 @@ class Status(StrEnum):
     INTERNAL = "INTERNAL"
 
 
-HTTP_STATUS: dict[Status, int] = {
-    Status.INVALID_ARGUMENT: 400,
-    Status.NOT_FOUND: 404,
-    Status.ALREADY_EXISTS: 409,
-    Status.FAILED_PRECONDITION: 409,
-    Status.UNAUTHENTICATED: 401,
-    Status.PERMISSION_DENIED: 403,
-    Status.RESOURCE_EXHAUSTED: 429,
-    Status.DEADLINE_EXCEEDED: 504,
-    Status.UNAVAILABLE: 503,
-    Status.INTERNAL: 500,
-}
-
-
 class EdgecloudError(Exception):
     """Root of every error edgecloud raises on purpose."""
 

@@ -49,8 +49,11 @@ class BatchConfig:
 class BatchObserver:
     """Hooks the batcher calls from the compute thread (metrics); defaults do nothing."""
 
-    def batch(self, rows: int, compute_s: float) -> None:
-        """One batch of ``rows`` ran in ``compute_s`` seconds."""
+    def batch(
+        self, rows: int, requests: int, input_s: float, infer_s: float, output_s: float
+    ) -> None:
+        """One batch of ``rows`` rows from ``requests`` requests ran: gathering its inputs
+        took ``input_s``, the backend ``infer_s``, splitting the outputs ``output_s``."""
 
     def queued(self, seconds: float) -> None:
         """One request waited ``seconds`` between arrival and the start of its compute."""
@@ -228,7 +231,9 @@ class DynamicBatcher:
                     name: np.concatenate([item.inputs[name] for item in batch])
                     for name in batch[0].inputs
                 }
+            gathered = time.monotonic()
             outputs = self._run(feeds)
+            inferred = time.monotonic()
             total = sum(item.rows for item in batch)
             for name, array in outputs.items():
                 if self.config.max_batch_size and (array.ndim == 0 or array.shape[0] != total):
@@ -236,15 +241,22 @@ class DynamicBatcher:
                         f"{self._label} returned {array.shape[0] if array.ndim else 0} rows of "
                         f"{name!r} for {total} input rows"
                     )
-            observer.batch(total, time.monotonic() - started)
             if len(batch) == 1:
-                return [outputs], None
-            parts: list[Arrays] = []
-            offset = 0
-            for item in batch:
-                end = offset + item.rows
-                parts.append({name: array[offset:end] for name, array in outputs.items()})
-                offset = end
+                parts = [outputs]
+            else:
+                parts = []
+                offset = 0
+                for item in batch:
+                    end = offset + item.rows
+                    parts.append({name: array[offset:end] for name, array in outputs.items()})
+                    offset = end
+            observer.batch(
+                total,
+                len(batch),
+                gathered - started,
+                inferred - gathered,
+                time.monotonic() - inferred,
+            )
             return parts, None
         except EdgecloudError as exc:
             return None, exc

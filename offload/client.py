@@ -58,8 +58,13 @@ class OffloadClient:
         retry_backoff_s: float = 0.005,
         stream: bool = False,
         max_message_bytes: int = 64 * 1024 * 1024,
+        admin_token: str | None = None,
     ) -> None:
         self.target = target
+        # Sent only on repository load/unload (the server's --admin-token-file).
+        self._admin_metadata = (
+            (("authorization", f"Bearer {admin_token}"),) if admin_token else None
+        )
         self._tls = tls
         self.breaker = CircuitBreaker(breaker, clock)
         self.max_retries = max_retries
@@ -246,7 +251,9 @@ class OffloadClient:
         request = service_pb2.RepositoryModelLoadRequest(model_name=name)
         if version is not None:
             request.parameters["version"].int64_param = version
-        await self._control(self._require_stub().RepositoryModelLoad, request, timeout_s)
+        await self._control(
+            self._require_stub().RepositoryModelLoad, request, timeout_s, self._admin_metadata
+        )
 
     async def unload_model(
         self, name: str, version: int | None = None, timeout_s: float = 60.0
@@ -254,7 +261,9 @@ class OffloadClient:
         request = service_pb2.RepositoryModelUnloadRequest(model_name=name)
         if version is not None:
             request.parameters["version"].int64_param = version
-        await self._control(self._require_stub().RepositoryModelUnload, request, timeout_s)
+        await self._control(
+            self._require_stub().RepositoryModelUnload, request, timeout_s, self._admin_metadata
+        )
 
     async def repository_index(self, timeout_s: float = 10.0) -> list[dict[str, str]]:
         response = await self._control(
@@ -274,8 +283,10 @@ class OffloadClient:
         response = await self._control(self._require_stub().ModelReady, request, timeout_s)
         return bool(response.ready)
 
-    async def _control(self, method: Any, request: Any, timeout_s: float) -> Any:
+    async def _control(
+        self, method: Any, request: Any, timeout_s: float, metadata: Any = None
+    ) -> Any:
         try:
-            return await method(request, timeout=timeout_s)
+            return await method(request, timeout=timeout_s, metadata=metadata)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, self.target) from None

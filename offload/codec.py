@@ -7,6 +7,8 @@ decode); typed ``contents`` fields are accepted on input for clients that send t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from tritonclient.grpc import service_pb2
@@ -61,7 +63,11 @@ def datatype_of(array: np.ndarray) -> str:
 
 
 def decode_tensor(
-    name: str, datatype: str, shape: Sequence[int], raw: bytes | None, contents: object = None
+    name: str,
+    datatype: str,
+    shape: Sequence[int],
+    raw: bytes | memoryview | None,
+    contents: object = None,
 ) -> np.ndarray:
     """One tensor from its raw bytes (or typed contents) with size checks and clear errors."""
     dtype = DATATYPES.get(datatype)
@@ -89,20 +95,85 @@ def decode_tensor(
     return np.asarray(values, dtype=dtype).reshape(shape)
 
 
-def request_arrays(request: service_pb2.ModelInferRequest) -> dict[str, np.ndarray]:
-    """Decode every input of a request; raw and typed contents may not be mixed."""
+@dataclass(frozen=True, slots=True)
+class TensorIn:
+    """One input tensor as a transport received it, not yet materialised.
+
+    The server checks names, datatypes and shapes against the model before it decodes a
+    byte (a malformed request costs no conversion); exactly one of ``raw`` (little-endian
+    bytes: gRPC raw contents, HTTP binary extension), ``contents`` (gRPC typed contents)
+    or ``data`` (HTTP JSON values, flat or nested) carries the values.
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    raw: bytes | memoryview | None = None
+    contents: Any = None
+    data: Any = None
+
+    def decode(self) -> np.ndarray:
+        if self.data is None:
+            return decode_tensor(self.name, self.datatype, self.shape, self.raw, self.contents)
+        return decode_json(self.name, self.datatype, self.shape, self.data)
+
+
+def decode_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> np.ndarray:
+    """A tensor from KServe V2 JSON ``data`` (row-major, flat or nested lists)."""
+    dtype = DATATYPES.get(datatype)
+    if dtype is None:
+        raise InvalidInput(f"input {name!r}: unsupported datatype {datatype!r}")
+    count = 1
+    for d in shape:
+        count *= d
+    if not isinstance(data, list):
+        raise InvalidInput(f"input {name!r}: 'data' must be a JSON array")
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidInput(f"input {name!r}: 'data' is not an array of {datatype}: {exc}") from None
+    if array.size != count:
+        raise InvalidInput(
+            f"input {name!r}: {array.size} values in data, shape {list(shape)} needs {count}"
+        )
+    return array.reshape(shape)
+
+
+def request_tensors(request: service_pb2.ModelInferRequest) -> list[TensorIn]:
+    """The inputs of a gRPC request; raw and typed contents may not be mixed."""
     raws = request.raw_input_contents
     if raws and len(raws) != len(request.inputs):
         raise InvalidInput(
             f"{len(raws)} raw_input_contents for {len(request.inputs)} inputs; send one per input"
         )
-    out: dict[str, np.ndarray] = {}
+    out: list[TensorIn] = []
     for i, tensor in enumerate(request.inputs):
+        has_typed = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
+        if raws and has_typed:
+            raise InvalidInput(
+                f"input {tensor.name!r}: both raw_input_contents and typed contents given; "
+                "send one of them"
+            )
+        raw = raws[i] if raws else None
+        out.append(
+            TensorIn(
+                tensor.name,
+                tensor.datatype,
+                tuple(tensor.shape),
+                raw=raw,
+                contents=None if raws else tensor.contents,
+            )
+        )
+    return out
+
+
+def request_arrays(request: service_pb2.ModelInferRequest) -> dict[str, np.ndarray]:
+    """Decode every input of a request (no model checks: tools and tests)."""
+    out: dict[str, np.ndarray] = {}
+    for tensor in request_tensors(request):
         if tensor.name in out:
             raise InvalidInput(f"input {tensor.name!r} given twice")
-        raw = raws[i] if raws else None
-        contents = None if raws else tensor.contents
-        out[tensor.name] = decode_tensor(tensor.name, tensor.datatype, tensor.shape, raw, contents)
+        out[tensor.name] = tensor.decode()
     return out
 
 

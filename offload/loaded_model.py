@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from concurrent.futures import Executor
-
-import numpy as np
 
 from models.backends import Backend
 from models.errors import InvalidInput
-from offload.batcher import Arrays, BatchConfig, DynamicBatcher
-from offload.codec import datatype_of
+from offload.batcher import BatchConfig, DynamicBatcher
+from offload.codec import TensorIn
 from offload.metrics import ModelMetrics
 from offload.model_config import ServingConfig, model_config_proto
 
@@ -58,49 +56,45 @@ class LoadedModel:
             observer=metrics,
         )
 
-    def check(self, arrays: Mapping[str, np.ndarray]) -> int:
-        """Validate inputs against the graph; returns the batch's row count."""
-        if len(arrays) != len(self._checks):
-            names = [c[0] for c in self._checks]
-            missing = [n for n in names if n not in arrays]
-            extra = [n for n in arrays if n not in names]
-            if missing:
-                raise InvalidInput(
-                    f"missing input {missing[0]!r} for {self.name}:{self.version}; it takes {names}"
-                )
-            raise InvalidInput(f"unknown input {extra[0]!r}; {self.name} takes {names}")
+    def check(self, tensors: Sequence[TensorIn]) -> int:
+        """Validate the inputs' names, datatypes and shapes (before decoding anything);
+        returns the request's row count. Empty tensors are refused here: a zero-row request
+        must never reach a batch it shares with other callers."""
+        by_name: dict[str, TensorIn] = {}
+        names = [c[0] for c in self._checks]
+        for t in tensors:
+            if t.name in by_name:
+                raise InvalidInput(f"input {t.name!r} given twice")
+            if t.name not in names:
+                raise InvalidInput(f"unknown input {t.name!r}; {self.name} takes {names}")
+            by_name[t.name] = t
         rows = -1
-        for name, dtype, dtype_name, shape in self._checks:
-            arr = arrays.get(name)
-            if arr is None:
+        for name, _dtype, dtype_name, shape in self._checks:
+            given = by_name.get(name)
+            if given is None:
                 raise InvalidInput(
-                    f"missing input {name!r} for {self.name}:{self.version}; "
-                    f"it takes {[c[0] for c in self._checks]}"
+                    f"missing input {name!r} for {self.name}:{self.version}; it takes {names}"
                 )
-            if arr.dtype != dtype:
+            if given.datatype != dtype_name:
                 raise InvalidInput(
-                    f"input {name!r} has datatype {_kserve(arr)}, "
+                    f"input {name!r} has datatype {given.datatype}, "
                     f"{self.name}:{self.version} expects {dtype_name}"
                 )
-            got = arr.shape
+            got = given.shape
+            if any(d < 0 for d in got):
+                raise InvalidInput(f"input {name!r}: negative dimension in shape {list(got)}")
             if len(got) != len(shape) or any(w != -1 and w != g for w, g in zip(shape, got)):  # noqa: B905
                 raise InvalidInput(
                     f"input {name!r} has shape {list(got)}, {self.name}:{self.version} expects "
                     f"{list(shape)} (-1 = any)"
+                )
+            if 0 in got:
+                raise InvalidInput(
+                    f"input {name!r} has shape {list(got)}: an empty tensor (zero rows) "
+                    "is not a request"
                 )
             if self.config.max_batch_size:
                 if rows >= 0 and got[0] != rows:
                     raise InvalidInput("inputs disagree on the batch size (first dimension)")
                 rows = got[0]
         return max(rows, 1)
-
-    async def infer(self, arrays: Arrays, deadline: float | None) -> Arrays:
-        rows = self.check(arrays)
-        return await self.batcher.submit(arrays, rows, deadline)
-
-
-def _kserve(arr: np.ndarray) -> str:
-    try:
-        return datatype_of(arr)
-    except InvalidInput:
-        return str(arr.dtype)

@@ -1,20 +1,133 @@
 """Prometheus metrics of the offload server, per model and version, in a private registry.
 
-A private :class:`~prometheus_client.CollectorRegistry` per server keeps several servers in
-one process (tests, simulators) from clashing. Label children are resolved once per model
-version so the hot path only calls ``observe``.
+Two kinds of families share one registry and one ``/metrics`` text:
+
+* Triton's own names (``nv_inference_*``, labels ``model`` and ``version``), so a Triton
+  dashboard or alert works unchanged. They are read at scrape time from each version's
+  :class:`~offload.statistics.ModelStatistics` (the same record the statistics RPC and
+  ``/v2/models/{m}/stats`` answer from) and rendered exactly as Triton does: counters
+  without a ``_total`` suffix, durations in microseconds.
+* Our additions that Triton has no name for (``offload_*``): latency histograms for
+  quantiles, batch sizes, expired and rejected requests, outcome by gRPC code, models ready.
+
+Plus the standard ``process_*``/``python_*`` families. A private registry per server keeps
+several servers in one process (tests, simulators) from clashing.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import Metric
 
 from offload.batcher import BatchObserver
+from offload.statistics import ModelStatistics, Snapshot
 
 _LATENCY_BUCKETS = (
     0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+#: Triton's counters: name -> (help, value of one version's snapshot). Types per Triton's
+#: metrics documentation: all are counters; durations are cumulative microseconds.
+TRITON_COUNTERS: dict[str, tuple[str, object]] = {
+    "nv_inference_request_success": (
+        "Number of successful inference requests, all batch sizes",
+        lambda s: s.success.count,
+    ),
+    "nv_inference_count": (
+        "Number of inferences performed (does not include cached requests)",
+        lambda s: s.inference_count,
+    ),
+    "nv_inference_exec_count": (
+        "Number of model executions performed (does not include cached requests)",
+        lambda s: s.execution_count,
+    ),
+    "nv_inference_request_duration_us": (
+        "Cumulative inference request duration in microseconds (includes cached requests)",
+        lambda s: s.success.ns // 1000,
+    ),
+    "nv_inference_queue_duration_us": (
+        "Cumulative inference queuing duration in microseconds (includes cached requests)",
+        lambda s: s.queue.ns // 1000,
+    ),
+    "nv_inference_compute_input_duration_us": (
+        "Cumulative compute input duration in microseconds (does not include cached requests)",
+        lambda s: s.compute_input.ns // 1000,
+    ),
+    "nv_inference_compute_infer_duration_us": (
+        "Cumulative compute inference duration in microseconds (does not include cached requests)",
+        lambda s: s.compute_infer.ns // 1000,
+    ),
+    "nv_inference_compute_output_duration_us": (
+        "Cumulative inference compute output duration in microseconds (does not include "
+        "cached requests)",
+        lambda s: s.compute_output.ns // 1000,
+    ),
+}
+FAILURE = "nv_inference_request_failure"
+TRITON_FAMILIES = (*TRITON_COUNTERS, FAILURE)
+
+
+class TritonCollector:
+    """Scrape-time view of every loaded version's statistics under Triton's names."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, str], ModelStatistics] = {}
+
+    def add(self, stats: ModelStatistics) -> None:
+        self._models[(stats.name, stats.version)] = stats
+
+    def remove(self, name: str, version: str) -> None:
+        self._models.pop((name, version), None)
+
+    def collect(self) -> Iterator[Metric]:
+        snaps = [s.snapshot() for s in list(self._models.values())]
+        for name, (doc, value) in TRITON_COUNTERS.items():
+            family = Metric(name, doc, "counter")
+            for s in snaps:
+                family.add_sample(name, {"model": s.name, "version": s.version}, value(s))  # type: ignore[operator]
+            yield family
+        failure = Metric(FAILURE, "Number of failed inference requests, all batch sizes", "counter")
+        for s in snaps:
+            for reason, count in sorted(s.fail_by_reason.items()):
+                labels = {"model": s.name, "reason": reason, "version": s.version}
+                failure.add_sample(FAILURE, labels, count)
+        yield failure
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _triton_text(families: Iterable[Metric]) -> str:
+    """Triton's exposition: ``# TYPE nv_x counter`` and samples named ``nv_x`` (no _total)."""
+    out: list[str] = []
+    for fam in families:
+        out.append(f"# HELP {fam.name} {fam.documentation}\n# TYPE {fam.name} {fam.type}\n")
+        for sample in fam.samples:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
+            out.append(f"{sample.name}{{{labels}}} {int(sample.value)}\n")
+    return "".join(out)
+
+
+class _Families:
+    """A registry-shaped view of some families, for prometheus_client's renderer."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
 
 
 class ServerMetrics:
@@ -22,10 +135,14 @@ class ServerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.triton = TritonCollector()
+        self.registry.register(self.triton)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         labels = ("model", "version")
         self.request_seconds = Histogram(
             "offload_request_duration_seconds",
-            "Time from a request's arrival to its response, server side",
+            "Time from a successful request's arrival to its response, server side",
             labels,
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
@@ -65,36 +182,47 @@ class ServerMetrics:
         )
         self.rejected = Counter(
             "offload_rejected_requests",
-            "Requests refused before reaching a model (unknown model or version), by code",
+            "Requests refused before reaching a model (unknown model, admission, auth), by code",
             ("code",),
             registry=self.registry,
         )
         self.models_ready = Gauge(
             "offload_models_ready", "Model versions loaded and ready", registry=self.registry
         )
+        self.bytes_in_flight = Gauge(
+            "offload_request_bytes_in_flight",
+            "Bytes of inference requests admitted and not yet answered",
+            registry=self.registry,
+        )
 
     def for_model(self, name: str, version: int) -> ModelMetrics:
-        return ModelMetrics(self, name, str(version))
+        model = ModelMetrics(self, name, str(version))
+        self.triton.add(model.statistics)
+        return model
 
-    def serve_http(self, port: int, host: str) -> int:
-        """Expose ``/metrics`` on ``port`` (0 picks a free one); returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        return int(server.server_port)
+    def forget(self, name: str, version: int) -> None:
+        """An unloaded version leaves the Triton families (as Triton does)."""
+        self.triton.remove(name, str(version))
 
-    def close(self) -> None:
-        http = getattr(self, "_http", None)
-        if http is not None:
-            http.shutdown()
-            http.server_close()
+    def exposition(self) -> bytes:
+        """The ``/metrics`` text: Triton's families first, in Triton's format, then ours."""
+        triton: list[Metric] = []
+        rest: list[Metric] = []
+        for family in self.registry.collect():
+            (triton if family.name in TRITON_FAMILIES else rest).append(family)
+        return _triton_text(triton).encode() + generate_latest(_Families(rest))  # type: ignore[arg-type]
 
 
 class ModelMetrics(BatchObserver):
-    """Pre-resolved label children for one model version (also the batcher's observer)."""
+    """Pre-resolved label children and the statistics of one model version.
+
+    Also the batcher's observer: compute threads report queue and compute times here.
+    """
 
     def __init__(self, metrics: ServerMetrics, name: str, version: str) -> None:
         self._metrics = metrics
         self._labels = (name, version)
+        self.statistics = ModelStatistics(name, version)
         self.request = metrics.request_seconds.labels(name, version)
         self._queue = metrics.queue_seconds.labels(name, version)
         self._compute = metrics.compute_seconds.labels(name, version)
@@ -102,12 +230,16 @@ class ModelMetrics(BatchObserver):
         self._expired = metrics.expired.labels(name, version)
         self._ok = metrics.requests.labels(name, version, "OK")
 
-    def batch(self, rows: int, compute_s: float) -> None:
+    def batch(
+        self, rows: int, requests: int, input_s: float, infer_s: float, output_s: float
+    ) -> None:
         self._batch.observe(rows)
-        self._compute.observe(compute_s)
+        self._compute.observe(input_s + infer_s + output_s)
+        self.statistics.executed(rows, requests, input_s, infer_s, output_s)
 
     def queued(self, seconds: float) -> None:
         self._queue.observe(seconds)
+        self.statistics.queued(seconds)
 
     def expired(self) -> None:
         self._expired.inc()
@@ -115,6 +247,21 @@ class ModelMetrics(BatchObserver):
     def ok(self, seconds: float) -> None:
         self.request.observe(seconds)
         self._ok.inc()
+        self.statistics.succeeded(seconds)
 
-    def failed(self, code: str) -> None:
+    def failed(self, code: str, seconds: float) -> None:
         self._metrics.requests.labels(*self._labels, code).inc()
+        self.statistics.failed(seconds, _REASONS.get(code, "OTHER"))
+
+    def snapshot(self) -> Snapshot:
+        return self.statistics.snapshot()
+
+
+#: gRPC code name -> Triton's failure reason.
+_REASONS = {
+    "RESOURCE_EXHAUSTED": "REJECTED",
+    "UNAVAILABLE": "REJECTED",
+    "DEADLINE_EXCEEDED": "CANCELED",
+    "CANCELLED": "CANCELED",
+    "INTERNAL": "BACKEND",
+}

@@ -230,6 +230,7 @@ class ModelStore:
         self._refresh(name)
         await model.batcher.close()
         model.backend.close()
+        self._metrics.forget(name, version)
         log.info("unloaded %s:%s", name, version)
 
     async def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The offload server: gRPC (KServe V2 + health) and Prometheus, with a graceful stop.
+"""The offload server: gRPC and HTTP (KServe V2, health) and Prometheus, graceful stop.
 
 ``async with serve(settings) as server:`` runs it in the current loop (tests, simulators);
 :func:`run` is the process entry point that waits for SIGTERM/SIGINT and drains.
@@ -14,17 +14,22 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from tritonclient.grpc import service_pb2_grpc
 
 from models.backends import BackendOptions
+from offload.admin import AdminPolicy
+from offload.admission import BytesInFlight
+from offload.core import InferenceCore
+from offload.http import V2Routes, server_ssl_context
 from offload.metrics import ServerMetrics
 from offload.model_config import ServingDefaults
 from offload.model_store import ModelStore
 from offload.servicer import InferenceServicer
 from offload.settings import OffloadSettings
 from offload.tls import TlsFiles, server_credentials
+from offload.tracing import Tracer
 
 log = logging.getLogger(__name__)
 #: Lifecycle lines (ready, draining, stopped): the CLI keeps them at INFO whatever --log-level.
@@ -34,7 +39,7 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 
 
 class OffloadServer:
-    """One running server; ``port`` and ``metrics_port`` are the bound ports."""
+    """One running server; ``port``, ``http_port`` and ``metrics_port`` are the bound ports."""
 
     def __init__(self, settings: OffloadSettings) -> None:
         self.settings = settings
@@ -53,15 +58,51 @@ class OffloadServer:
             ),
             instances=settings.workers,
         )
-        self.servicer = InferenceServicer(self.store, self.metrics.rejected)
+        self.admission = BytesInFlight(settings.max_inflight_bytes, self.metrics.bytes_in_flight)
+        self.core = InferenceCore(
+            self.store,
+            self.metrics,
+            self.admission,
+            AdminPolicy.from_settings(
+                settings.admin_token_file, settings.admin_subjects, settings.tls_ca is not None
+            ),
+        )
+        if settings.otlp_endpoint:
+            self.core.tracer = Tracer(settings.otlp_endpoint, "offload-server")
+        self.servicer = InferenceServicer(self.core, settings.max_stream_pending)
         self.health = HealthServicer()
         self.port = 0
+        self.http_port = -1
         self.metrics_port = -1
         self._server: grpc.aio.Server | None = None
+        self._runners: list[web.AppRunner] = []
+
+    async def _serve_http(self, app: web.Application, port: int, ssl_context: object = None) -> int:
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.grace_s
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, self.settings.host, port, ssl_context=ssl_context)  # type: ignore[arg-type]
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OSError(f"cannot bind HTTP to {self.settings.host}:{port}: {exc}") from exc
+        return int(runner.addresses[0][1])  # the bound port: 0 picks a free one
 
     async def start(self) -> None:
+        """Load the repository and bind every port; on any failure release what started."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
-        credentials = server_credentials(TlsFiles(s.tls_cert, s.tls_key, s.tls_ca))
+        tls = TlsFiles(s.tls_cert, s.tls_key, s.tls_ca)
+        credentials = server_credentials(tls)
+        http_ssl = server_ssl_context(tls)
         await self.store.load_all()
         server = grpc.aio.server(
             options=[
@@ -74,7 +115,7 @@ class OffloadServer:
                 ("grpc.server.max_pending_requests_hard_limit", max(30_000, 6 * s.max_queue)),
             ],
         )
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        server.add_generic_rpc_handlers((self.servicer.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         address = f"{s.host}:{s.grpc_port}"
         if credentials is None:
@@ -83,33 +124,54 @@ class OffloadServer:
             self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC to {address}")
-        await server.start()
         self._server = server
+        await server.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if s.http_port >= 0:
+            routes = V2Routes(self.core, max_body=s.max_message_bytes, mutual_tls=bool(s.tls_ca))
+            self.http_port = await self._serve_http(routes.app(), s.http_port, http_ssl)
         if s.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve_http(s.metrics_port, s.host)
+            self.metrics_port = await self._serve_http(self._metrics_app(), s.metrics_port)
         models = ",".join(f"{m.name}:{m.version}" for m in self.store.loaded()) or "-"
         lifecycle_log.info(
-            "offload-server ready grpc=%s:%d metrics=%d tls=%s models=%s",
+            "offload-server ready grpc=%s:%d http=%d metrics=%d tls=%s models=%s",
             s.host,
             self.port,
+            self.http_port,
             self.metrics_port,
             "mutual" if s.tls_ca else ("on" if credentials else "off"),
             models,
         )
 
+    def _metrics_app(self) -> web.Application:
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(
+                body=self.metrics.exposition(),
+                headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+            )
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        return app
+
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new work, let in-flight requests finish within ``grace``, release all."""
         grace = self.settings.grace_s if grace is None else grace
-        self.servicer.accepting = False
+        self.core.accepting = False
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        for runner in self._runners:
+            # Keep-alive connections may still carry in-flight HTTP requests: drain them.
+            await runner.shutdown()
+            await runner.cleanup()
+        self._runners.clear()
         await self.store.close()
         self.executor.shutdown(wait=True)
-        self.metrics.close()
+        if self.core.tracer is not None:
+            self.core.tracer.close()  # exports what is left
         lifecycle_log.info("offload-server stopped")
 
 

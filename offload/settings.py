@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
+from shell.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
 
 
 class OffloadSettings(BaseSettings):
@@ -23,8 +23,17 @@ class OffloadSettings(BaseSettings):
         default=Path("model-repository"),
         description="Triton-layout model repository: <dir>/<name>/<version>/model.onnx",
     )
-    host: str = Field(default="0.0.0.0", description="address the gRPC and metrics servers bind")
+    host: str = Field(
+        default="127.0.0.1",
+        description="address the gRPC, HTTP and metrics servers bind (0.0.0.0 = every interface)",
+    )
     grpc_port: int = Field(default=8001, ge=0, le=65535, description="gRPC port (0 = pick free)")
+    http_port: int = Field(
+        default=8000,
+        ge=-1,
+        le=65535,
+        description="KServe V2 HTTP/REST port, also /healthz and /readyz (0 = free, -1 = off)",
+    )
     metrics_port: int = Field(
         default=8002, ge=-1, le=65535, description="Prometheus /metrics port (0 = free, -1 = off)"
     )
@@ -49,7 +58,20 @@ class OffloadSettings(BaseSettings):
     )
     intra_op_threads: int = Field(default=1, ge=1, description="ONNX Runtime threads per batch")
     max_message_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent"
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="largest gRPC message or HTTP body accepted or sent (a batch of 256 "
+        "sensor windows of 100 x 6 FP32 is 0.6 MiB)",
+    )
+    max_inflight_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=1024,
+        description="inference request bytes admitted at once; beyond it RESOURCE_EXHAUSTED",
+    )
+    max_stream_pending: int = Field(
+        default=256,
+        ge=1,
+        description="requests in progress per ModelStreamInfer stream before reading pauses",
     )
     grace_s: float = Field(
         default=10.0, ge=0, description="on SIGTERM, how long in-flight requests may finish"
@@ -58,6 +80,20 @@ class OffloadSettings(BaseSettings):
     tls_key: Path | None = Field(default=None, description="server private key (PEM)")
     tls_ca: Path | None = Field(
         default=None, description="CA of client certificates; setting it requires mutual TLS"
+    )
+    admin_token_file: Path | None = Field(
+        default=None,
+        description="file of admin bearer tokens (one per line) allowed to load/unload models",
+    )
+    admin_subjects: str = Field(
+        default="",
+        description="comma-separated client-certificate common names allowed to load/unload "
+        "models (needs mutual TLS)",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OpenTelemetry collector (OTLP/HTTP, e.g. http://127.0.0.1:4318): a span per "
+        "inference whose caller sent a W3C traceparent (off when unset)",
     )
     log_level: LogLevel = Field(default="INFO", description=LOG_LEVEL_HELP)
     log_format: LogFormat = Field(default="text", description=LOG_FORMAT_HELP)

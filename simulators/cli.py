@@ -21,9 +21,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from models.errors import EdgecloudError
-from models.logs import setup_logging
-from models.settings_cli import add_settings_arguments, given
-from models.settings_errors import describe
+from shell.cli import add_settings_arguments, given
+from shell.logs import setup_logging
+from shell.settings_errors import describe
 from simulators.procs import install_signal_handlers
 from simulators.settings import SimSettings
 

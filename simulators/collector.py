@@ -17,8 +17,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from offload.mqtt import BrokerUrl, make_client
-from offload.topics import Topics
+from bus.broker import BrokerUrl, make_client
+from bus.topics import Topics
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """MQTT 3.1.1 packets for the load generators: CONNECT, PUBLISH, replies.
 
-Varints and PUBLISH encoding are shared with the edge agent (:mod:`offload.mqtt_frames`).
+Varints and PUBLISH encoding are shared with the edge agent (:mod:`bus.frames`).
 
 Only what a publisher needs; the broker's replies are split into packets by
 :class:`ReplyParser`, which counts PUBACKs and records the CONNACK code.
@@ -8,14 +8,14 @@ Only what a publisher needs; the broker's replies are split into packets by
 
 from __future__ import annotations
 
-from models.errors import EdgecloudError, Unavailable
-from offload.mqtt_frames import (
+from bus.frames import (
     PUBLISH,
     decode_remaining_length,
     encode_remaining_length,
     publish_frame,
     utf8_field,
 )
+from models.errors import EdgecloudError, Unavailable
 
 __all__ = [
     "CONNACK",

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bus.topics import Topics
 from models.recipes import build_all
 from models.repository import ModelRepository
-from offload.topics import Topics
 from simulators.capacity import capacity_figures
 from simulators.collector import Collector
 from simulators.metrics import analyze, detection

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from offload.topics import StreamId, Topics
+from bus.topics import StreamId, Topics
 from simulators.mqtt_wire import AsyncWirePublisher, PacketIds, encode_remaining_length
 from simulators.payloads import PayloadSource
 from simulators.shapes import Shape, Steady

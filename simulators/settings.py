@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
+from shell.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
 
 Policy = Literal["local-only", "cloud-only", "threshold", "slo-aware", "cascade"]
 BrokerKind = Literal["auto", "mosquitto", "amqtt"]

@@ -146,10 +146,10 @@ class Stack:
     def _enrol(self) -> str:
         """Enrol every agent and write the broker's passwd + acl; returns the mosquitto
         config lines that use them ("" in permissive mode)."""
+        from bus.topics import Topics
         from cloud_gateway.brokerconf import write_broker_config
         from cloud_gateway.db import open_db
         from cloud_gateway.enrolment import Enrolments
-        from offload.topics import Topics
         from simulators.broker import resolve_kind
 
         mosquitto = shutil.which("mosquitto")
@@ -238,6 +238,9 @@ class Stack:
         if not repo.exists():
             shutil.copytree(self.models_dir / "repository", repo)
         self.offload_port = free_port()
+        # Model load/unload on the tier needs an admin: the gateway gets the same token.
+        self.cloud_admin_token_file.write_text(self.admin_token + "\n")
+        self.cloud_admin_token_file.chmod(0o600)
         self.offload = self.procs.spawn("offload-server", self.offload_argv())
 
     def offload_argv(self) -> list[str]:
@@ -247,6 +250,8 @@ class Stack:
             "--host", "127.0.0.1",
             "--grpc-port", str(self.offload_port),
             "--metrics-port", "-1",
+            "--http-port", "-1",
+            "--admin-token-file", str(self.cloud_admin_token_file),
             "--backend", "onnxruntime",
             "--workers", str(self.spec.offload_workers),
             "--grace-s", "1",
@@ -255,6 +260,10 @@ class Stack:
     @property
     def cloud_repository(self) -> Path:
         return self.workdir / "cloud" / "repository"
+
+    @property
+    def cloud_admin_token_file(self) -> Path:
+        return self.workdir / "cloud" / "admin-token"
 
     def _start_gateway(self) -> None:
         gw = self.workdir / "gateway"
@@ -292,6 +301,7 @@ class Stack:
         if self.offload_port:
             # The gateway sits in the cloud next to the inference tier: no WAN between them.
             argv += ["--cloud", f"127.0.0.1:{self.offload_port}"]
+            argv += ["--cloud-admin-token-file", str(self.cloud_admin_token_file)]
         return argv
 
     @property

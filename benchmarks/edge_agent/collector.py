@@ -1,7 +1,7 @@
 """Result collector: subscribes to ``results/#`` and measures publish -> result latency.
 
 A raw-socket MQTT subscriber (one ``recv()`` of up to 256 KiB, packets split by
-:func:`offload.mqtt_frames.split_publishes`) instead of paho: at 30,000 results/s a paho
+:func:`bus.frames.split_publishes`) instead of paho: at 30,000 results/s a paho
 subscriber with ``json.loads`` took ~55 % of a core on this 2-core machine, CPU the
 agents under test then lacked. The measuring side must not be what limits the rate; it
 costs the naive agent and the edge agent the same. Receive time is taken once per
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from offload.mqtt_frames import (
+from bus.frames import (
     decode_remaining_length,
     encode_remaining_length,
     split_publishes,

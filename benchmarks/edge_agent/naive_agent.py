@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from offload.mqtt import BrokerUrl, make_client
+from bus.broker import BrokerUrl, make_client
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,10 +88,19 @@ class AgentProc:
 
 
 def export_baseline(rev: str, dest: Path) -> Path:
-    """``edge_agent`` as of git ``rev`` in ``dest`` (read-only ``git archive``)."""
+    """The agent's packages as of git ``rev`` in ``dest`` (read-only ``git archive``): the
+    agent and every package below it, so a revision from before a package was split or
+    renamed still imports what it imported then."""
     dest.mkdir(parents=True, exist_ok=True)
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-tree", "--name-only", rev],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    packages = [p for p in ("edge_agent", "bus", "shell", "offload", "models") if p in listed]
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev, "edge_agent"], check=True, capture_output=True
+        ["git", "-C", str(ROOT), "archive", rev, *packages], check=True, capture_output=True
     )
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return dest
@@ -108,8 +117,9 @@ def start_edge(
     *,
     qos: int = 0,
 ) -> AgentProc:
-    """An edge-agent process; with ``src``, its ``edge_agent`` package comes from there
-    (the rest of the project from this checkout): the before/after comparison."""
+    """An edge-agent process; with ``src``, its packages come from there (see
+    :func:`export_baseline`; the rest of the project from this checkout): the before/after
+    comparison."""
     filt = f"sensors/s{index}/+/+" if n > 1 else "sensors/+/+/+"
     cmd = [
         sys.executable,

@@ -80,14 +80,17 @@ def _spawn(cmd: list[str], log: Path, cwd: Path | None = None, env: dict[str, st
 
 
 def start_offload(repository: Path, workdir: Path, workers: int, delay_us: int) -> Launched:
-    port = free_port()
+    port, http_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "offload", "--repository", str(repository)]
     cmd += ["--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "-1"]
+    cmd += ["--http-port", str(http_port)]
     cmd += ["--workers", str(workers), "--max-queue-delay-us", str(delay_us)]
     cmd += ["--log-level", "WARNING"]
     log = workdir / "offload-server.log"
     note = f"--workers {workers} --max-queue-delay-us {delay_us} (dynamic batching, max 64)"
-    return Launched("offload", f"127.0.0.1:{port}", _spawn(cmd, log), note, log)
+    launched = Launched("offload", f"127.0.0.1:{port}", _spawn(cmd, log), note, log)
+    launched.extra["http"] = f"127.0.0.1:{http_port}"
+    return launched
 
 
 def start_mlserver(
@@ -119,7 +122,9 @@ def start_mlserver(
     log = workdir / f"mlserver-pw{parallel_workers}.log"
     proc = _spawn([str(venv / "bin" / "mlserver"), "start", str(folder)], log, folder, env)
     note = f"MLServer 1.7.1, parallel_workers={parallel_workers}, custom ORT runtime"
-    return Launched(f"mlserver-pw{parallel_workers}", f"127.0.0.1:{grpc_port}", proc, note, log)
+    launched = Launched(f"mlserver-pw{parallel_workers}", f"127.0.0.1:{grpc_port}", proc, note, log)
+    launched.extra["http"] = f"127.0.0.1:{settings['http_port']}"
+    return launched
 
 
 def start_pytriton(venv: Path, model_file: Path, name: str, workdir: Path) -> Launched:

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from offload.mqtt import BrokerUrl, make_client
+from bus.broker import BrokerUrl, make_client
 from simulators.broker import free_port, mosquitto_config
 from simulators.mqtt_wire import PacketIds, WirePublisher, publish_frame
 

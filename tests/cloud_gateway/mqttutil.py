@@ -1,4 +1,4 @@
-"""Tiny real-broker helpers for gateway tests (paho via offload.mqtt.make_client)."""
+"""Tiny real-broker helpers for gateway tests (paho via bus.broker.make_client)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from offload.mqtt import BrokerUrl, make_client
+from bus.broker import BrokerUrl, make_client
 
 
 class Peer:

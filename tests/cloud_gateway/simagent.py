@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
+from bus.broker import BrokerUrl, make_client
+from bus.topics import Topics
 from edge_agent.registry import ModelSlot
 from edge_agent.updater import ModelUpdater, SlotTarget
 from models.errors import EdgecloudError
 from models.repository import ModelRepository
-from offload.mqtt import BrokerUrl, make_client
-from offload.topics import Topics
 
 MODEL = "motion-edge"
 

@@ -29,13 +29,13 @@ from typing import Any
 
 import pytest
 
+from bus.broker import BrokerUrl, make_client
+from bus.desired import Desired, WantedModel, sign_desired
 from cloud_gateway.db import open_db
 from cloud_gateway.desired import next_sequence
 from models import signing
 from models.bundle import bundle_sha256
 from models.repository import ModelRepository
-from offload.desired import Desired, WantedModel, sign_desired
-from offload.mqtt import BrokerUrl, make_client
 from tests.cloud_gateway.bundles import MODEL, BundleSet
 from tests.cloud_gateway.mqttutil import Peer
 from tests.conftest import free_port, wait_for_port

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from bus.desired import UpdateState
 from cloud_gateway import canary
 from cloud_gateway.canary import Fail, Issue, MarkConverged, Plan, Succeed
 from cloud_gateway.gates import Baseline, GateState, Observation
 from cloud_gateway.schemas import Gates
-from offload.desired import UpdateState
 
 AGENTS = [f"a{i:02d}" for i in range(20)]
 

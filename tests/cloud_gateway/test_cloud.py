@@ -59,15 +59,23 @@ async def test_rollout_loads_the_version_into_the_cloud_tier(
     tmp_path: Path,
 ) -> None:
     cloud_repo = tmp_path / "cloud-repo"
+    token = tmp_path / "cloud-admin-token"
+    token.write_text("cloud-admin-token-for-tests\n")  # the tier only lets an admin load
     offload = OffloadSettings(
         repository=cloud_repo,
         host="127.0.0.1",
         grpc_port=0,
+        http_port=-1,
         metrics_port=-1,
         backend="onnxruntime",
+        admin_token_file=token,
     )
     async with serve_offload(offload) as server:
-        settings = gateway_settings(cloud=f"127.0.0.1:{server.port}", cloud_repository=cloud_repo)
+        settings = gateway_settings(
+            cloud=f"127.0.0.1:{server.port}",
+            cloud_repository=cloud_repo,
+            cloud_admin_token_file=token,
+        )
         async with serve(settings) as gw:
             await push(http, gw, bundle_set.good[2])
             peer = Peer(mosquitto.url)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from bus.desired import UpdatePhase, UpdateState
 from cloud_gateway.gates import (
     Baseline,
     Control,
@@ -18,7 +19,6 @@ from cloud_gateway.gates import (
     stored_update,
 )
 from cloud_gateway.schemas import Gates, StatusReport
-from offload.desired import UpdatePhase, UpdateState
 
 NEW, OLD, RID = 2, 1, "ro-1"
 NOW = 1000.0

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bus.desired import verify_desired
 from cloud_gateway.service import Gateway, serve
-from offload.desired import verify_desired
 from tests.cloud_gateway.bundles import MODEL, BundleSet
 from tests.cloud_gateway.conftest import TOKENS, auth, gateway_keys, push
 from tests.cloud_gateway.mqttutil import Peer, until

@@ -4,6 +4,7 @@ prometheus_client's own parser and has the documented names, types and labels.""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import aiohttp
@@ -12,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cloud_gateway.service import Gateway
 from tests.cloud_gateway.conftest import auth
 from tests.cloud_gateway.mqttutil import Peer, until
+from tests.manifests.promql import check_queries
 
 #: name -> type, as prometheus_client's parser reports them (counters without _total).
 EXPECTED = {
@@ -131,3 +133,11 @@ async def test_metrics_parse_with_names_types_and_counts(
     families = await _scrape(http, gateway)
     req = families["gateway_http_requests"]
     assert _value(req, total, route="/metrics", method="GET", status="200") == 1
+
+
+async def test_dashboard_rollout_queries_match_a_real_scrape(
+    gateway: Gateway, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{gateway.url}/metrics") as resp:
+        text = await resp.text()
+    assert check_queries(text, re.compile(r"\bgateway_[a-z0-9_]+\b")) >= 3

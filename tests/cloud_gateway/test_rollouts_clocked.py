@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from bus.topics import Topics
 from cloud_gateway.db import open_db
 from cloud_gateway.fleet import Fleet as FleetState
 from cloud_gateway.registry import Registry
 from cloud_gateway.rollouts import RolloutEngine
 from cloud_gateway.schemas import RolloutInfo, RolloutRequest, StatusReport
 from models import signing
-from offload.topics import Topics
 from tests.cloud_gateway.bundles import BundleSet
 from tests.cloud_gateway.conftest import document
 

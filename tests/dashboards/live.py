@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
 
-from offload.mqtt import BrokerUrl, make_client
+from bus.broker import BrokerUrl, make_client
 from tests.conftest import free_port, wait_for_port
 
 

@@ -17,10 +17,10 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
+from bus.broker import BrokerUrl, make_client
 from edge_agent.agent import EdgeAgent
 from edge_agent.settings import EdgeSettings
 from models.recipes import build_all
-from offload.mqtt import BrokerUrl, make_client
 
 
 @pytest.fixture(scope="session")
@@ -243,7 +243,7 @@ def install_heavy_model(repository: Path, repeats: int = 24, name: str = "motion
 class OffloadServer:
     """A real ``offload-server`` subprocess on a free port."""
 
-    def __init__(self, repository: Path) -> None:
+    def __init__(self, repository: Path, *extra: str) -> None:
         from tests.conftest import free_port
 
         self.port = free_port()
@@ -261,8 +261,11 @@ class OffloadServer:
                 str(self.port),
                 "--metrics-port",
                 "-1",
+                "--http-port",
+                "-1",
                 "--log-level",
                 "WARNING",
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

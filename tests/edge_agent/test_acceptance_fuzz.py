@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.payloads import REASONS, encode_binary
+from bus.readings import REASONS, encode_binary
 from models import basicmotions
 from models.backends import load_backend
 from simulators.mqtt_wire import WirePublisher, publish_frame

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.payloads import encode_binary
+from bus.readings import encode_binary
 from simulators.mqtt_wire import WirePublisher, publish_frame
 from tests.edge_agent.conftest import AgentProcess, OffloadServer, install_heavy_model, process_args
 

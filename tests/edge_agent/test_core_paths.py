@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.payloads import encode_binary
+from bus.readings import encode_binary
 from models import basicmotions, vibration
 from models.backends import load_backend
 from models.repository import ModelRepository

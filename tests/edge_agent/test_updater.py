@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bus.desired import Desired, WantedModel, sign_desired
 from cloud_gateway.service import Gateway, serve
 from edge_agent.registry import ModelSlot
 from edge_agent.updater import ModelUpdater, SlotTarget
@@ -31,7 +32,6 @@ from models import signing
 from models.bundle import bundle_sha256
 from models.errors import EdgecloudError
 from models.repository import ModelRepository
-from offload.desired import Desired, WantedModel, sign_desired
 from tests.cloud_gateway import conftest as gateway_fixtures
 from tests.cloud_gateway.bundles import BAD_REASONS, MODEL, BundleSet
 from tests.cloud_gateway.conftest import TOKENS, push

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bus.topics import StreamId
 from edge_agent.windowing import StreamWindow
-from offload.topics import StreamId
 
 SID = StreamId("s", "d", "x")
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from offload.mqtt import BrokerUrl, make_client
+from bus.broker import BrokerUrl, make_client
 from tests.conftest import free_port, wait_for_port
 from tests.manifests.rendering import find, render
 

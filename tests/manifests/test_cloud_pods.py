@@ -6,9 +6,11 @@ cloud-gateway serves with its tokens file, data volume and the cloud broker's AC
 from __future__ import annotations
 
 import shutil
+import ssl
 import time
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -30,18 +32,27 @@ async def test_offload_server_runs_as_deployed_with_mutual_tls(tmp_path: Path) -
     )
     tls = pod.volume("/etc/edgecloud/tls")
     tls_files(tls)  # the offload-server-tls Secret: tls.crt, tls.key, ca.crt
-    grpc_port, metrics_port = free_port(), free_port()
+    grpc_port, metrics_port, http_port = free_port(), free_port(), free_port()
     pod.env |= {
         "OFFLOAD_HOST": "127.0.0.1",
         "OFFLOAD_GRPC_PORT": str(grpc_port),
+        "OFFLOAD_HTTP_PORT": str(http_port),
         "OFFLOAD_METRICS_PORT": str(metrics_port),
         "OFFLOAD_BACKEND": "onnxruntime",  # the manifest's tensorrt needs a GPU
     }
     log = tmp_path / "offload.log"
     proc = start(pod, log)
     try:
-        wait_for_port(grpc_port, timeout=30)  # startup and readiness probes
-        wait_http(proc, f"http://127.0.0.1:{metrics_port}/metrics", log)  # liveness probe
+        wait_for_port(grpc_port, timeout=30)
+        wait_http(proc, f"http://127.0.0.1:{metrics_port}/metrics", log)  # Prometheus
+        # The probes: HTTPS without a client certificate (kubelet skips verification).
+        probe = ssl.create_default_context()
+        probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE
+        async with aiohttp.ClientSession() as http:
+            for path in ("/healthz", "/readyz"):
+                url = f"https://127.0.0.1:{http_port}{path}"
+                async with http.get(url, ssl=probe) as response:
+                    assert response.status == 200, await response.text()
         # An edge agent with its edge-grpc-tls files (same CA) gets answers.
         client_tls = TlsFiles(cert=tls / "tls.crt", key=tls / "tls.key", ca=tls / "ca.crt")
         client = OffloadClient(f"127.0.0.1:{grpc_port}", tls=client_tls, max_retries=0)

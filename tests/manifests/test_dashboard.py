@@ -10,13 +10,24 @@ from prometheus_client import CollectorRegistry
 from tests.manifests.rendering import MANIFESTS, find, pod_spec, render, workloads
 
 DASHBOARD = MANIFESTS / "cloud" / "grafana" / "edgecloud-dashboard.json"
-OUR_METRIC = re.compile(r"\b(?:edge|offload)_[a-z0-9_]+\b")
+OUR_METRIC = re.compile(r"\b(?:edge|offload|nv)_[a-z0-9_]+\b")
+#: Families every prometheus_client registry has; a dashboard need not chart them all.
+STANDARD = ("process_", "python_")
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 
 def exported(registry: CollectorRegistry) -> dict[str, set[str]]:
-    """Family name -> the sample names Prometheus scrapes for it."""
-    return {fam.name: {fam.name + s for s in SUFFIXES[fam.type]} for fam in registry.collect()}
+    """Family name -> the sample names Prometheus scrapes for it (Triton's ``nv_*`` counters
+    are exposed as Triton does, without ``_total``)."""
+    from offload.metrics import TRITON_FAMILIES
+
+    return {
+        fam.name: {fam.name}
+        if fam.name in TRITON_FAMILIES
+        else {fam.name + s for s in SUFFIXES[fam.type]}
+        for fam in registry.collect()
+        if not fam.name.startswith(STANDARD)
+    }
 
 
 def our_families() -> dict[str, set[str]]:

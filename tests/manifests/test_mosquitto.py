@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from offload.mqtt import BrokerUrl
+from bus.broker import BrokerUrl
 from tests.manifests.brokers import PASSWORDS, Broker, Client, start_broker, stop
 from tests.manifests.rendering import MANIFESTS
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -17,17 +18,32 @@ from tests.conftest import free_port
 from tests.offload.graphs import make_repository
 
 READY_MARK = "offload-server ready"
+#: The admin bearer token every test server accepts for repository load/unload.
+ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 class ServerProcess:
     """``python -m offload`` on free loopback ports; waits for its ready line."""
 
     def __init__(
-        self, repository: Path, *args: str, port: int | None = None, timeout: float = 30.0
+        self,
+        repository: Path,
+        *args: str,
+        port: int | None = None,
+        timeout: float = 30.0,
+        admin_token: str | None = ADMIN_TOKEN,
     ) -> None:
         self.port = port or free_port()
         self.metrics_port = free_port()
+        self.http_port = free_port()
         self.target = f"127.0.0.1:{self.port}"
+        self.http_target = f"127.0.0.1:{self.http_port}"
+        self._tmp = tempfile.TemporaryDirectory(prefix="offload-admin-")
+        if admin_token is not None:
+            token_file = Path(self._tmp.name) / "admin-tokens"
+            token_file.write_text(admin_token + "\n")
+            args = ("--admin-token-file", str(token_file), *args)
         cmd = [
             sys.executable,
             "-m",
@@ -40,6 +56,8 @@ class ServerProcess:
             str(self.port),
             "--metrics-port",
             str(self.metrics_port),
+            "--http-port",
+            str(self.http_port),
             *args,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}

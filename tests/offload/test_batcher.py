@@ -26,7 +26,9 @@ class Recorder(BatchObserver):
         self.sizes: list[int] = []
         self.expired_count = 0
 
-    def batch(self, rows: int, compute_s: float) -> None:
+    def batch(
+        self, rows: int, requests: int, input_s: float, infer_s: float, output_s: float
+    ) -> None:
         self.sizes.append(rows)
 
     def expired(self) -> None:

@@ -51,3 +51,28 @@ def test_bad_tls_config_exits_1(tmp_path: Path) -> None:
         ]
     )
     assert rc == 1
+
+
+def test_http_port_in_use_is_one_error_line(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cmd = [sys.executable, "-m", "offload", "--repository", str(tmp_path)]
+        cmd += ["--grpc-port", str(free_port()), "--metrics-port", "-1", "--http-port", str(port)]
+        result = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert f"cannot bind HTTP to 127.0.0.1:{port}" in output
+    assert "Traceback" not in output

@@ -14,7 +14,7 @@ from models.errors import DeadlineExceeded, InvalidInput, NotFound, Unavailable
 from offload.breaker import BreakerConfig
 from offload.client import OffloadClient
 from tests.conftest import free_port
-from tests.offload.conftest import ServerProcess
+from tests.offload.conftest import ADMIN_TOKEN, ServerProcess
 from tests.offload.graphs import WIDTH, affine_model
 
 
@@ -87,7 +87,7 @@ async def test_repository_helpers(tmp_path: Path) -> None:
     affine_model(repo / "affine" / "1" / "model.onnx", 1)
     proc = ServerProcess(repo, "--log-level", "WARNING")
     try:
-        async with OffloadClient(proc.target) as client:
+        async with OffloadClient(proc.target, admin_token=ADMIN_TOKEN) as client:
             affine_model(repo / "affine" / "5" / "model.onnx", 5)
             await client.load_model("affine", 5)
             assert await client.model_ready("affine", 5)

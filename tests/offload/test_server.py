@@ -17,7 +17,7 @@ import tritonclient.grpc.aio as tga
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.offload.conftest import ServerProcess
+from tests.offload.conftest import ADMIN, ServerProcess
 from tests.offload.graphs import WIDTH, affine_model
 
 
@@ -162,22 +162,22 @@ def test_load_and_unload_through_repository_rpcs(tmp_path: Path) -> None:
         affine_model(repo / "fresh" / "1" / "model.onnx", 7)
         affine_model(repo / "affine" / "3" / "model.onnx", 3)
         assert not client.is_model_ready("fresh")
-        client.load_model("fresh")
-        client.load_model("affine")
+        client.load_model("fresh", headers=ADMIN)
+        client.load_model("affine", headers=ADMIN)
         x = rows(2)
         np.testing.assert_allclose(client.infer("fresh", [make_input(x)]).as_numpy("y"), x * 2 + 7)
         np.testing.assert_allclose(client.infer("affine", [make_input(x)]).as_numpy("y"), x * 2 + 3)
-        client.unload_model("affine")
+        client.unload_model("affine", headers=ADMIN)
         assert not client.is_model_ready("affine")
         with pytest.raises(InferenceServerException, match="not loaded"):
             client.infer("affine", [make_input(x)])
         index = {(m.name, m.version): m.state for m in client.get_model_repository_index().models}
         assert index[("affine", "1")] == "UNAVAILABLE" and index[("fresh", "1")] == "READY"
         shutil.rmtree(repo / "affine" / "3")
-        client.load_model("affine")
+        client.load_model("affine", headers=ADMIN)
         assert client.get_model_metadata("affine").versions == ["1"]
         with pytest.raises(InferenceServerException, match="ghost"):
-            client.load_model("ghost")
+            client.load_model("ghost", headers=ADMIN)
     finally:
         assert proc.terminate() == 0
 
@@ -216,3 +216,33 @@ def test_grpc_health_service(server: ServerProcess) -> None:
         with pytest.raises(grpc.RpcError) as exc:
             stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
         assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_sigterm_drains_in_flight_http_requests(repository: Path) -> None:
+    import aiohttp
+
+    proc = ServerProcess(repository, "--workers", "1", "--log-level", "WARNING")
+    url = f"http://{proc.http_target}"
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def slow(i: int) -> np.ndarray:
+                x = rows(1, seed=i)
+                body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, WIDTH]}]}
+                body["inputs"][0]["data"] = x.ravel().tolist()
+                async with http.post(f"{url}/v2/models/slow/infer", json=body) as response:
+                    assert response.status == 200, await response.text()
+                    doc = await response.json()
+                return np.asarray(doc["outputs"][0]["data"], np.float32).reshape(1, WIDTH)
+
+            async with http.get(f"{url}/readyz") as response:
+                assert response.status == 200
+            tasks = [asyncio.create_task(slow(i)) for i in range(3)]
+            await asyncio.sleep(0.05)
+            proc.proc.send_signal(signal.SIGTERM)  # the listener closes, in-flight calls finish
+            outs = await asyncio.gather(*tasks)
+        for i, out in enumerate(outs):
+            np.testing.assert_allclose(out, rows(1, seed=i) * 2 + 1, rtol=1e-6)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+    finally:
+        proc.kill()

@@ -178,3 +178,32 @@ async def test_full_queue(client: tg.InferenceServerClient, server: ServerProces
     assert server.metric("offload_requests_total", model="slow", code="RESOURCE_EXHAUSTED") == len(
         errors
     )
+
+
+async def test_http_timeout_parameter_is_a_deadline(
+    client: tg.InferenceServerClient, server: ServerProcess
+) -> None:
+    """Triton's ``timeout`` (µs): a request still queued when it passes gets 504."""
+    import aiohttp
+
+    aio = tga.InferenceServerClient(server.target)
+    body = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, WIDTH], "data": [0.0] * WIDTH}],
+        "parameters": {"timeout": 50_000},
+    }
+    url = f"http://{server.http_target}/v2/models/slow/infer"
+    try:
+        busy = [asyncio.create_task(_slow(aio)) for _ in range(2)]  # both workers busy
+        await asyncio.sleep(0.01)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json=body) as response:
+                assert response.status == 504, await response.text()
+                assert "deadline passed" in (await response.json())["error"]
+            body["parameters"] = {"timeout": -1}
+            async with http.post(url, json=body) as response:
+                assert response.status == 400
+                error = (await response.json())["error"]
+                assert "'timeout' must be a non-negative integer" in error
+        await asyncio.gather(*busy)
+    finally:
+        await aio.close()

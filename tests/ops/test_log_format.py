@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from models.logs import Outage, make_formatter
+from shell.logs import Outage, make_formatter
 
 
 def _record(msg: str, *args: object, exc: bool = False) -> logging.LogRecord:

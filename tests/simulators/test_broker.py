@@ -1,7 +1,7 @@
 """The stack's broker choice, and the embedded amqtt broker against real clients.
 
 Every broker here is a real child process started through ``start_broker``; the clients
-are real paho clients (``offload.mqtt.make_client``) and a real ``edge-agent`` process.
+are real paho clients (``bus.broker.make_client``) and a real ``edge-agent`` process.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import paho.mqtt.client as mqtt
 import psutil
 import pytest
 
-from edge_agent.payloads import encode_binary
+from bus.broker import BrokerUrl, make_client
+from bus.readings import encode_binary
 from models.errors import ConfigError
-from models.settings_cli import given
-from offload.mqtt import BrokerUrl, make_client
+from shell.cli import given
 from simulators.broker import mqtt_handshake, resolve_kind, start_broker, wait_broker
 from simulators.cli import build_parser
 from simulators.procs import Managed, ProcessSet

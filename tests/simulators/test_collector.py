@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 
-from offload.topics import Topics
+from bus.topics import Topics
 from simulators.collector import Collector, ResultColumns
 from simulators.metrics import analyze, expected_seqs, loss, stream_loss
 from simulators.mqtt_wire import AsyncWirePublisher, PacketIds, publish_frame

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from offload.mqtt import BrokerUrl, make_client
+from bus.broker import BrokerUrl, make_client
 from simulators.mqtt_wire import (
     AsyncWirePublisher,
     PacketIds,

@@ -7,8 +7,8 @@ import json
 import threading
 import time
 
-from offload.mqtt import BrokerUrl, make_client
-from offload.topics import Topics
+from bus.broker import BrokerUrl, make_client
+from bus.topics import Topics
 from simulators.payloads import BasicMotionsReplay, FaultWindow, VibrationSource
 from simulators.sensors import SensorFleet, make_streams
 from simulators.shapes import Burst, Diurnal, Ramp, Steady

@@ -10,7 +10,7 @@ import pytest
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.settings_cli import add_settings_arguments, given, parse_bool
+from shell.cli import add_settings_arguments, given, parse_bool
 
 
 class _Demo(BaseSettings):

@@ -5,7 +5,7 @@ fleet-sim): level and format come from settings, and shared conventions live her
 JSON object per line (``ts``, ``level``, ``logger``, ``message``, plus ``exc`` / ``stack``
 when the record carries them) for log shippers such as Fluent Bit, Vector or Loki's
 promtail, which would otherwise have to parse free text. Here in ``models`` because it is
-the lowest package every process already imports (like :mod:`models.settings_cli`), and
+the lowest package every process already imports (like :mod:`shell.cli`), and
 because the container images copy the packages by name: a new top-level package would
 be missing from them.
 

@@ -14,7 +14,7 @@ messages/s, so :class:`FastClient` takes them over:
 * **Writing QoS-0 results.** paho's ``publish()`` builds a message-info object with a
   condition variable, queues a dict and pokes a socket pair per message, and writes each
   packet with its own ``send()``. :meth:`FastClient.queue_raw` takes already-encoded
-  frames (:class:`offload.mqtt_frames.FrameEncoder`) and :meth:`write_pending` sends them
+  frames (:class:`bus.frames.FrameEncoder`) and :meth:`write_pending` sends them
   in large writes. Frames never interleave with paho's: a half-written raw chunk is
   finished before paho's queue is written, and raw bytes only start when paho's queue
   is empty.
@@ -33,7 +33,7 @@ from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 
-from offload.mqtt_frames import puback_frame, split_publishes
+from bus.frames import puback_frame, split_publishes
 
 _OK = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 _LOST = mqtt.MQTTErrorCode.MQTT_ERR_CONN_LOST
@@ -41,20 +41,27 @@ _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)
 
 
 class FastClient(mqtt.Client):
-    """A paho client whose class was swapped by :func:`install` (see module doc)."""
+    """A paho client with the fast paths of the module doc; build it with
+    ``bus.broker.make_client(..., client_class=FastClient)``, then set ``fast_deliver``
+    (QoS-0 PUBLISHes, on the network thread; None: everything goes through paho's
+    ``on_message``) and ``fast_acked`` (QoS-1 PUBLISHes, each acknowledged once it
+    returned; None: paho handles QoS 1). ``fast_batch`` bounds how many packets one
+    ``loop_read`` delivers, so the caller's loop gets control regularly; raw results over
+    ``raw_limit`` queued bytes are dropped and counted (``raw_dropped``)."""
 
-    _rx_buf: bytes
-    _rx_off: int
-    _raw_out: bytearray
-    _raw_inflight: memoryview | None
-    _raw_lock: threading.Lock
-    raw_limit: int
-    raw_dropped: int
-    fast_count: int
-    fast_deliver: Callable[[str, bytes], None] | None
-    fast_acked: Callable[[str, bytes], None] | None
-    fast_batch: int
-    _acks: list[int]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rx_buf, self._rx_off = b"", 0
+        self._raw_out = bytearray()
+        self._raw_inflight: memoryview | None = None
+        self._raw_lock = threading.Lock()
+        self.raw_limit = 64 * 2**20
+        self.raw_dropped = 0
+        self.fast_count = 0
+        self.fast_deliver: Callable[[str, bytes], None] | None = None
+        self.fast_acked: Callable[[str, bytes], None] | None = None
+        self._acks: list[int] = []
+        self.fast_batch = 64
 
     # -- reading -------------------------------------------------------------------------
     def _sock_recv(self, bufsize: int) -> bytes:
@@ -159,35 +166,3 @@ class FastClient(mqtt.Client):
         self._rx_buf, self._rx_off = b"", 0
         self._raw_inflight = None
         return super().reconnect()
-
-
-def install(
-    client: mqtt.Client,
-    deliver: Callable[[str, bytes], None] | None = None,
-    acked: Callable[[str, bytes], None] | None = None,
-    *,
-    raw_limit: int = 64 * 2**20,
-    fast_batch: int = 64,
-) -> FastClient:
-    """Turn a client from ``offload.mqtt.make_client`` into a :class:`FastClient`.
-
-    ``deliver(topic, payload)`` receives QoS-0 PUBLISHes on the network thread (None:
-    everything goes through paho's ``on_message``); ``acked(topic, payload)`` receives
-    QoS-1 PUBLISHes, each acknowledged once it returned (None: paho handles QoS 1).
-    ``fast_batch`` bounds how many
-    packets one ``loop_read`` delivers, so the caller's loop gets control regularly.
-    """
-    client.__class__ = FastClient
-    fast: FastClient = client  # type: ignore[assignment]
-    fast._rx_buf, fast._rx_off = b"", 0
-    fast._raw_out = bytearray()
-    fast._raw_inflight = None
-    fast._raw_lock = threading.Lock()
-    fast.raw_limit = raw_limit
-    fast.raw_dropped = 0
-    fast.fast_count = 0
-    fast.fast_deliver = deliver
-    fast.fast_acked = acked
-    fast._acks = []
-    fast.fast_batch = fast_batch
-    return fast

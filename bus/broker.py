@@ -13,12 +13,14 @@ import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
 from models.errors import ConfigError
+
+C = TypeVar("C", bound=mqtt.Client)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +74,14 @@ def make_client(
     key_file: str | None = None,
     max_inflight: int = 1000,
     max_queued: int = 0,
-) -> mqtt.Client:
+    client_class: type[C] = mqtt.Client,  # type: ignore[assignment]
+) -> C:
     """A paho MQTT 3.1.1 client with TCP_NODELAY, TLS and credentials applied.
 
     ``clean_session=False`` gives a persistent session: QoS-1 messages published while
     the client is away are delivered when it reconnects with the same ``client_id``.
     """
-    client = mqtt.Client(
+    client = client_class(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=clean_session,

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from edge_agent.payloads import HEADER_SIZE, PayloadError, decode, encode_binary
+from bus.readings import HEADER_SIZE, PayloadError, decode, encode_binary
 
 NAMES = ("acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z")
 W = 100

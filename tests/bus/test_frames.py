@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from offload.mqtt_frames import (
+from bus.frames import (
     FrameEncoder,
     decode_remaining_length,
     encode_remaining_length,

@@ -1,4 +1,4 @@
-"""The signed desired-state contract (offload.desired) and the heartbeat update record."""
+"""The signed desired-state contract (bus.desired) and the heartbeat update record."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from models.errors import BadSignature, InvalidInput, UnknownSigner
-from models.signing import key_id
-from offload.desired import (
+from bus.desired import (
     Desired,
     SignedDesired,
     UpdatePhase,
@@ -21,6 +19,8 @@ from offload.desired import (
     sign_desired,
     verify_desired,
 )
+from models.errors import BadSignature, InvalidInput, UnknownSigner
+from models.signing import key_id
 
 SHA = "ab" * 32
 KEY = Ed25519PrivateKey.generate()

@@ -7,8 +7,8 @@ import threading
 import time
 from typing import Any
 
+from bus.broker import BrokerUrl, make_client
 from edge_agent.mqtt_link import MqttLink
-from offload.mqtt import BrokerUrl, make_client
 from simulators.mqtt_wire import PacketIds, WirePublisher, publish_frame
 
 
