@@ -27,7 +27,7 @@ WORKDIR /src
 # Dependencies first, from pyproject.toml alone (a cached layer while it is unchanged),
 # against empty packages; then the sources, installed without dependencies.
 COPY pyproject.toml README.md ./
-RUN for p in models offload edge_agent cloud_gateway simulators; do \
+RUN for p in bus shell models offload edge_agent cloud_gateway simulators; do \
         mkdir -p "$p" && touch "$p/__init__.py"; done \
     && /opt/edgecloud/bin/pip install ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} . \
     && /opt/edgecloud/bin/pip uninstall -y edgecloud
@@ -54,7 +54,7 @@ RUN /opt/edgecloud/bin/pip install --no-deps ${WHEELHOUSE:+--no-index --find-lin
 #   them the dependencies' modules they pull in): the rest compiles in memory if ever used.
 # The last lines prove the result still imports and builds and runs a model.
 ARG IMPORT_ALL="import importlib, pkgutil; [importlib.import_module(m.name) for p in \
-('edge_agent', 'offload', 'cloud_gateway', 'models') for m in \
+('bus', 'shell', 'edge_agent', 'offload', 'cloud_gateway', 'models') for m in \
 pkgutil.walk_packages(importlib.import_module(p).__path__, p + '.') \
 if not m.name.endswith('__main__')]"
 RUN apt-get update \

@@ -18,8 +18,8 @@ from collections.abc import Callable
 import pytest
 import yaml
 
+from bus.broker import BrokerUrl
 from cloud_gateway.client import GatewayClient
-from offload.mqtt import BrokerUrl
 from tests.conftest import free_port
 from tests.images.podman import images_module, podman
 from tests.manifests.brokers import Client

@@ -48,8 +48,8 @@ from typing import Any
 import pytest
 import yaml
 
+from bus.broker import BrokerUrl
 from cloud_gateway.client import GatewayClient
-from offload.mqtt import BrokerUrl
 from tests.conftest import free_port
 from tests.images.podman import Created, exec_in, inspect, logs, podman
 from tests.manifests.brokers import Client, tls_files
