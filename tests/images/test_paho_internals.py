@@ -1,4 +1,4 @@
-"""edge_agent/mqtt_client.py subclasses paho's Client and reaches into its internals; this
+"""bus/fast_client.py subclasses paho's Client and reaches into its internals; this
 test names each one it relies on, so a paho release that changes them fails here with a
 clear message instead of as a silent slowdown or a stalled agent. pyproject.toml pins
 paho-mqtt to the range this passed with; widen the pin only after it passes again."""
@@ -25,7 +25,7 @@ def _source(name: str) -> str:
 def test_installed_paho_is_in_the_pinned_range() -> None:
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     req = next(Requirement(d) for d in deps if Requirement(d).name == "paho-mqtt")
-    assert req.specifier, "paho-mqtt must be pinned (edge_agent/mqtt_client.py uses internals)"
+    assert req.specifier, "paho-mqtt must be pinned (bus/fast_client.py uses internals)"
     assert req.specifier.contains(version("paho-mqtt")), (req, version("paho-mqtt"))
 
 
