@@ -1,11 +1,11 @@
-# The two set-up commands of the README: `make demo` and `make test`.
+# The set-up commands of the README: `make demo`, `make test` and `make images`.
 # Each creates (or reuses) .venv with Python 3.11, installs the project, and runs.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint models bench clean
+.PHONY: demo test lint images models bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# Container images with podman (docker/images.py; needs podman, runc, and debootstrap
+# when the official base images cannot be pulled). Prints sizes and build times.
+images: $(STAMP)
+	$(BIN)/python docker/images.py build --json var/images.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

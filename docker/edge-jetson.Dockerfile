@@ -68,8 +68,7 @@ RUN groupadd --system --gid 10001 edgecloud \
 COPY --from=build /opt/edgecloud /opt/edgecloud
 ENV PATH=/opt/edgecloud/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    MPLCONFIGDIR=/tmp/matplotlib
+    PYTHONUNBUFFERED=1
 USER 10001:10001
 WORKDIR /var/lib/edgecloud
 EXPOSE 8080

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from models.errors import MissingDependency
 from simulators.capacity import describe
 from simulators.runner import RunResult, write_raw
 
@@ -119,7 +120,11 @@ def _detail(e: dict[str, Any]) -> str:
 
 def plot(result: RunResult, out: Path) -> list[str]:
     """Four PNGs from the time buckets; returns their file names."""
-    import matplotlib
+    # matplotlib is in the [sim] extra only (the container images leave it out).
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise MissingDependency("matplotlib", "sim") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
