@@ -1,4 +1,5 @@
-# The set-up commands of the README: `make demo`, `make test` and `make images`.
+# The two set-up commands of the README: `make demo` and `make test` (`make images`, the
+# container images alone, is a helper of the tests and of docs/deploy.md).
 # Each creates (or reuses) .venv with Python 3.11, installs the project, and runs.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
