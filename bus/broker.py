@@ -13,7 +13,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -64,6 +64,35 @@ def _set_nodelay(client: mqtt.Client, userdata: object, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+@overload
+def make_client(
+    url: BrokerUrl,
+    client_id: str,
+    *,
+    clean_session: bool = ...,
+    ca_file: str | None = ...,
+    cert_file: str | None = ...,
+    key_file: str | None = ...,
+    max_inflight: int = ...,
+    max_queued: int = ...,
+) -> mqtt.Client: ...
+
+
+@overload
+def make_client(
+    url: BrokerUrl,
+    client_id: str,
+    *,
+    clean_session: bool = ...,
+    ca_file: str | None = ...,
+    cert_file: str | None = ...,
+    key_file: str | None = ...,
+    max_inflight: int = ...,
+    max_queued: int = ...,
+    client_class: type[C],
+) -> C: ...
+
+
 def make_client(
     url: BrokerUrl,
     client_id: str,
@@ -74,9 +103,11 @@ def make_client(
     key_file: str | None = None,
     max_inflight: int = 1000,
     max_queued: int = 0,
-    client_class: type[C] = mqtt.Client,  # type: ignore[assignment]
-) -> C:
-    """A paho MQTT 3.1.1 client with TCP_NODELAY, TLS and credentials applied.
+    client_class: type[mqtt.Client] = mqtt.Client,
+) -> mqtt.Client:
+    """A paho MQTT 3.1.1 client with TCP_NODELAY, TLS and credentials applied; the one
+    way every process builds one (``client_class``: a subclass, e.g. the agent's
+    :class:`bus.fast_client.FastClient`).
 
     ``clean_session=False`` gives a persistent session: QoS-1 messages published while
     the client is away are delivered when it reconnects with the same ``client_id``.
