@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--strategy", choices=("canary", "all-at-once"), default="canary", help="wave plan"
     )
     start.add_argument("--waves", default="10%,50%,100%", help="cumulative, e.g. 1,25%%,100%%")
+    start.add_argument(
+        "--topics",
+        help="MQTT topic filter the model answers on agents that do not serve it yet, or to "
+        "move it to (default: unchanged; a new model becomes the agent's default model)",
+    )
     start.add_argument("--site", action="append", default=[], help="select a site (repeat)")
     start.add_argument("--label", action="append", default=[], help="select KEY=VALUE")
     start.add_argument("--agent", action="append", default=[], help="select an agent id")

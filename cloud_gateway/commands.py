@@ -145,6 +145,7 @@ def _rollout(args: argparse.Namespace, client: GatewayClient) -> int:
             "model": args.model,
             "version": args.model_version,
             "strategy": args.strategy,
+            "topics": args.topics,
             "waves": [w.strip() for w in args.waves.split(",") if w.strip()],
             "selector": {"sites": args.site, "labels": labels, "agents": args.agent},
             "gates": gates_from(args),
