@@ -320,6 +320,9 @@ def _play_and_check(st: Stage) -> None:
     tokens = "".join(f"{role} {token}\n" for role, token in TOKENS.items())
     mk(st.name("cloud-gateway-tokens"), {"tokens": tokens.encode()}, as_env=False)
     mk(st.name("offload-server-tls"), tls_data, as_env=False)
+    # The gateway's client certificate for the tier (its CN is not an admin subject here:
+    # the tier refuses the gateway's load, which the rollout records and carries on).
+    mk(st.name("cloud-gateway-grpc-tls"), tls_data, as_env=False)
     mk(st.name("mosquitto-tls"), tls_data, as_env=False)
     mk(st.name("cloud-mosquitto-auth"), {"passwd": _passwd(st, cloud_users)}, as_env=False)
     gw_broker = f"mqtt://cloud-gateway:{PASSWORDS['cloud-gateway']}@127.0.0.1:{p['cloud-mqtt']}"
