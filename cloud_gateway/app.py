@@ -10,8 +10,9 @@ from aiohttp import web
 
 from cloud_gateway.auth import PRINCIPAL, Role, require
 from cloud_gateway.dashboard import add_routes as add_dashboard_routes
-from cloud_gateway.routes import ROUTES, Handler, Route
+from cloud_gateway.routes import ROUTES, Route
 from models.errors import BundleTooLarge, EdgecloudError, PermissionDenied, UnservableModel
+from shell.http import Handler as RequestHandler
 from shell.http import json_errors, redact_bad_request_logs
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ _OVERRIDES: dict[type[EdgecloudError], int] = {BundleTooLarge: 413, UnservableMo
 error_middleware = json_errors(_OVERRIDES, challenge='Bearer realm="edgecloud"')
 
 
-def _bind(route: Route, gw: Gateway) -> Handler:
+def _bind(route: Route, gw: Gateway) -> RequestHandler:
     @functools.wraps(route.handler)
     async def handler(request: web.Request) -> web.StreamResponse:
         if route.role is not None:

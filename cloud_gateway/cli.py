@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-_SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
+_SERVE_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("host", str, "address to listen on"),
     ("port", int, "port to listen on (0: any free port)"),
     ("public-url", str, "base URL agents download bundles from"),
@@ -70,7 +70,7 @@ _SERVE_FLAGS: tuple[tuple[str, type, str], ...] = (
 )
 
 
-def _flag(p: argparse.ArgumentParser, name: str, typ: type, help_: str) -> None:
+def _flag(p: argparse.ArgumentParser, name: str, typ: Callable[[str], Any], help_: str) -> None:
     p.add_argument(f"--{name}", type=typ, default=argparse.SUPPRESS, help=help_)
 
 
@@ -253,7 +253,7 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k in fields}
     # Kubernetes secrets mounted as files (gateway_admin_token, ...) in this directory.
     secrets_dir = os.environ.get("GATEWAY_SECRETS_DIR") or None
-    return GatewaySettings(_secrets_dir=secrets_dir, **overrides)
+    return GatewaySettings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[call-arg]
 
 
 async def _serve(settings: GatewaySettings) -> None:

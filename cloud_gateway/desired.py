@@ -55,7 +55,7 @@ class DesiredState:
         agent_id: str,
         model: str,
         version: dict[str, Any],
-        rid: str,
+        rid: str | None,
         now: float,
         *,
         rollback: bool = False,

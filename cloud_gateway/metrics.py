@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -30,8 +30,9 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shell.http import Handler
+
 if TYPE_CHECKING:
-    from cloud_gateway.routes import Handler
     from cloud_gateway.service import Gateway
 
 #: States a rollout row can be in (rollouts.py); each is exported even at 0 so a
@@ -123,7 +124,7 @@ class GatewayMetrics:
         if payload:  # an empty payload clears a retained message: not a heartbeat
             self.heartbeats.labels("mqtt", "ingested" if accepted else "rejected").inc()
 
-    def _make_middleware(self) -> Handler:
+    def _make_middleware(self) -> Any:
         @web.middleware
         async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
             # The route template, never the raw path: agent ids and versions in paths
@@ -146,7 +147,7 @@ class GatewayMetrics:
                     outcome = "ingested" if status < 300 else "rejected"
                     self.heartbeats.labels("http", outcome).inc()
 
-        return metrics_middleware  # type: ignore[return-value]
+        return metrics_middleware
 
 
 async def metrics(request: web.Request, gw: Gateway) -> web.StreamResponse:

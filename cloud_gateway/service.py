@@ -179,9 +179,8 @@ async def serve(settings: GatewaySettings) -> AsyncIterator[Gateway]:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
-    server = site._server
-    if server is not None and server.sockets:  # type: ignore[union-attr]
-        gw.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    if runner.addresses:  # the bound port (settings.port 0 picks one)
+        gw.port = int(runner.addresses[0][1])
     if not await gw.bus.wait_connected(5.0):
         gw.bus.unreachable("not connected within 5s")
     # Let retained heartbeats arrive before the engine judges anyone offline or stale.

@@ -114,7 +114,8 @@ def replay(
         todo.append((topic, seq, ts, np.frombuffer(blob, "<f4", r * c, off).reshape(r, c)))
         off += r * c * 4
     marks: dict[str, int] = {}
-    core._capture = captured = []
+    captured: list[tuple[StreamWindow, np.ndarray, int, float | None]] = []
+    core._capture = captured
     try:
         for body in bodies[1:]:
             if body[:1] == b"M":

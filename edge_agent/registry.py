@@ -103,15 +103,15 @@ class ModelSlot:
 
     def _load_sync(self, name: str, version: int | None) -> Loaded:
         manifest, path = self._resolve(name, version)
-        return serving.load(
+        served = serving.load(
             path,
             self._kind,
             self._options,
             manifest=manifest,
             check=lambda backend: _check_compatible(manifest, backend),
             warm_sizes=[b for b in self._warmup if b <= manifest.max_batch_size] or [1],
-            cls=Loaded,
         )
+        return Loaded(served.backend, manifest, served.warm_times)
 
     async def load(self, name: str, version: int | None = None) -> Manifest:
         """Load the first model (or swap if one is loaded)."""

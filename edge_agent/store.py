@@ -68,7 +68,7 @@ class Store:
         db.enable_wal()
         conn.execute("PRAGMA synchronous=NORMAL")
         if "results" not in db.table_names():
-            db["results"].create(
+            db.table("results").create(
                 {
                     "ts": float,
                     "site": str,
@@ -81,9 +81,9 @@ class Store:
                     "body": str,
                 }
             )
-            db["results"].create_index(["ts"])
+            db.table("results").create_index(["ts"])
         if "rollups" not in db.table_names():
-            db["rollups"].create(
+            db.table("rollups").create(
                 {
                     "minute": int,
                     "site": str,
@@ -98,7 +98,9 @@ class Store:
                 pk=("minute", "site", "device", "stream"),
             )
         if "uplink" not in db.table_names():
-            db["uplink"].create({"id": int, "created": float, "kind": str, "payload": str}, pk="id")
+            db.table("uplink").create(
+                {"id": int, "created": float, "kind": str, "payload": str}, pk="id"
+            )
         return db
 
     def start(self) -> None:

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from models.backends import Backend, BackendOptions, load_backend
 from models.backends.base import zero_feed
@@ -67,9 +66,6 @@ class Served:
             self.backend.close()
 
 
-S = TypeVar("S", bound=Served)
-
-
 def load(
     path: Path,
     kind: str,
@@ -78,8 +74,7 @@ def load(
     manifest: Manifest | None = None,
     check: Callable[[Backend], None] = lambda backend: None,
     warm_sizes: Sequence[int] = (1,),
-    cls: type[S] | None = None,
-) -> S:
+) -> Served:
     """Load, check and warm one version (blocking: run it in an executor)."""
     try:
         backend = load_backend(path, kind, options)
@@ -102,4 +97,4 @@ def load(
     except Exception as exc:
         backend.close()
         raise BackendError(f"cannot run {path}: {exc}") from exc
-    return (cls or Served)(backend, manifest, warm)  # type: ignore[return-value]
+    return Served(backend, manifest, warm)
