@@ -36,6 +36,7 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
             "update_state": str,
             "health": str,
             "metrics": str,
+            "config": str,  # the heartbeat's config twin report
             "last_seen": float,
             "first_seen": float,
         },
@@ -103,6 +104,11 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
             "mqtt_hash": str,
             "enrolled_at": float,
         },
+        "agent_id",
+    ),
+    # The configuration twin: each agent's desired live settings (cloud_gateway.config).
+    "agent_config": (
+        {"agent_id": str, "version": int, "values": str, "rollout_id": str, "set_at": float},
         "agent_id",
     ),
     # Monotonic counters that must survive restarts (the desired-state sequence).

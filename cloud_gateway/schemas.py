@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bus.desired import MAX_VERSION, UpdateState
+from bus.desired import MAX_VERSION, ConfigReport, UpdateState, check_live
 from bus.topics import check_filter
 from models.errors import InvalidInput
 from models.manifest import validate_model_name
@@ -49,6 +49,20 @@ class ModelSummary(_Body):
     latest: int
 
 
+class ConfigView(_Body):
+    """An agent's configuration twin: what the gateway asks for and what the agent runs."""
+
+    agent_id: str
+    desired: dict[str, Any] | None = Field(
+        description="bus.desired.WantedConfig: version, rollout_id, values (null: flags only)"
+    )
+    reported: dict[str, Any] | None = Field(
+        description="bus.desired.ConfigReport from the last heartbeat (null: none reported)"
+    )
+    status: Literal["in-sync", "pending", "refused", "unknown"]
+    reason: str | None = Field(description="why the agent refused the desired config")
+
+
 class AgentInfo(_Body):
     agent_id: str
     site: str
@@ -60,6 +74,34 @@ class AgentInfo(_Body):
     metrics: dict[str, Any]
     last_seen: float
     desired: dict[str, int] = Field(description="model -> version the gateway asks for")
+    config: ConfigView | None = Field(
+        default=None, description="configuration twin: desired vs reported live settings"
+    )
+
+
+def _live(v: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return check_live(v)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+
+
+class ConfigRequest(_Body):
+    """Live settings for one agent, laid over its flags; a setting left out goes back
+    to the agent's flag (an empty map: flags only)."""
+
+    values: dict[str, Any] = Field(description="live setting -> value (bus.desired.LIVE_SETTINGS)")
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _live(v)
+
+
+class ConfigSelectRequest(ConfigRequest):
+    """The same live settings on every agent a selector matches (sites, labels, ids)."""
+
+    selector: Selector
 
 
 class LabelsRequest(_Body):
@@ -301,6 +343,20 @@ class StatusReport(BaseModel):
     )
     health: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] | None = Field(
+        default=None, description="bus.desired.ConfigReport: the agent's configuration twin"
+    )
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _config(cls, v: Any) -> dict[str, Any] | None:
+        if v is None:
+            return None
+        if not isinstance(v, dict):
+            raise ValueError("config must be a JSON object")
+        # Unknown keys (a newer agent's) are ignored, the known ones checked.
+        known = {k: x for k, x in v.items() if k in ConfigReport.model_fields}
+        return ConfigReport.model_validate(known).as_dict()
 
     @field_validator("update", mode="before")
     @classmethod
