@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
-from bus.desired import WantedConfig, check_live
+from bus.desired import UpdatePhase, UpdateState, WantedConfig, check_live
 from cloud_gateway.db import dumps, loads, next_counter
+from cloud_gateway.gates import Observation
 from models.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -70,6 +71,32 @@ def view(agent_id: str, desired: WantedConfig | None, reported: Any) -> dict[str
     }
 
 
+def observation(row: dict[str, Any], rollout_id: str, version: int) -> Observation:
+    """What a config rollout's gates see of one agent: its reported config version as the
+    "version", and a refusal of this rollout's version as a failed update."""
+    rep = loads(row.get("config")) or {}
+    reported = rep.get("version") if isinstance(rep, dict) else None
+    refused = isinstance(rep, dict) and rep.get("refused_version") == version
+    update = (
+        UpdateState(
+            rollout_id=rollout_id,
+            model="config",
+            version=version,
+            state=UpdatePhase.FAILED,
+            reason=str(rep.get("reason") or "config refused"),
+        )
+        if refused and rep.get("state") == "failed"
+        else None
+    )
+    return Observation(
+        online=bool(row["online"]),
+        version=reported if isinstance(reported, int) else None,
+        update=update,
+        metrics=loads(row["metrics"], {}),
+        seen_at=row["last_seen"],
+    )
+
+
 class ConfigTwins:
     """Sets and reads desired configs; publishing goes through the desired state."""
 
@@ -98,8 +125,15 @@ class ConfigTwins:
         self.put(agent_id, check_live(values), rollout_id)
         return self.get(agent_id)
 
-    def put(self, agent_id: str, values: dict[str, Any] | None, rollout_id: str | None) -> None:
-        """Store and publish (``values`` None: no config section, flags only)."""
+    def put(
+        self,
+        agent_id: str,
+        values: dict[str, Any] | None,
+        rollout_id: str | None,
+        version: int | None = None,
+    ) -> None:
+        """Store and publish (``values`` None: no config section, flags only); a config
+        rollout passes the one ``version`` all its agents get."""
         now = self.clock()
         if values is None:
             self.db.execute(f"delete from {TABLE} where agent_id = ?", [agent_id])
@@ -107,7 +141,7 @@ class ConfigTwins:
             self.db.table(TABLE).upsert(
                 {
                     "agent_id": agent_id,
-                    "version": next_counter(self.db, VERSION),
+                    "version": version if version is not None else next_counter(self.db, VERSION),
                     "values": dumps(values),
                     "rollout_id": rollout_id,
                     "set_at": now,

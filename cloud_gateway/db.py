@@ -75,6 +75,8 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
             "wave_converged_at": float,
             "reason": str,
             "cloud": str,
+            "kind": str,  # "model" (NULL in rows written before config rollouts) or "config"
+            "config": str,  # a config rollout's values (JSON)
             "created_at": float,
             "updated_at": float,
             "finished_at": float,
@@ -87,6 +89,7 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
             "agent_id": str,
             "wave": int,
             "previous_version": int,
+            "previous_config": str,  # config rollouts: the agent's values before (JSON)
             "state": str,
             "baseline": str,
             "issued_at": float,

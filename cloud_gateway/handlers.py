@@ -24,6 +24,7 @@ from cloud_gateway.registry import validate_name
 from cloud_gateway.schemas import (
     AssignRequest,
     ConfigRequest,
+    ConfigRolloutRequest,
     ConfigSelectRequest,
     LabelsRequest,
     RollbackRequest,
@@ -219,6 +220,12 @@ async def start_rollout(request: web.Request, gw: Gateway) -> web.StreamResponse
 
 async def get_rollout(request: web.Request, gw: Gateway) -> web.StreamResponse:
     return web.json_response(gw.engine.get(request.match_info["rollout_id"]))
+
+
+async def start_config_rollout(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    rollout = gw.engine.start_config(await _body(request, ConfigRolloutRequest))
+    gw.kick()
+    return web.json_response(rollout, status=201)
 
 
 async def rollback_rollout(request: web.Request, gw: Gateway) -> web.StreamResponse:

@@ -231,6 +231,18 @@ ROUTES: tuple[Route, ...] = (
         tag="rollouts",
     ),
     Route(
+        "POST",
+        "/api/v1/config/rollouts",
+        Role.ADMIN,
+        "Roll live settings out in canary waves, gated like a model (rolled back on a "
+        "failed gate or a refused config); follow it under /api/v1/rollouts/{id}",
+        h.start_config_rollout,
+        request=s.ConfigRolloutRequest,
+        response=s.RolloutInfo,
+        status=201,
+        tag="config",
+    ),
+    Route(
         "GET",
         "/api/v1/rollouts/{rollout_id}",
         Role.VIEWER,

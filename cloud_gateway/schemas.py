@@ -167,6 +167,16 @@ class Gates(_Body):
         ),
     )
     max_p99_ms: float | None = Field(default=None, gt=0, description="absolute p99 limit")
+    min_slo_attainment: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=(
+            "least share of an agent's results since the update that met their deadline "
+            "(absolute, like max_p99_ms; a config that makes the SLO unreachable fails it); "
+            "null disables it"
+        ),
+    )
     max_p99_ratio: float | None = Field(
         default=3.0,
         gt=1,
@@ -262,10 +272,33 @@ class RolloutRequest(_Body):
         return validate_model_name(v)
 
 
+class ConfigRolloutRequest(_Body):
+    """Roll live settings out in waves, judged by the same gates as a model: a config that
+    breaks them is rolled back to each agent's previous config."""
+
+    values: dict[str, Any] = Field(description="live setting -> value (bus.desired.LIVE_SETTINGS)")
+    strategy: Literal["all-at-once", "canary"] = "canary"
+    waves: list[str] = Field(
+        default_factory=lambda: ["10%", "50%", "100%"],
+        description="cumulative wave sizes: 'N%' of the targets or a count 'N'",
+    )
+    selector: Selector = Field(default_factory=Selector)
+    bake_s: float = Field(default=30.0, ge=0, description="healthy time before the next wave")
+    wave_timeout_s: float | None = Field(
+        default=None, gt=0, description="as for a model rollout (default: the gateway's)"
+    )
+    gates: Gates = Field(default_factory=Gates)
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _live(v)
+
+
 class GateVerdict(_Body):
     state: Literal["pass", "fail", "waiting", "idle"]
     gate: str = Field(
-        description="the deciding gate: update, nan, error-rate, p99, idle or empty (waiting)"
+        description="the deciding gate: update, nan, error-rate, slo, p99, idle or empty (waiting)"
     )
     reason: str = Field(description="what was compared, with the numbers")
 
@@ -301,8 +334,14 @@ class RolloutAgent(_Body):
 
 class RolloutInfo(_Body):
     id: str
-    model: str
-    version: int
+    kind: Literal["model", "config"] = Field(
+        default="model", description="what rolls out: a model version or live settings"
+    )
+    model: str = Field(description="the model (empty for a config rollout)")
+    version: int = Field(description="model version, or the config version the agents get")
+    config: dict[str, Any] | None = Field(
+        default=None, description="a config rollout's live settings"
+    )
     strategy: str
     waves: list[str]
     selector: Selector

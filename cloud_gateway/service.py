@@ -103,7 +103,7 @@ class Gateway:
             signing_key=self.desired_key,
             cloud_load=self._cloud_load if self.cloud else None,
         )
-        self.config = ConfigTwins(self.db, self.fleet, self.engine.desired)
+        self.config: ConfigTwins = self.engine.config
         self._openapi: dict[str, Any] | None = None
         self._wake = asyncio.Event()
         self._closed = False

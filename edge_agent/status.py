@@ -259,6 +259,9 @@ def heartbeat_doc(agent: EdgeAgent) -> dict[str, Any]:
         "p99_ms": max((m["p99_ms"] for m in per_model.values()), default=0.0),
         "error_rate": round(errors / results, 6) if results else 0.0,
         "slo_attainment": round(_sum(pipes, "deadline_met") / results, 6) if results else 1.0,
+        # Counters, so the gateway's SLO gate can judge the window since an update.
+        "results": results,
+        "deadline_met": _sum(pipes, "deadline_met"),
         "offload_share": round(offloaded / results, 6) if results else 0.0,
     }
     return {

@@ -156,3 +156,80 @@ async def test_slo_and_policy_change_live_under_load(
     after = [by_seq[s]["reason"] for s in want if seq_applied + 20 <= s < seq_refused]
     assert len(after) > 20 and set(after) == {"policy-local-only"}
     assert status["models"][0]["name"] == "motion-edge"
+
+
+async def _follow(http: aiohttp.ClientSession, gw: Gateway, rid: str, within_s: float) -> Any:
+    end = time.monotonic() + within_s
+    while True:
+        async with http.get(f"{gw.url}/api/v1/rollouts/{rid}", headers=auth("viewer")) as r:
+            row = await r.json()
+        if row["state"] != "running":
+            return row
+        assert time.monotonic() < end, f"rollout {rid} still running: {row}"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.slow
+async def test_config_rollout_that_breaks_the_slo_is_rolled_back(
+    gateway: Gateway, bundle_set: BundleSet, mosquitto: Any, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Two agents under load; a canary config rollout sets an SLO of 0.5 ms, which no
+    result can meet (its clock starts at the sensor): the first wave's agent fails the
+    SLO-attainment gate and is put back on its previous config; the second never gets it.
+    Then a sane SLO rolls out through both waves."""
+    ids = [f"{topic_prefix}-cfg-a", f"{topic_prefix}-cfg-b"]
+    agents = [AgentProcess(agent_args(gateway, mosquitto, topic_prefix, a, tmp_path)) for a in ids]
+    loads = [ImuLoad(mosquitto.url, f"{topic_prefix}/sensors/{a}/watch/imu") for a in ids]
+    gates = {"min_slo_attainment": 0.9, "min_samples": 20, "allow_idle_agents": False}
+    try:
+        for agent in agents:
+            await asyncio.to_thread(agent.wait_ready, 30.0)
+        async with aiohttp.ClientSession() as http:
+            await _push(http, gateway, bundle_set.good[1])
+            for a in ids:
+                done = await _rollout(
+                    http, gateway, "motion-edge", 1, a, f"{topic_prefix}/sensors/{a}/+/+"
+                )
+                assert done["state"] == "succeeded", done
+            for load in loads:
+                load.start()
+            await asyncio.sleep(1.0)
+            body = {
+                "values": {"slo_ms": 0.5},
+                "waves": ["1", "100%"],
+                "selector": {"agents": ids},
+                "bake_s": 1.0,
+                "wave_timeout_s": 20,
+                "gates": gates,
+            }
+            url = f"{gateway.url}/api/v1/config/rollouts"
+            async with http.post(url, json=body, headers=auth("admin")) as r:
+                assert r.status == 201, await r.text()
+                started = await r.json()
+            assert started["kind"] == "config" and started["config"] == {"slo_ms": 0.5}
+            bad = await _follow(http, gateway, started["id"], 40.0)
+            assert bad["state"] == "rolled_back", bad
+            assert "SLO attainment" in bad["reason"] and ids[0] in bad["reason"], bad["reason"]
+            assert bad["gate"]["verdicts"][ids[0]]["gate"] == "slo"
+            touched = {a["agent_id"]: a["state"] for a in bad["agents"]}
+            assert touched == {ids[0]: "rolled_back", ids[1]: "pending"}
+            back = await config_until(http, gateway, ids[0], "in-sync", 5.0)
+            assert back["desired"] is None and back["reported"]["effective"]["slo_ms"] is None
+            untouched = await get_config(http, gateway, ids[1])
+            assert untouched["desired"] is None and untouched["reported"]["version"] == 0
+
+            body["values"] = {"slo_ms": 400, "policy": "local-only"}
+            async with http.post(url, json=body, headers=auth("admin")) as r:
+                assert r.status == 201, await r.text()
+                good_id = (await r.json())["id"]
+            good = await _follow(http, gateway, good_id, 40.0)
+            assert good["state"] == "succeeded", good
+            for a in ids:
+                view = await config_until(http, gateway, a, "in-sync", 5.0)
+                assert view["reported"]["version"] == good["version"]
+                assert view["reported"]["effective"]["slo_ms"] == 400
+    finally:
+        for load in loads:
+            load.stop()
+        for agent in agents:
+            agent.stop()
