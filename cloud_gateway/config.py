@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlite_utils
 
@@ -27,7 +27,6 @@ from cloud_gateway.gates import Observation
 from models.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from cloud_gateway.desired import DesiredState
     from cloud_gateway.fleet import Fleet
     from cloud_gateway.schemas import Selector
 
@@ -71,6 +70,13 @@ def view(agent_id: str, desired: WantedConfig | None, reported: Any) -> dict[str
     }
 
 
+class Publisher(Protocol):
+    """What the twin needs of :class:`cloud_gateway.desired.DesiredState` (which reads
+    this module's rows when it builds a document)."""
+
+    def publish_agent(self, agent_id: str, rid: str | None, now: float) -> None: ...
+
+
 def observation(row: dict[str, Any], rollout_id: str, version: int) -> Observation:
     """What a config rollout's gates see of one agent: its reported config version as the
     "version", and a refusal of this rollout's version as a failed update."""
@@ -104,7 +110,7 @@ class ConfigTwins:
         self,
         db: sqlite_utils.Database,
         fleet: Fleet,
-        desired: DesiredState,
+        desired: Publisher,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db

@@ -232,6 +232,8 @@ def _metrics(p: Pipeline) -> dict[str, Any]:
         "error_rate": round(st.error_rate, 6),
         "slo_attainment": round(st.slo_attainment, 6),
         "offload_share": round(st.offload_share, 6),
+        "results": st.results,
+        "deadline_met": st.deadline_met,
     }
 
 
