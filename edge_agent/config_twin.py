@@ -68,7 +68,10 @@ class ConfigTwin:
             wanted = WantedConfig(version=self.version, values={})
             return self._take(wanted, reset=True)
         if wanted.version == self.version and wanted.values == self.values:
-            return False  # the retained copy of what runs (redelivery, restart)
+            if self.refused is None:
+                return False  # the retained copy of what runs (redelivery, restart)
+            self.refused = None  # the gateway asks for what runs again: nothing refused
+            return True
         if self.refused is not None and self.refused[0] == wanted.version:
             return False  # already refused, and reported
         return self._take(wanted)
