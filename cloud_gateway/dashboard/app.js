@@ -141,7 +141,7 @@ function renderRollouts(rollouts, details) {
     return {
       key: r.id,
       cls: r.state === "failed" || r.state === "rolled-back" || r.state === "rolled_back" ? "failed" : "",
-      cells: [r.id, `${r.model} v${r.version}`, r.strategy || "–", { text: r.state, cls: "state-" + r.state },
+      cells: [r.id, r.kind === "config" ? `config v${r.version}` : `${r.model} v${r.version}`, r.strategy || "–", { text: r.state, cls: "state-" + r.state },
         { text: wave, cls: "wave" }, { text: isNum(progress) ? fmtPct(progress, 0) : "–", cls: "bar", bar: progress },
         summary.text, { text: gate, cls: r.reason ? "offline" : "" }, fmtTime(r.created_at)],
     };
