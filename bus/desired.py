@@ -143,6 +143,7 @@ class ConfigReport(BaseModel):
         default_factory=dict, description="live settings in force (flags + twin)"
     )
     overrides: list[str] = Field(default_factory=list, description="settings set by the twin")
+    refusals: int = Field(default=0, description="config sections refused since the start")
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

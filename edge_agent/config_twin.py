@@ -106,4 +106,5 @@ class ConfigTwin:
             refused_version=self.refused[0] if self.refused else None,
             effective={k: getattr(eff, k) for k in LIVE_SETTINGS},
             overrides=sorted(self.values),
+            refusals=self.refusals,
         ).as_dict()
