@@ -126,3 +126,42 @@ async def test_put_by_selector_reaches_only_the_matching_agents(
         assert "put" in openapi["paths"]["/api/v1/config"]
     finally:
         peer.close()
+
+
+async def test_manual_rollback_of_a_config_rollout_restores_each_previous_config(
+    gateway: Gateway, http: aiohttp.ClientSession, mosquitto: Any, topic_prefix: str
+) -> None:
+    ids = [f"{topic_prefix}-r{i}" for i in range(2)]
+    peer = Peer(mosquitto.url)
+    try:
+        await _agents(gateway, peer, *(_heartbeat(a, "west") for a in ids))
+        gateway.config.set(ids[0], {"heartbeat_s": 3})  # ids[1] runs on its flags
+        body = {
+            "values": {"slo_ms": 80},
+            "strategy": "all-at-once",
+            "selector": {"sites": ["west"]},
+            "gates": {"min_slo_attainment": 0.5},
+        }
+        async with http.post(
+            f"{gateway.url}/api/v1/config/rollouts", json=body, headers=auth("viewer")
+        ) as r:
+            assert r.status == 403
+        async with http.post(
+            f"{gateway.url}/api/v1/config/rollouts", json=body, headers=auth("admin")
+        ) as r:
+            assert r.status == 201, await r.text()
+            rid = (await r.json())["id"]
+        await until(lambda: gateway.config.values_of(ids[1]) == {"slo_ms": 80}, what="issued")
+        async with http.post(
+            f"{gateway.url}/api/v1/config/rollouts", json=body, headers=auth("admin")
+        ) as r:
+            assert r.status == 409  # one config rollout at a time
+        url = f"{gateway.url}/api/v1/rollouts/{rid}/rollback"
+        async with http.post(url, headers=auth("admin")) as r:
+            assert r.status == 200, await r.text()
+            row = await r.json()
+        assert row["kind"] == "config" and row["state"] == "rolled_back"
+        assert gateway.config.values_of(ids[0]) == {"heartbeat_s": 3}
+        assert gateway.config.values_of(ids[1]) is None  # back to its flags
+    finally:
+        peer.close()
