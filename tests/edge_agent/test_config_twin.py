@@ -5,10 +5,13 @@ the retained config back, and the precedence flags < twin holds."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -18,7 +21,8 @@ from edge_agent.config_twin import ConfigTwin, overlay
 from edge_agent.settings import EdgeSettings
 from models.errors import InvalidInput
 from models.signing import ensure_key
-from tests.edge_agent.conftest import agent_settings
+from tests.cloud_gateway.mqttutil import until
+from tests.edge_agent.conftest import agent_settings, publisher, reading
 
 
 def _doc(
@@ -166,3 +170,50 @@ def test_twin_precedence_and_refusals_without_an_agent(tmp_path: Path) -> None:
     assert twin.on_desired(doc(WantedConfig(version=5, values={"slo_ms": -1})))
     assert not twin.on_desired(doc(WantedConfig(version=5, values={"slo_ms": -1})))  # reported
     assert twin.report()["state"] == "failed" and len(applied) == 2 and twin.refusals == 1
+
+
+async def test_queued_windows_keep_their_deadline_and_the_shorter_wait_flushes_them(
+    mosquitto: Any,
+    repo: Path,
+    topic_prefix: str,
+    make_agent: Any,
+    subscriber: Any,
+    gateway_key: Any,
+) -> None:
+    """Windows held by a long batching wait under a 10 s SLO; then the twin sets a 50 ms
+    SLO and a 1 ms wait: the held windows are answered at once (the shorter wait applies
+    to the queue) and still meet their own 10 s deadline, though they waited far longer
+    than 50 ms; windows produced afterwards get the new SLO; none is lost."""
+    key, pub_key = gateway_key
+    s = _settings(
+        mosquitto,
+        repo,
+        topic_prefix,
+        pub_key,
+        slo_ms=10000,
+        max_wait_ms=20000,
+        inline_max_ms=0,
+    )
+    agent: EdgeAgent = await make_agent(s)
+    results = subscriber(f"{topic_prefix}/results/#")
+    pub = publisher(mosquitto.url)
+    rng = np.random.default_rng(3)
+    topic = f"{topic_prefix}/sensors/s/d/x"
+    for seq in range(130):  # windows at 99, 109, 119, 129
+        pub.publish(topic, reading(seq, rng.normal(size=6)), qos=1)
+    await until(lambda: agent.dispatcher.depth == 4, what="4 windows held in the queue")
+    held = time.monotonic()
+    await asyncio.sleep(0.3)
+    assert results.messages == []  # still held by the 20 s wait
+    doc = _doc(key, 1, {"slo_ms": 50, "max_wait_ms": 1}, version=2, target=s.agent_id)
+    await agent.updater.handle_desired(doc)
+    got = await asyncio.to_thread(results.wait_for, 4, 10.0)
+    assert time.monotonic() - held >= 0.3
+    assert [r["seq"] for r in got] == [99, 109, 119, 129]
+    assert all(r["deadline_met"] and r["latency_ms"]["total"] > 300 for r in got)
+    assert agent.core.slo_s == pytest.approx(0.05)
+    for seq in range(130, 140):
+        pub.publish(topic, reading(seq, rng.normal(size=6)), qos=1)
+    later = await asyncio.to_thread(results.wait_for, 5, 10.0)
+    pub.loop_stop()
+    assert [r["seq"] for r in later] == [99, 109, 119, 129, 139]
