@@ -24,7 +24,7 @@ import sqlite_utils
 from bus.desired import UpdatePhase, UpdateState, WantedConfig, check_live
 from cloud_gateway.db import dumps, loads, next_counter
 from cloud_gateway.gates import Observation
-from models.errors import InvalidInput
+from models.errors import Conflict, InvalidInput
 
 if TYPE_CHECKING:
     from cloud_gateway.fleet import Fleet
@@ -128,8 +128,24 @@ class ConfigTwins:
         """Ask ``agent_id`` to run with ``values`` over its flags (replacing the previous
         overrides: a setting left out goes back to the agent's flag)."""
         self.fleet.get(agent_id)
-        self.put(agent_id, check_live(values), rollout_id)
+        check_live(values)
+        self._no_rollout([agent_id])
+        self.put(agent_id, values, rollout_id)
         return self.get(agent_id)
+
+    def _no_rollout(self, agent_ids: list[str]) -> None:
+        """A config rollout owns its agents' configs until it ends (its rollback restores
+        what it found, which a direct change in between would silently undo)."""
+        marks = ",".join("?" * len(agent_ids))
+        row = self.db.execute(
+            "select r.id, a.agent_id from rollouts r join rollout_agents a on a.rollout_id = r.id "
+            f"where r.kind = 'config' and r.state = 'running' and a.agent_id in ({marks}) limit 1",
+            agent_ids,
+        ).fetchone()
+        if row is not None:
+            raise Conflict(
+                f"config rollout {row[0]} includes {row[1]}: wait for it or roll it back"
+            )
 
     def put(
         self,
@@ -163,6 +179,7 @@ class ConfigTwins:
     def clear(self, agent_id: str) -> dict[str, Any]:
         """Back to the agent's flags."""
         self.fleet.get(agent_id)
+        self._no_rollout([agent_id])
         self.put(agent_id, None, None)
         return self.get(agent_id)
 
@@ -173,6 +190,7 @@ class ConfigTwins:
         rows = self.fleet.select(selector, online_only=False)
         if not rows:
             raise InvalidInput("the selector matches no agent")
+        self._no_rollout([row["agent_id"] for row in rows])
         for row in rows:
             self.put(row["agent_id"], values, None)
         return [self.get(row["agent_id"]) for row in rows]

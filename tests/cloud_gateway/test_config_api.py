@@ -156,6 +156,9 @@ async def test_manual_rollback_of_a_config_rollout_restores_each_previous_config
             f"{gateway.url}/api/v1/config/rollouts", json=body, headers=auth("admin")
         ) as r:
             assert r.status == 409  # one config rollout at a time
+        direct = f"{gateway.url}/api/v1/fleet/{ids[0]}/config"
+        async with http.put(direct, json={"values": {}}, headers=auth("admin")) as r:
+            assert r.status == 409 and rid in await r.text()  # the rollout owns it now
         url = f"{gateway.url}/api/v1/rollouts/{rid}/rollback"
         async with http.post(url, headers=auth("admin")) as r:
             assert r.status == 200, await r.text()
