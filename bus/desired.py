@@ -10,7 +10,9 @@ gateway's ed25519 signature over them (``models.signing``)::
                "rollout_id": str|null, "issued_at": unix_s,
                "models": {"<name>": {"version": int, "sha256": hex|null, "url": str|null,
                                      "rollback": bool, "topics": str|null,
-                                     "state": "serving"|"absent"}}}
+                                     "state": "serving"|"absent"}},
+               "config": {"version": int, "rollout_id": str|null,
+                          "values": {"<live setting>": value}} | null}
 
 The signature covers the document text as sent (no re-serialisation on either side), so
 an agent verifies exactly what the gateway signed. ``sequence`` comes from one counter the
@@ -21,6 +23,14 @@ one as an intended downgrade; without it agents refuse to go back. ``sha256``/``
 null only for a rollback to a version the registry no longer holds (agents keep their
 last versions locally). ``topics`` is the MQTT filter the model is bound to on the agent
 (null: unchanged or the agent's default); ``state: absent`` removes the model.
+
+``config`` is the configuration twin (docs/architecture.md, "Configuration twin"): the
+live settings (:data:`LIVE_SETTINGS`) the agent runs with instead of its flags. It is part
+of the signed document, so the signature and the sequence check cover it. ``values``
+holds only the overrides: a setting absent from it falls back to the agent's flag, and
+``config: null`` in an agent's own document means "flags only". The agent validates the
+values with its own settings model (one bad value refuses the whole section) and reports
+the outcome in the heartbeat's ``config`` field (:class:`ConfigReport`).
 
 ``UpdateState`` is what the agent reports back in the heartbeat's ``update`` field.
 """
@@ -75,6 +85,70 @@ class WantedModel(_Message):
     state: Literal["serving", "absent"] = "serving"
 
 
+#: Edge settings the configuration twin may change while the agent runs (the rest need a
+#: restart: docs/architecture.md explains each). The gateway refuses other names; the
+#: agent validates the values with ``EdgeSettings``, the same model as its flags.
+LIVE_SETTINGS: tuple[str, ...] = (
+    "policy",
+    "slo_ms",
+    "pressure_limit",
+    "cascade_min_confidence",
+    "anomaly_threshold",
+    "max_wait_ms",
+    "inline_max_ms",
+    "heartbeat_s",
+)
+
+
+class WantedConfig(_Message):
+    """The configuration twin's desired section: overrides of live settings.
+
+    The values are not judged here: a document whose config an agent cannot take must
+    still deliver its models, so the agent's twin checks them (:func:`check_live` and its
+    settings model) and refuses the config section alone."""
+
+    version: StrictInt = Field(ge=1, le=MAX_INT)
+    rollout_id: StrictStr | None = Field(default=None, max_length=128)
+    values: dict[str, Any] = Field(default_factory=dict, max_length=64)
+
+
+def check_live(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` if every name is a live setting and every value a short JSON scalar;
+    else InvalidInput naming the first offender (gateway requests and agents alike)."""
+    unknown = sorted(set(values) - set(LIVE_SETTINGS))
+    if unknown:
+        raise InvalidInput(
+            f"{unknown[0][:64]!r} is not a live setting (live: {', '.join(LIVE_SETTINGS)}; "
+            "the others need a restart with new flags)"
+        )
+    for name, value in values.items():
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise InvalidInput(f"{name}: a setting's value must be a JSON scalar")
+        if isinstance(value, str) and len(value) > 256:
+            raise InvalidInput(f"{name}: value longer than 256 characters")
+    return values
+
+
+class ConfigReport(BaseModel):
+    """The heartbeat ``config`` field: the twin's state on the agent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = Field(default=0, description="last config version applied (0: flags only)")
+    rollout_id: str | None = None
+    state: Literal["ok", "failed"] = "ok"
+    reason: str | None = Field(default=None, description="why the last document was refused")
+    refused_version: int | None = Field(default=None, description="the refused version")
+    effective: dict[str, Any] = Field(
+        default_factory=dict, description="live settings in force (flags + twin)"
+    )
+    overrides: list[str] = Field(default_factory=list, description="settings set by the twin")
+    refusals: int = Field(default=0, description="config sections refused since the start")
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
 class Desired(_Message):
     """The desired-state document of one agent or one site (what the gateway signs)."""
 
@@ -84,6 +158,7 @@ class Desired(_Message):
     rollout_id: StrictStr | None = Field(default=None, max_length=128)
     models: dict[str, WantedModel]
     issued_at: StrictFloat | None = Field(default=None, ge=0)
+    config: WantedConfig | None = None
 
     @field_validator("models")
     @classmethod

@@ -36,6 +36,7 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
             "update_state": str,
             "health": str,
             "metrics": str,
+            "config": str,  # the heartbeat's config twin report
             "last_seen": float,
             "first_seen": float,
         },
@@ -74,6 +75,8 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
             "wave_converged_at": float,
             "reason": str,
             "cloud": str,
+            "kind": str,  # "model" (NULL in rows written before config rollouts) or "config"
+            "config": str,  # a config rollout's values (JSON)
             "created_at": float,
             "updated_at": float,
             "finished_at": float,
@@ -86,6 +89,7 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
             "agent_id": str,
             "wave": int,
             "previous_version": int,
+            "previous_config": str,  # config rollouts: the agent's values before (JSON)
             "state": str,
             "baseline": str,
             "issued_at": float,
@@ -103,6 +107,11 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
             "mqtt_hash": str,
             "enrolled_at": float,
         },
+        "agent_id",
+    ),
+    # The configuration twin: each agent's desired live settings (cloud_gateway.config).
+    "agent_config": (
+        {"agent_id": str, "version": int, "values": str, "rollout_id": str, "set_at": float},
         "agent_id",
     ),
     # Monotonic counters that must survive restarts (the desired-state sequence).

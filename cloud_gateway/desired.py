@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bus.desired import Desired, WantedModel, sign_desired
 from bus.topics import Topics
+from cloud_gateway.config import configured_agents, wanted_config
 from cloud_gateway.db import next_counter
 
 Publish = Callable[[str, bytes], None]
@@ -122,6 +123,7 @@ class DesiredState:
             rollout_id=rid,
             models=models,
             issued_at=float(now),
+            config=wanted_config(self.db, agent_id),
         )
 
     def publish_agent(self, agent_id: str, rid: str | None, now: float) -> None:
@@ -138,6 +140,11 @@ class DesiredState:
                 [agent_id],
             ).fetchone()
             self.publish_agent(agent_id, last[0], last[1])
+        # Agents with a config twin and no model assigned by the gateway.
+        config_only = [a for a in configured_agents(self.db) if a not in set(agents)]
+        for agent_id in config_only:
+            self.publish_agent(agent_id, None, time.time())
+        agents += config_only
         return len(agents)
 
     def versions(self, model: str) -> dict[str, int]:

@@ -109,6 +109,7 @@ class Fleet:
             "update_state": dumps(report.update),
             "health": dumps(report.health),
             "metrics": dumps(report.metrics),
+            "config": dumps(report.config),
             "last_seen": now,
             "first_seen": old["first_seen"] if old else now,
         }
@@ -171,7 +172,9 @@ def serving_version(row: dict[str, Any], model: str) -> int | None:
     return None
 
 
-def agent_view(row: dict[str, Any], desired: dict[str, int]) -> dict[str, Any]:
+def agent_view(
+    row: dict[str, Any], desired: dict[str, int], config: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "agent_id": row["agent_id"],
         "site": row["site"],
@@ -183,4 +186,5 @@ def agent_view(row: dict[str, Any], desired: dict[str, int]) -> dict[str, Any]:
         "metrics": loads(row["metrics"], {}),
         "last_seen": row["last_seen"],
         "desired": desired,
+        "config": config,
     }

@@ -85,6 +85,8 @@ class Baseline:
     errors: int = 0
     settled_from: int | None = None  # inference counter when the new version went live
     settled_errors: int | None = None  # error counter at the same moment
+    settled_results: int | None = None  # results and deadlines met at the same moment
+    settled_met: int | None = None
 
     @classmethod
     def of(cls, metrics: dict[str, Any]) -> Baseline:
@@ -106,6 +108,8 @@ class Baseline:
             self,
             settled_from=int(metrics.get("inferences") or 0),
             settled_errors=int(metrics.get("errors") or 0),
+            settled_results=int(metrics.get("results") or 0),
+            settled_met=int(metrics.get("deadline_met") or 0),
         )
 
     @property
@@ -195,6 +199,27 @@ def find_control(
     return control, control.describe()
 
 
+def _slo_gate(obs: Observation, base: Baseline, gates: Gates, need: int) -> Verdict | None:
+    """The SLO-attainment gate: the share of results since the update that met their
+    deadline (from the heartbeat's ``results``/``deadline_met`` counters), or None when
+    it passes, is off, or cannot judge (an agent that reports no such counters)."""
+    floor = gates.min_slo_attainment
+    if floor is None or base.settled_results is None or "deadline_met" not in obs.metrics:
+        return None
+    results = _delta(obs.metrics.get("results"), base.settled_results)
+    met = _delta(obs.metrics.get("deadline_met"), base.settled_met or 0)
+    if results < need:
+        return Verdict(GateState.WAIT, f"{results}/{need} results before the SLO gate judges")
+    share = min(met, results) / results
+    if share < floor:
+        return _fail(
+            "slo",
+            f"SLO attainment {share:.3f} ({met}/{results} results met their deadline since "
+            f"the update) < minimum {floor:.3f}",
+        )
+    return None
+
+
 class GateState(StrEnum):
     PASS = "pass"
     FAIL = "fail"
@@ -206,7 +231,7 @@ class GateState(StrEnum):
 class Verdict:
     state: GateState
     reason: str
-    gate: str = ""  # which gate decided: update, nan, error-rate, p99, idle ("" while waiting)
+    gate: str = ""  # which gate decided: update, nan, error-rate, slo, p99, idle ("" while waiting)
 
     def as_dict(self) -> dict[str, str]:
         return {"state": self.state.value, "gate": self.gate, "reason": self.reason}
@@ -275,6 +300,9 @@ def evaluate(
             return Verdict(GateState.WAIT, f"{reason}; confirming at {results}/{confirm} results")
         return _fail("p99", reason)
 
+    slo = _slo_gate(obs, base, gates, need)
+    if slo is not None:
+        return slo
     if gates.max_p99_ms is not None and p99 > gates.max_p99_ms:
         return slow(f"p99 {p99:.1f} ms > absolute limit {gates.max_p99_ms:.1f} ms")
     p99_text = f"p99 {p99:.1f} ms"

@@ -16,11 +16,16 @@ from pydantic import BaseModel, ValidationError
 
 from bus.desired import MAX_VERSION
 from cloud_gateway.auth import PRINCIPAL
+from cloud_gateway.config import view as config_view
+from cloud_gateway.config import wanted_config
 from cloud_gateway.db import loads
 from cloud_gateway.fleet import agent_view
 from cloud_gateway.registry import validate_name
 from cloud_gateway.schemas import (
     AssignRequest,
+    ConfigRequest,
+    ConfigRolloutRequest,
+    ConfigSelectRequest,
     LabelsRequest,
     RollbackRequest,
     RolloutRequest,
@@ -129,7 +134,28 @@ async def download_bundle(request: web.Request, gw: Gateway) -> web.StreamRespon
 
 
 def _agent(gw: Gateway, row: dict[str, Any]) -> dict[str, Any]:
-    return agent_view(row, gw.engine.desired_of(row["agent_id"]))
+    config = config_view(
+        row["agent_id"], wanted_config(gw.db, row["agent_id"]), loads(row.get("config"))
+    )
+    return agent_view(row, gw.engine.desired_of(row["agent_id"]), config)
+
+
+async def get_config(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    return web.json_response(gw.config.get(request.match_info["agent_id"]))
+
+
+async def set_config(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    body = await _body(request, ConfigRequest)
+    return web.json_response(gw.config.set(request.match_info["agent_id"], body.values))
+
+
+async def clear_config(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    return web.json_response(gw.config.clear(request.match_info["agent_id"]))
+
+
+async def set_selected_config(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    body = await _body(request, ConfigSelectRequest)
+    return web.json_response(gw.config.set_selected(body.selector, body.values))
 
 
 async def list_agents(request: web.Request, gw: Gateway) -> web.StreamResponse:
@@ -194,6 +220,12 @@ async def start_rollout(request: web.Request, gw: Gateway) -> web.StreamResponse
 
 async def get_rollout(request: web.Request, gw: Gateway) -> web.StreamResponse:
     return web.json_response(gw.engine.get(request.match_info["rollout_id"]))
+
+
+async def start_config_rollout(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    rollout = gw.engine.start_config(await _body(request, ConfigRolloutRequest))
+    gw.kick()
+    return web.json_response(rollout, status=201)
 
 
 async def rollback_rollout(request: web.Request, gw: Gateway) -> web.StreamResponse:

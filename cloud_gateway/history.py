@@ -36,8 +36,10 @@ def rollout_view(db: sqlite_utils.Database, rid: str, *, detail: bool = True) ->
     ).fetchone()[0]
     out: dict[str, Any] = {
         "id": rid,
-        "model": row["model"],
+        "kind": row.get("kind") or "model",
+        "model": row["model"] or "",
         "version": row["version"],
+        "config": loads(row.get("config")),
         "strategy": row["strategy"],
         "waves": loads(row["waves"], []),
         "selector": Selector.model_validate_json(row["selector"]).model_dump(),

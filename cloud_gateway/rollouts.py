@@ -23,11 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bus.topics import Topics
 from cloud_gateway import canary, gates, history
-from cloud_gateway.db import dumps, loads
+from cloud_gateway import config as twin
+from cloud_gateway.db import dumps, loads, next_counter
 from cloud_gateway.desired import DesiredState
 from cloud_gateway.fleet import Fleet, serving_version
 from cloud_gateway.registry import Registry
-from cloud_gateway.schemas import RolloutRequest
+from cloud_gateway.schemas import ConfigRolloutRequest, RolloutRequest
 from models.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class RolloutEngine:
         self.registry = registry
         self.fleet = fleet
         self.desired = DesiredState(db, topics, publish, base_url, signing_key)
+        #: The configuration twin (desired live settings), published with the models.
+        self.config = twin.ConfigTwins(db, fleet, self.desired, clock)
         self.wave_timeout_s = wave_timeout_s
         self.cloud_load = cloud_load
         self.clock = clock
@@ -117,6 +120,66 @@ class RolloutEngine:
         self._event(rid, "started", {"targets": len(targets), "waves": [len(w) for w in plan]})
         return self.get(rid)
 
+    def start_config(self, req: ConfigRolloutRequest) -> dict[str, Any]:
+        """Roll live settings out in waves: the agents of a wave get one new config
+        version; the gates judge them as they judge a model's canaries (a refused config
+        is a failed update) and a failure puts every touched agent back on its previous
+        config."""
+        for row in self.db.query(
+            "select id from rollouts where kind = 'config' and state = 'running'"
+        ):
+            raise Conflict(f"config rollout {row['id']} is still running")
+        targets = self.fleet.select(req.selector)
+        plan = canary.plan_waves([r["agent_id"] for r in targets], req.waves, req.strategy)
+        now = self.clock()
+        rid = f"ro-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{secrets.token_hex(3)}"
+        self.db.table("rollouts").insert(
+            {
+                "id": rid,
+                "kind": "config",
+                "model": None,
+                "version": next_counter(self.db, twin.VERSION),
+                "config": dumps(req.values),
+                "strategy": req.strategy,
+                "waves": dumps(req.waves if req.strategy == "canary" else ["100%"]),
+                "selector": req.selector.model_dump_json(),
+                "topics": None,
+                "gates": req.gates.model_dump_json(),
+                "bake_s": req.bake_s,
+                "wave_timeout_s": req.wave_timeout_s or self.wave_timeout_s,
+                "state": "running",
+                "current_wave": -1,
+                "wave_started_at": None,
+                "wave_converged_at": None,
+                "reason": None,
+                "cloud": None,
+                "created_at": now,
+                "updated_at": now,
+                "finished_at": None,
+            }
+        )
+        rows = []
+        for index, wave in enumerate(plan):
+            for agent_id in wave:
+                before = twin.wanted_config(self.db, agent_id)
+                rows.append(
+                    {
+                        "rollout_id": rid,
+                        "agent_id": agent_id,
+                        "wave": index,
+                        "previous_version": before.version if before else None,
+                        "previous_config": dumps(before.values) if before else None,
+                        "state": "pending",
+                        "baseline": None,
+                        "issued_at": None,
+                        "converged_at": None,
+                        "reason": None,
+                    }
+                )
+        self.db.table("rollout_agents").insert_all(rows)
+        self._event(rid, "started", {"targets": len(targets), "waves": [len(w) for w in plan]})
+        return self.get(rid)
+
     def assign(self, agent_id: str, model: str, version: int, topics: str | None) -> dict[str, int]:
         """Serve ``model:version`` on one agent now (add it, move its topics, or change its
         version outside a rollout); returns the agent's desired versions."""
@@ -163,7 +226,7 @@ class RolloutEngine:
                 raise NotFound(f"no rollout of {model} to roll back")
             rollout_id = rows[0]["id"]
         row = history.rollout_row(self.db, rollout_id)
-        if row["model"] != model:
+        if (row["model"] or "") != model:
             raise Conflict(f"rollout {rollout_id} is of {row['model']}, not {model}")
         if row["state"] == "rolled_back":
             raise Conflict(f"rollout {rollout_id} is already rolled back")
@@ -191,7 +254,7 @@ class RolloutEngine:
         agents = list(self.db.table("rollout_agents").rows_where("rollout_id = ?", [rid]))
         plan = canary.Plan.of_rows(row, agents)
         observations = {
-            a["agent_id"]: gates.Observation.of_row(fleet_row, row["model"])
+            a["agent_id"]: self._observe(row, fleet_row)
             for a in agents
             if (fleet_row := self.fleet.find(a["agent_id"])) is not None
         }
@@ -204,7 +267,8 @@ class RolloutEngine:
         if isinstance(action, canary.Issue | canary.Succeed) and plan.current_wave >= 0:
             self._event(rid, "wave-passed", {"wave": plan.current_wave + 1, "gate": gate})
         if isinstance(action, canary.Issue):
-            if action.wave == 0 and self.cloud_load is not None and row["cloud"] is None:
+            model_rollout = row.get("kind") != "config"
+            if action.wave == 0 and self.cloud_load and row["cloud"] is None and model_rollout:
                 # In the background: a slow cloud tier must not hold up the edge waves.
                 self.db.table("rollouts").update(rid, {"cloud": "loading"})
                 task = asyncio.create_task(self._load_cloud(rid, row["model"], row["version"]))
@@ -222,6 +286,12 @@ class RolloutEngine:
             self._update(rid, state="succeeded", finished_at=now)
             self._event(rid, "succeeded", {})
             log.info("rollout %s succeeded", rid)
+
+    @staticmethod
+    def _observe(row: dict[str, Any], fleet_row: dict[str, Any]) -> gates.Observation:
+        if row.get("kind") == "config":
+            return twin.observation(fleet_row, row["id"], row["version"])
+        return gates.Observation.of_row(fleet_row, row["model"])
 
     async def _load_cloud(self, rid: str, model: str, version: int) -> None:
         assert self.cloud_load is not None
@@ -259,7 +329,8 @@ class RolloutEngine:
 
     def _issue(self, row: dict[str, Any], wave: int, agent_ids: list[str], now: float) -> None:
         rid = row["id"]
-        version = self.registry.get(row["model"], row["version"])
+        is_config = row.get("kind") == "config"
+        version = None if is_config else self.registry.get(row["model"], row["version"])
         # The agents not issued yet are the control group of this wave: their counters
         # now start the window their error rate is pooled over.
         later = self.db.query(
@@ -273,7 +344,12 @@ class RolloutEngine:
             self.db.table("rollout_agents").update(
                 (rid, agent_id), {"state": "issued", "issued_at": now}
             )
-            self.desired.set(agent_id, row["model"], version, rid, now, topics=row.get("topics"))
+            if version is None:
+                self.config.put(agent_id, loads(row["config"], {}), rid, version=row["version"])
+            else:
+                self.desired.set(
+                    agent_id, row["model"], version, rid, now, topics=row.get("topics")
+                )
         self._update(rid, current_wave=wave, wave_started_at=now, wave_converged_at=None)
         self._event(rid, "wave-issued", {"wave": wave + 1, "agents": agent_ids})
         log.info("rollout %s: wave %d issued to %d agents", rid, wave + 1, len(agent_ids))
@@ -287,6 +363,14 @@ class RolloutEngine:
     ) -> None:
         rid, model, now = row["id"], row["model"], self.clock()
         for agent_id in agent_ids:
+            if row.get("kind") == "config":
+                before = self.db.table("rollout_agents").get((rid, agent_id))["previous_config"]
+                # A new version (the agent may run this rollout's), the previous values.
+                self.config.put(agent_id, loads(before), rid)
+                self.db.table("rollout_agents").update(
+                    (rid, agent_id), {"state": "rolled_back", "reason": reason}
+                )
+                continue
             prev = self.db.table("rollout_agents").get((rid, agent_id))["previous_version"]
             version = self.registry.find(model, prev) if prev is not None else None
             if prev is None:

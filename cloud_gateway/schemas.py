@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bus.desired import MAX_VERSION, UpdateState
+from bus.desired import MAX_VERSION, ConfigReport, UpdateState, check_live
 from bus.topics import check_filter
 from models.errors import InvalidInput
 from models.manifest import validate_model_name
@@ -49,6 +49,20 @@ class ModelSummary(_Body):
     latest: int
 
 
+class ConfigView(_Body):
+    """An agent's configuration twin: what the gateway asks for and what the agent runs."""
+
+    agent_id: str
+    desired: dict[str, Any] | None = Field(
+        description="bus.desired.WantedConfig: version, rollout_id, values (null: flags only)"
+    )
+    reported: dict[str, Any] | None = Field(
+        description="bus.desired.ConfigReport from the last heartbeat (null: none reported)"
+    )
+    status: Literal["in-sync", "pending", "refused", "unknown"]
+    reason: str | None = Field(description="why the agent refused the desired config")
+
+
 class AgentInfo(_Body):
     agent_id: str
     site: str
@@ -60,6 +74,34 @@ class AgentInfo(_Body):
     metrics: dict[str, Any]
     last_seen: float
     desired: dict[str, int] = Field(description="model -> version the gateway asks for")
+    config: ConfigView | None = Field(
+        default=None, description="configuration twin: desired vs reported live settings"
+    )
+
+
+def _live(v: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return check_live(v)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+
+
+class ConfigRequest(_Body):
+    """Live settings for one agent, laid over its flags; a setting left out goes back
+    to the agent's flag (an empty map: flags only)."""
+
+    values: dict[str, Any] = Field(description="live setting -> value (bus.desired.LIVE_SETTINGS)")
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _live(v)
+
+
+class ConfigSelectRequest(ConfigRequest):
+    """The same live settings on every agent a selector matches (sites, labels, ids)."""
+
+    selector: Selector
 
 
 class LabelsRequest(_Body):
@@ -125,6 +167,16 @@ class Gates(_Body):
         ),
     )
     max_p99_ms: float | None = Field(default=None, gt=0, description="absolute p99 limit")
+    min_slo_attainment: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=(
+            "least share of an agent's results since the update that met their deadline "
+            "(absolute, like max_p99_ms; a config that makes the SLO unreachable fails it); "
+            "null disables it"
+        ),
+    )
     max_p99_ratio: float | None = Field(
         default=3.0,
         gt=1,
@@ -220,10 +272,33 @@ class RolloutRequest(_Body):
         return validate_model_name(v)
 
 
+class ConfigRolloutRequest(_Body):
+    """Roll live settings out in waves, judged by the same gates as a model: a config that
+    breaks them is rolled back to each agent's previous config."""
+
+    values: dict[str, Any] = Field(description="live setting -> value (bus.desired.LIVE_SETTINGS)")
+    strategy: Literal["all-at-once", "canary"] = "canary"
+    waves: list[str] = Field(
+        default_factory=lambda: ["10%", "50%", "100%"],
+        description="cumulative wave sizes: 'N%' of the targets or a count 'N'",
+    )
+    selector: Selector = Field(default_factory=Selector)
+    bake_s: float = Field(default=30.0, ge=0, description="healthy time before the next wave")
+    wave_timeout_s: float | None = Field(
+        default=None, gt=0, description="as for a model rollout (default: the gateway's)"
+    )
+    gates: Gates = Field(default_factory=Gates)
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _live(v)
+
+
 class GateVerdict(_Body):
     state: Literal["pass", "fail", "waiting", "idle"]
     gate: str = Field(
-        description="the deciding gate: update, nan, error-rate, p99, idle or empty (waiting)"
+        description="the deciding gate: update, nan, error-rate, slo, p99, idle or empty (waiting)"
     )
     reason: str = Field(description="what was compared, with the numbers")
 
@@ -259,8 +334,14 @@ class RolloutAgent(_Body):
 
 class RolloutInfo(_Body):
     id: str
-    model: str
-    version: int
+    kind: Literal["model", "config"] = Field(
+        default="model", description="what rolls out: a model version or live settings"
+    )
+    model: str = Field(description="the model (empty for a config rollout)")
+    version: int = Field(description="model version, or the config version the agents get")
+    config: dict[str, Any] | None = Field(
+        default=None, description="a config rollout's live settings"
+    )
     strategy: str
     waves: list[str]
     selector: Selector
@@ -301,6 +382,20 @@ class StatusReport(BaseModel):
     )
     health: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] | None = Field(
+        default=None, description="bus.desired.ConfigReport: the agent's configuration twin"
+    )
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _config(cls, v: Any) -> dict[str, Any] | None:
+        if v is None:
+            return None
+        if not isinstance(v, dict):
+            raise ValueError("config must be a JSON object")
+        # Unknown keys (a newer agent's) are ignored, the known ones checked.
+        known = {k: x for k, x in v.items() if k in ConfigReport.model_fields}
+        return ConfigReport.model_validate(known).as_dict()
 
     @field_validator("update", mode="before")
     @classmethod

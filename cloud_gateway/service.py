@@ -19,6 +19,7 @@ from cloud_gateway.app import make_app
 from cloud_gateway.auth import Role, TokenStore
 from cloud_gateway.bus import Bus
 from cloud_gateway.cloud import CloudTier
+from cloud_gateway.config import ConfigTwins
 from cloud_gateway.db import open_db
 from cloud_gateway.fleet import Fleet
 from cloud_gateway.metrics import GatewayMetrics
@@ -102,6 +103,7 @@ class Gateway:
             signing_key=self.desired_key,
             cloud_load=self._cloud_load if self.cloud else None,
         )
+        self.config: ConfigTwins = self.engine.config
         self._openapi: dict[str, Any] | None = None
         self._wake = asyncio.Event()
         self._closed = False

@@ -30,6 +30,7 @@ from bus.broker import BrokerUrl
 from bus.readings import dead_letter_json
 from edge_agent.batch import BatchDone, Request
 from edge_agent.bindings import Binding, Bindings
+from edge_agent.config_twin import ConfigTwin
 from edge_agent.core import AgentCore
 from edge_agent.demux import Demux
 from edge_agent.dispatch import Dispatcher
@@ -82,6 +83,8 @@ class EdgeAgent:
         self.remote: Any = make_remote(s)
         self.store: Store | None = None
         self.updater: Any = None
+        #: Live settings from the desired state's config section (flags until one arrives).
+        self.twin = ConfigTwin(s, self._reconfigure)
         self.update_state: dict[str, Any] = {
             "rollout_id": None,
             "model": "",
@@ -287,6 +290,17 @@ class EdgeAgent:
     def _wire_updater(self) -> None:
         self.updater = make_updater(self.settings, self, self.update_report)
         self.update_state = dict(self.updater.state)
+        self.updater.on_config = self._on_config
+
+    def _on_config(self, desired: Any) -> None:
+        if self.twin.on_desired(desired):
+            self.send_heartbeat()  # the gateway sees the new config (or the refusal) now
+
+    def _reconfigure(self, settings: EdgeSettings) -> None:
+        """Live settings changed (config twin): every pipeline and the heartbeat period."""
+        self.settings = settings
+        for p in self.pipelines.values():
+            p.reconfigure(settings)
 
     def update_report(self, state: dict[str, Any]) -> None:
         self.update_state.update(state)
@@ -384,7 +398,7 @@ class EdgeAgent:
         return status_doc(self)
 
     def heartbeat(self) -> dict[str, Any]:
-        return heartbeat_doc(self)
+        return heartbeat_doc(self) | {"config": self.twin.report()}
 
     def send_heartbeat(self) -> None:
         if self.link is not None and self.link.connected:

@@ -110,6 +110,13 @@ class AgentCore:
             self._names, self._window, self._hop = layout
             self._gen += 1
 
+    def use_slo(self, slo_s: float | None, manifest_slo_s: float | None) -> None:
+        """A new SLO (config twin; None: the manifest's). Windows produced from now on get
+        it; requests already queued keep the deadline they were given."""
+        self.slo_override = slo_s
+        fallback = manifest_slo_s if manifest_slo_s is not None else self.clock.slo_s
+        self.clock.slo_s = slo_s or fallback
+
     @property
     def generation(self) -> int:
         """Bumped whenever the window layout changes (streams then start over)."""

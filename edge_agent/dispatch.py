@@ -113,9 +113,22 @@ class Dispatcher:
         # Plain local batches publish through the cascade's second stage when it is on.
         self.cascade: Escalator | None = None
         self._complete_local = complete
+        self._on_escalation = on_escalation
+        self.use_policy(policy)
+
+    def use_policy(self, policy: Any) -> None:
+        """Route the next batches with ``policy`` (config twin: on the loop). Batches
+        already running finish as they were decided; an escalator with escalations in
+        flight is kept so :meth:`idle` still waits for them."""
+        self.policy = policy
         if getattr(policy, "name", None) == "cascade":
-            self.cascade = Escalator(self, policy.min_confidence, on_escalation)
+            if self.cascade is None:
+                self.cascade = Escalator(self, policy.min_confidence, self._on_escalation)
+            else:
+                self.cascade.min_confidence = policy.min_confidence
             self._complete_local = self.cascade.complete
+        else:
+            self._complete_local = self._complete
 
     @property
     def rtt(self) -> RemoteRtt:

@@ -160,6 +160,25 @@ class Pipeline:
         self.core.inline = s.inline_max_ms > 0
         self.core.flush_after_s = s.max_wait_ms / 1000.0
 
+    def reconfigure(self, s: EdgeSettings) -> None:
+        """Adopt live settings (:mod:`edge_agent.config_twin`, on the loop): the SLO of new
+        windows, the policy of the next batches, batching waits, the anomaly threshold.
+        Nothing in flight is dropped or re-timed."""
+        self.settings = s
+        loaded = self.models.loaded
+        manifest_slo = loaded.manifest.slo_ms / 1000.0 if loaded is not None else None
+        self.core.use_slo(s.slo_ms / 1000.0 if s.slo_ms else None, manifest_slo)
+        self.core.threshold = s.anomaly_threshold
+        d = self.dispatcher
+        if d is None:
+            return  # build() reads the new settings
+        d.use_policy(make_policy(s.policy, **policy_params(s)))
+        d.max_wait = s.max_wait_ms / 1000.0
+        d.inline_max_s = s.inline_max_ms / 1000.0
+        self.core.inline = s.inline_max_ms > 0
+        self.core.flush_after_s = s.max_wait_ms / 1000.0
+        d.kick()  # a shorter wait may make queued batches due now
+
     async def load(self, version: int | None) -> Manifest:
         """Load the model, restore saved windows and replay the crash journal."""
         manifest = await self.models.load(self.name, version)

@@ -232,6 +232,8 @@ def _metrics(p: Pipeline) -> dict[str, Any]:
         "error_rate": round(st.error_rate, 6),
         "slo_attainment": round(st.slo_attainment, 6),
         "offload_share": round(st.offload_share, 6),
+        "results": st.results,
+        "deadline_met": st.deadline_met,
     }
 
 
@@ -259,6 +261,9 @@ def heartbeat_doc(agent: EdgeAgent) -> dict[str, Any]:
         "p99_ms": max((m["p99_ms"] for m in per_model.values()), default=0.0),
         "error_rate": round(errors / results, 6) if results else 0.0,
         "slo_attainment": round(_sum(pipes, "deadline_met") / results, 6) if results else 1.0,
+        # Counters, so the gateway's SLO gate can judge the window since an update.
+        "results": results,
+        "deadline_met": _sum(pipes, "deadline_met"),
         "offload_share": round(offloaded / results, 6) if results else 0.0,
     }
     return {

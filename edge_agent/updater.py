@@ -212,6 +212,9 @@ class ModelUpdater:
         self.keep = max(1, keep)
         self.max_bytes = max_bytes
         self._report_cb = report
+        #: The configuration twin's hook: every authentic, current document (a retained
+        #: redelivery too, so a restarted agent takes its config back).
+        self.on_config: Callable[[Desired], None] = lambda desired: None
         self._timeout = aiohttp.ClientTimeout(total=http_timeout_s, sock_connect=5.0)
         self._retry = (retry_base_s, retry_cap_s)
         self._ssl_ca_file = ssl_ca_file
@@ -247,9 +250,10 @@ class ModelUpdater:
                 log.warning("refused desired state: %s", reason)
                 self._report(UpdateState(), UpdatePhase.FAILED, f"refused desired state: {reason}")
                 return dict(self.state)
-            if admitted is None:  # the retained copy of what was already accepted
-                return dict(self.state)
             desired, snapshot = admitted
+            self._config(desired)
+            if snapshot is None:  # the retained copy of what was already accepted
+                return dict(self.state)
             try:
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(None, self.sequences.save, snapshot)
@@ -266,8 +270,14 @@ class ModelUpdater:
             self._worker = asyncio.create_task(self._run(), name=f"updater-{self.agent_id}")
         return await asyncio.shield(fut)
 
-    def _admit(self, payload: bytes) -> tuple[Desired, tuple[int, str]] | None:
-        """Verify signature, target and freshness; None for a redelivered duplicate."""
+    def _config(self, desired: Desired) -> None:
+        try:
+            self.on_config(desired)
+        except Exception:  # a broken twin must not stop model updates
+            log.exception("config twin failed")
+
+    def _admit(self, payload: bytes) -> tuple[Desired, tuple[int, str] | None]:
+        """Verify signature, target and freshness; no snapshot for a redelivered duplicate."""
         if not self.gateway_keys:
             raise ConfigError(
                 "no gateway key configured (--gateway-key): desired state cannot be authenticated"
@@ -283,7 +293,7 @@ class ModelUpdater:
         digest = hashlib.sha256(payload).hexdigest()
         last, last_digest = self.sequences.seen(target)
         if desired.sequence == last and last_digest == digest:
-            return None  # the broker redelivered the retained message: nothing new
+            return desired, None  # the broker redelivered the retained message
         if desired.sequence <= last:
             raise InvalidInput(
                 f"stale desired state: sequence {desired.sequence} is not newer than "

@@ -87,6 +87,19 @@ function healthCell(h) {
   return { text: parts.join(" · "), cls: bad ? "offline" : "" };
 }
 
+// The configuration twin: desired vs reported live settings, and a refusal's reason.
+function configCell(c) {
+  if (!c) return "–";
+  const want = c.desired;
+  const rep = c.reported || {};
+  if (c.status === "refused") return { text: `refused v${want.version}: ${c.reason || "no reason given"}`, cls: "offline" };
+  if (!want) return c.status === "in-sync" || !c.reported ? "flags" : `flags pending (runs v${rep.version})`;
+  const values = Object.entries(want.values || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "flags";
+  if (c.status === "in-sync") return `v${want.version} ${values}`;
+  if (c.status === "pending") return `v${want.version} pending (runs v${rep.version}): ${values}`;
+  return `v${want.version} not reported: ${values}`;
+}
+
 function renderAgents(agents) {
   let online = 0;
   let inferences = 0;
@@ -103,10 +116,10 @@ function renderAgents(agents) {
       cells: [a.agent_id, a.site || "–", { text: a.online ? "online" : "offline", cls: a.online ? "online" : "offline" },
         modelsCell(a.models), { text: update, cls: u.state === "failed" ? "offline" : "" }, healthCell(a.health),
         fmtNum(m.p50_ms, 1), fmtNum(m.p99_ms, 1), fmtPct(m.error_rate, 2), fmtPct(m.slo_attainment, 2),
-        fmtPct(m.offload_share, 1), fmtNum(m.inferences, 0), fmtTime(a.last_seen)],
+        fmtPct(m.offload_share, 1), fmtNum(m.inferences, 0), fmtTime(a.last_seen), configCell(a.config)],
     };
   });
-  syncRows($("agents"), rows, { max: MAX_AGENT_ROWS, empty: "no agent has reported yet", columns: 13 });
+  syncRows($("agents"), rows, { max: MAX_AGENT_ROWS, empty: "no agent has reported yet", columns: 14 });
   setText("agents-online", String(online), online);
   setText("agents-total", String(agents.length), agents.length);
   setText("fleet-inferences", fmtNum(inferences, 0), inferences);
@@ -128,7 +141,7 @@ function renderRollouts(rollouts, details) {
     return {
       key: r.id,
       cls: r.state === "failed" || r.state === "rolled-back" || r.state === "rolled_back" ? "failed" : "",
-      cells: [r.id, `${r.model} v${r.version}`, r.strategy || "–", { text: r.state, cls: "state-" + r.state },
+      cells: [r.id, r.kind === "config" ? `config v${r.version}` : `${r.model} v${r.version}`, r.strategy || "–", { text: r.state, cls: "state-" + r.state },
         { text: wave, cls: "wave" }, { text: isNum(progress) ? fmtPct(progress, 0) : "–", cls: "bar", bar: progress },
         summary.text, { text: gate, cls: r.reason ? "offline" : "" }, fmtTime(r.created_at)],
     };

@@ -56,7 +56,12 @@ def test_heartbeat_fields_and_last_will(mosquitto: Any, repo: Path, topic_prefix
             "error_rate",
             "slo_attainment",
             "offload_share",
+            "results",
+            "deadline_met",
         }
+        # The configuration twin: flags only until the gateway sends a config section.
+        assert hb["config"]["version"] == 0 and hb["config"]["state"] == "ok"
+        assert hb["config"]["effective"]["heartbeat_s"] == 0.3
         n = len(sub.messages)
         agent.stop("kill")  # no goodbye: the broker publishes the last will
         will = sub.wait_for(n + 1, timeout=60)[-1]
