@@ -183,6 +183,26 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("model", help="model name")
     rollback.add_argument("--rollout-id", help="default: the model's latest rollout")
 
+    config = sub.add_parser(
+        "config",
+        help="an agent's configuration twin: the live settings laid over its flags",
+        description="Live settings (policy, slo_ms, anomaly_threshold, cascade_min_confidence, "
+        "max_wait_ms, inline_max_ms, pressure_limit, heartbeat_s) set from the gateway "
+        "(docs/architecture.md, configuration twin). Over the API, admin token to change.",
+    )
+    csub = config.add_subparsers(dest="config_command", required=True)
+    cget = csub.add_parser("get", help="desired vs reported configuration of one agent")
+    cget.add_argument("agent_id", help="the agent")
+    cset = csub.add_parser(
+        "set", help="set live settings (those left out go back to the agent's flags)"
+    )
+    cset.add_argument("agent_id", help="the agent")
+    cset.add_argument(
+        "values", nargs="+", metavar="KEY=VALUE", help="e.g. policy=local-only slo_ms=250"
+    )
+    cclear = csub.add_parser("clear", help="back to the agent's flags only")
+    cclear.add_argument("agent_id", help="the agent")
+
     fleet = sub.add_parser(
         "fleet",
         help="table of agents; enrol/revoke agent identities, generate the broker config",

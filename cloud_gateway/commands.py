@@ -120,6 +120,26 @@ def _show_gate(gate: dict[str, Any]) -> None:
         print(f"failure: {gate['failure']}")
 
 
+def _config(args: argparse.Namespace, client: GatewayClient) -> int:
+    path = f"/api/v1/fleet/{args.agent_id}/config"
+    if args.config_command == "get":
+        _print_json(client.get(path))
+    elif args.config_command == "clear":
+        _print_json(client.request("DELETE", path))
+    else:
+        values: dict[str, Any] = {}
+        for item in args.values:
+            key, sep, text = item.partition("=")
+            if not sep or not key:
+                raise InvalidInput(f"expected KEY=VALUE, got {item!r}")
+            try:  # numbers and booleans as JSON; anything else is a string (a policy name)
+                values[key] = json.loads(text)
+            except ValueError:
+                values[key] = text
+        _print_json(client.request("PUT", path, {"values": values}))
+    return 0
+
+
 def gates_from(args: argparse.Namespace) -> dict[str, Any]:
     """The gate settings given on the command line (the rest keep the gateway's defaults)."""
     return {k[5:]: v for k, v in vars(args).items() if k.startswith("gate_")}
@@ -244,6 +264,8 @@ def run(args: argparse.Namespace, settings: GatewaySettings) -> int:
         return _build(args)
     if args.command == "models" and args.models_command in ("pack", "install"):
         return run_bundle_command(args.models_command, args)
+    if args.command == "config":
+        return _config(args, _client(settings))
     if args.command == "fleet" and args.fleet_command in ("assign", "unassign"):
         client = _client(settings)
         path = f"/api/v1/fleet/{args.agent_id}/models/{args.model}"

@@ -3,6 +3,7 @@ against it, and the flag <-> settings mapping the deploy manifests rely on."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -241,6 +242,23 @@ def test_client_commands_against_a_served_gateway(
         wait_for(2)
         versions = [document(p)["models"]["motion-edge"]["version"] for p in peer.got(topic)]
         assert versions == [2, 1]
+        # The configuration twin from the command line: set, read back, refuse, clear.
+        set_both = ("config", "set", "cli-a1", "policy=local-only", "slo_ms=250")
+        assert _cli(served, "admin", *set_both) == 0
+        desired = json.loads(capsys.readouterr().out)["desired"]
+        assert desired["values"] == {"policy": "local-only", "slo_ms": 250}
+        assert _cli(served, "admin", "config", "set", "cli-a1", "slo_ms=250") == 0
+        assert json.loads(capsys.readouterr().out)["desired"]["values"] == {"slo_ms": 250}
+        assert _cli(served, "viewer", "config", "get", "cli-a1") == 0
+        view = json.loads(capsys.readouterr().out)
+        assert view["agent_id"] == "cli-a1" and view["status"] in ("pending", "unknown")
+        assert _cli(served, "admin", "config", "set", "cli-a1", "no_such=1") == 1
+        assert "no_such" in capsys.readouterr().err
+        assert _cli(served, "viewer", "config", "clear", "cli-a1") == 1  # admin only
+        capsys.readouterr()
+        assert _cli(served, "admin", "config", "clear", "cli-a1") == 0
+        wait_for(5)
+        assert document(peer.got(topic)[-1]).get("config") is None
     finally:
         peer.publish(f"{topic_prefix}/fleet/cli-a1/status", b"")
         peer.publish(f"{topic_prefix}/fleet/cli-a1/desired", b"")
