@@ -51,7 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", type=int, default=3)
     ap.add_argument("--rate", type=float, default=250.0, help="readings/s per stream")
     ap.add_argument("--json", type=Path, default=Path("reliability.json"))
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="run the agent and offload server from this checkout, with its edge broker "
+        "config (to measure what a change fixed)",
+    )
     args = ap.parse_args(argv)
+    if args.baseline is not None:
+        from benchmarks.reliability import harness
+
+        # Only the child processes import from there: this process is already loaded.
+        os.environ["PYTHONPATH"] = str(args.baseline.resolve())
+        harness.EDGE_BROKER_CONF = (
+            args.baseline / "manifests" / "edge" / "base" / "mosquitto" / "mosquitto.conf"
+        )
     from models.recipes.build import build_all
 
     rows = []
@@ -74,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "command": "python -m benchmarks.reliability " + " ".join(argv or sys.argv[1:]),
         "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "baseline": str(args.baseline) if args.baseline else None,
         "rows": rows,
     }
     args.json.write_text(json.dumps(doc, indent=2, default=str))

@@ -90,6 +90,7 @@ def _restart_broker(ctx: Ctx) -> None:
 
 def _kill_cloud(ctx: Ctx) -> None:
     assert ctx.offload is not None
+    ctx.notes["routes_before"] = ctx.agent.status()["models"][0]["routes"]
     ctx.notes["cloud_exit"] = ctx.offload.kill()
 
 
@@ -108,15 +109,14 @@ def _tmpfs(workdir: Path) -> Path:
 
 
 def _fill_disk(ctx: Ctx) -> None:
-    filler = ctx.workdir / "disk" / "filler"
-    with open(filler, "wb") as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * 65536)
-            f.flush()
-    with open(filler, "ab") as f, contextlib.suppress(OSError):  # the last few bytes
-        while True:
-            f.write(b"\0" * 512)
-            f.flush()
+    fd = os.open(ctx.workdir / "disk" / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):  # every last byte
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
     ctx.notes["filled_at"] = time.monotonic()
 
 
@@ -203,9 +203,9 @@ def run_fault(
         wait_until(lambda: want <= set(results.snapshot()), settle_s, 0.1)
         wait_until(lambda: want <= set(stored_results(db)), settle_s, 0.2)
         time.sleep(0.5)  # late duplicates count too
-        ctx.notes["status_after"] = {
-            k: ctx.agent.status().get(k) for k in ("store", "journal", "ready")
-        }
+        after = ctx.agent.status()
+        ctx.notes["status_after"] = {k: after.get(k) for k in ("store", "journal", "ready")}
+        ctx.notes["routes"] = after["models"][0]["routes"]
         ctx.notes["agent_exit"] = ctx.agent.stop()
         live = results.snapshot()
         durable = stored_results(db)

@@ -61,10 +61,10 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def shipped_durability_lines(conf: Path = EDGE_BROKER_CONF) -> list[str]:
+def shipped_durability_lines(conf: Path | None = None) -> list[str]:
     """The persistence lines of the shipped edge broker config (location excluded)."""
     out = []
-    for line in conf.read_text().splitlines():
+    for line in (conf or EDGE_BROKER_CONF).read_text().splitlines():
         key = line.split("#", 1)[0].split()
         if key and key[0] in DURABILITY_KEYS:
             out.append(" ".join(key))
@@ -220,26 +220,31 @@ class Sensors:
     def __init__(self, url: str, prefix: str, streams: int = 3) -> None:
         self.topics = [f"{prefix}/sensors/s1/d{i}/acc" for i in range(streams)]
         self.client = sensor_client(url, f"{prefix}-sensors")
+        self.client.on_publish = self._on_publish
         u = BrokerUrl.parse(url)
         self.client.connect(u.host, u.port)
         self.client.loop_start()
         self.sent = 0
-        self._infos: list[mqtt.MQTTMessageInfo] = []
+        self.acked = 0  # PUBACKs (paho re-sends what was unacknowledged after a reconnect)
+
+    def _on_publish(self, *args: Any) -> None:
+        self.acked += 1
 
     def publish(self, seq: int) -> None:
         vals = [((seq * 7 + k * 13) % 17) / 17.0 for k in range(6)]
         body = json.dumps({"ts": time.time(), "seq": seq, "values": vals})
         for t in self.topics:
-            self._infos.append(self.client.publish(t, body, qos=1))
+            # While disconnected paho returns NO_CONN but keeps the message and sends it
+            # after the reconnect: the PUBACK count is what tells it arrived.
+            self.client.publish(t, body, qos=1)
             self.sent += 1
 
     def unacked(self) -> int:
-        self._infos = [i for i in self._infos if not i.is_published()]
-        return len(self._infos)
+        return self.sent - self.acked
 
     def wait_acked(self, timeout: float = 30.0) -> int:
         end = time.monotonic() + timeout
-        while self.unacked() and time.monotonic() < end:
+        while self.unacked() > 0 and time.monotonic() < end:
             time.sleep(0.05)
         return self.unacked()
 
