@@ -271,8 +271,8 @@ class Store:
                     self._metrics.store_dropped.labels(kind).inc(n)
         self._limited(
             logging.ERROR,
-            "store over its memory bound (%d rows) while degraded: dropped %d results and "
-            "%d uplink messages (oldest results first); %s dropped so far",
+            "store queue over its memory bound (%d rows; the disk is not keeping up): dropped "
+            "%d results and %d uplink messages (oldest results first); %s dropped so far",
             self.max_pending,
             results,
             other,

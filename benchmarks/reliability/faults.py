@@ -124,7 +124,7 @@ def _free_disk(ctx: Ctx) -> None:
     # What the agent showed while the disk was full.
     ctx.notes["during"] = {
         "readyz": ctx.agent.get("/readyz")[0],
-        "store": ctx.agent.status()["store"],
+        "store": ctx.agent.status().get("store"),
         "edge_store_degraded": ctx.agent.metric("edge_store_degraded"),
     }
     (ctx.workdir / "disk" / "filler").unlink()
@@ -214,6 +214,9 @@ def run_fault(
             1 for a in ctx.agents for ln in a.lines if " ERROR " in ln or " CRITICAL " in ln
         )
         ctx.notes["db_mode"] = oct(os.stat(db).st_mode & 0o777)
+        ctx.notes["journal_modes"] = sorted(
+            {oct(p.stat().st_mode & 0o777) for p in db.with_suffix(".journal").rglob("*")}
+        )
     finally:
         if sensors is not None:
             sensors.close()
