@@ -74,7 +74,14 @@ def shipped_durability_lines(conf: Path | None = None) -> list[str]:
 class Broker:
     """mosquitto on a fixed loopback port; ``persistent`` uses the shipped settings."""
 
-    def __init__(self, workdir: Path, *, persistent: bool = True, extra: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        persistent: bool = True,
+        persistence: str | None = None,
+        extra: str = "",
+    ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -85,6 +92,8 @@ class Broker:
             if persistent
             else "persistence false\nmax_queued_messages 1000000\nmax_inflight_messages 0\n"
         )
+        if persistence is not None:  # the given persistence lines, in this directory
+            durable = f"{persistence}persistence_location {self.dir}/\n"
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n{user}allow_anonymous true\n"
