@@ -33,8 +33,14 @@ from offload.mqtt import BrokerUrl, make_client
 SETTINGS = {
     "persistence false": "persistence false\n",
     "autosave_interval 30 (old)": "persistence true\nautosave_interval 30\n",
-    "autosave_on_changes, interval 1 (shipped)": (
+    "autosave_on_changes, interval 1": (
         "persistence true\nautosave_on_changes true\nautosave_interval 1\n"
+    ),
+    "autosave_on_changes, interval 100 (shipped)": (
+        "persistence true\nautosave_on_changes true\nautosave_interval 100\n"
+    ),
+    "autosave_on_changes, interval 1000": (
+        "persistence true\nautosave_on_changes true\nautosave_interval 1000\n"
     ),
 }
 
