@@ -199,6 +199,7 @@ def run_fault(
             if delay > 0:
                 time.sleep(delay)
         ctx.notes["unacked_readings"] = sensors.wait_acked(settle_s)
+        ctx.notes["sensor_fifo_peak"] = sensors.held
         want = expected_results(streams, readings)
         wait_until(lambda: want <= set(results.snapshot()), settle_s, 0.1)
         wait_until(lambda: want <= set(stored_results(db)), settle_s, 0.2)
@@ -206,6 +207,7 @@ def run_fault(
         after = ctx.agent.status()
         ctx.notes["status_after"] = {k: after.get(k) for k in ("store", "journal", "ready")}
         ctx.notes["routes"] = after["models"][0]["routes"]
+        ctx.notes["streams"] = after["streams"]
         ctx.notes["agent_exit"] = ctx.agent.stop()
         live = results.snapshot()
         durable = stored_results(db)
@@ -241,6 +243,9 @@ def row(
     durable: Any,
     ctx: Ctx,
 ) -> dict[str, Any]:
+    missing = sorted(want - set(durable))
+    if missing:
+        ctx.notes["durable_missing"] = f"{len(missing)}: {missing[:3]} .. {missing[-3:]}"
     return {
         "fault": name,
         "streams": streams,

@@ -43,6 +43,8 @@ def test_broker_kill_9_loses_no_reading(tmp_path: Path, repo: Path) -> None:
     notes = row["notes"]
     assert notes["broker_down_s"] >= 0.9  # the broker really was gone
     assert notes["agent_reconnect_s"] < 1.5, notes  # capped backoff: not up to 10 s
+    assert notes["sensor_fifo_peak"] > 0  # readings made while it was down waited in order
+    assert notes["streams"]["late"] == 0 and notes["streams"]["gaps"] == 0, notes
     assert row["durable_lost"] == 0, row
     # Live results are QoS 0 (result_qos): one handed over at the kill may be lost there.
     assert row["live_lost"] <= 2 * STREAMS, row
