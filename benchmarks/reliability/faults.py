@@ -163,6 +163,10 @@ def run_fault(
     readings and repaired ``Fault.repair_after_s`` later while publishing goes on.
     """
     fault = ALL[name]
+    inject_at = int(readings * 0.4)
+    repair_at = inject_at + max(1, int(fault.repair_after_s * rate))
+    if repair_at >= readings:
+        raise ValueError(f"{name}: {readings} readings end before the fault is repaired")
     workdir.mkdir(parents=True, exist_ok=True)
     prefix = f"rel{uuid.uuid4().hex[:8]}"
     db_dir = fault.db_dir(workdir)
@@ -186,8 +190,6 @@ def run_fault(
     try:
         ctx.agent.wait_ready()
         sensors = Sensors(broker.url, prefix, streams)
-        inject_at = int(readings * 0.4)
-        repair_at = inject_at + max(1, int(fault.repair_after_s * rate))
         start = time.monotonic()
         for seq in range(readings):
             if seq == inject_at:

@@ -53,7 +53,7 @@ def test_broker_kill_9_loses_no_reading(tmp_path: Path, repo: Path) -> None:
 
 def test_cloud_tier_kill_9_falls_back_and_loses_nothing(tmp_path: Path, repo: Path) -> None:
     row = _run("cloud-sigkill", tmp_path, repo)
-    assert row["notes"]["routes_before"].get("cloud", 0) > 0, row["notes"]  # it offloaded
+    assert row["notes"]["routes_before"].get("remote", 0) > 0, row["notes"]  # it offloaded
     assert row["live_lost"] == 0 and row["durable_lost"] == 0, row
 
 
@@ -61,7 +61,7 @@ def test_cloud_tier_kill_9_falls_back_and_loses_nothing(tmp_path: Path, repo: Pa
 def test_full_disk_store_degrades_then_resumes_with_nothing_lost(
     tmp_path: Path, repo: Path
 ) -> None:
-    row = _run("full-disk", tmp_path, repo, readings=1200)
+    row = _run("full-disk", tmp_path, repo, readings=1500)  # 3 s full from reading 600
     during = row["notes"]["during"]
     assert during["readyz"] == 200  # results still flow live
     assert during["store"]["degraded"] is True, during
