@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.reliability.harness import Broker
-from offload.mqtt import BrokerUrl, make_client
+from bus.broker import BrokerUrl, make_client
 
 SETTINGS = {
     "persistence false": "persistence false\n",

@@ -29,7 +29,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from offload.mqtt import BrokerUrl, make_client
+from bus.broker import BrokerUrl, make_client
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGE_BROKER_CONF = ROOT / "manifests" / "edge" / "base" / "mosquitto" / "mosquitto.conf"
