@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -34,7 +35,13 @@ from benchmarks.reliability.harness import (
     wait_until,
 )
 
-FAULTS = ("broker-sigkill", "agent-sigkill", "cloud-sigkill", "full-disk")
+FAULTS = (
+    "broker-sigkill",
+    "broker-sigkill-agent-late",
+    "agent-sigkill",
+    "cloud-sigkill",
+    "full-disk",
+)
 
 
 @dataclass
@@ -88,6 +95,21 @@ def _restart_broker(ctx: Ctx) -> None:
     ctx.notes["agent_reconnect_s"] = round(time.monotonic() - up, 2)
 
 
+def _kill_broker_freeze_agent(ctx: Ctx) -> None:
+    """The agent comes back after the sensors (the issue saw it 7 s late): it is frozen
+    (SIGSTOP) over the broker's restart, so readings re-sent meanwhile can only reach it
+    through its session restored from the broker's persistence file."""
+    os.kill(ctx.agent.proc.pid, signal.SIGSTOP)
+    _kill_broker(ctx)
+
+
+def _restart_broker_thaw_agent(ctx: Ctx) -> None:
+    ctx.broker.start()
+    ctx.notes["broker_down_s"] = round(time.monotonic() - ctx.notes["broker_killed_at"], 2)
+    time.sleep(1.5)  # the sensors reconnect and re-send while the agent is away
+    os.kill(ctx.agent.proc.pid, signal.SIGCONT)
+
+
 def _kill_cloud(ctx: Ctx) -> None:
     assert ctx.offload is not None
     ctx.notes["routes_before"] = ctx.agent.status()["models"][0]["routes"]
@@ -138,6 +160,9 @@ def _cloud_args(ctx: Ctx) -> list[str]:
 
 ALL: dict[str, Fault] = {
     "broker-sigkill": Fault("broker-sigkill", _kill_broker, _restart_broker, 1.0),
+    "broker-sigkill-agent-late": Fault(
+        "broker-sigkill-agent-late", _kill_broker_freeze_agent, _restart_broker_thaw_agent, 1.0
+    ),
     "agent-sigkill": Fault("agent-sigkill", _kill_agent, _restart_agent, 0.3),
     "cloud-sigkill": Fault(
         "cloud-sigkill", _kill_cloud, _restart_cloud, 1.5, _cloud_args, needs_offload=True

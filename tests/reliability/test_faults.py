@@ -76,3 +76,14 @@ def test_full_disk_store_degrades_then_resumes_with_nothing_lost(
     # Rate-limited: a few lines for ~3 s of a full disk, not one per reading (~2,000).
     assert row["notes"]["error_lines"] <= 6, row["notes"]
     assert row["notes"]["log_lines"] <= 12, row["notes"]
+
+
+def test_broker_kill_9_with_the_agent_back_after_the_sensors_loses_nothing(
+    tmp_path: Path, repo: Path
+) -> None:
+    """Readings re-sent before the agent is back reach it only through its session as
+    restored from the broker's persistence file (the shipped autosave settings)."""
+    row = _run("broker-sigkill-agent-late", tmp_path, repo)
+    notes = row["notes"]
+    assert notes["streams"]["late"] == 0 and notes["streams"]["gaps"] == 0, notes
+    assert row["durable_lost"] == 0 and row["live_lost"] == 0, row
