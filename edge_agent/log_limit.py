@@ -7,6 +7,7 @@ logged at once, repeats are counted and summarised at most every ``every_s`` sec
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -25,21 +26,24 @@ class LogLimiter:
         self._clock = clock
         self._next = 0.0
         self._suppressed = 0
+        self._lock = threading.Lock()  # producers and a writer thread may both report
         self.emitted = 0
 
     def __call__(self, level: int, msg: str, *args: object) -> None:
         now = self._clock()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg = f"{msg} (and {self._suppressed} more like it in the last {self._every:.0f}s)"
-        self._suppressed = 0
-        self._next = now + self._every
-        self.emitted += 1
+        with self._lock:
+            if now < self._next:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed = self._suppressed, 0
+            self._next = now + self._every
+            self.emitted += 1
+        if suppressed:
+            msg = f"{msg} (and {suppressed} more like it in the last {self._every:.0f}s)"
         self._log.log(level, msg, *args)
 
     def reset(self) -> None:
         """The failure ended: the next one is logged at once."""
-        self._next = 0.0
-        self._suppressed = 0
+        with self._lock:
+            self._next = 0.0
+            self._suppressed = 0
