@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bus.broker import BrokerUrl
 from edge_agent.mqtt_link import MAX_BACKOFF_S, RECENT_CAP_S, MqttLink
 
@@ -51,6 +53,7 @@ def test_backoff_cap_depends_on_how_recently_the_broker_was_up(mosquitto: Any) -
         loop.close()
 
 
+@pytest.mark.slow
 def test_agent_reconnects_within_a_second_of_a_broker_restart(tmp_path: Path, repo: Path) -> None:
     """After 12 s without a broker the old backoff waited uniformly up to 10 s more."""
     from benchmarks.reliability.harness import Agent, Broker, wait_until
