@@ -13,7 +13,8 @@ side, QoS-1 readings through one broker for each setting:
   ``max_queued_messages``).
 
 Columns: achieved publish rate (PUBACKs/s, 100 in flight), broker CPU seconds per 1,000
-readings, bytes written to the persistence directory per reading (``/proc/<pid>/io``).
+readings, bytes the broker wrote per reading (``wchar`` of ``/proc/<pid>/io``: the
+subscriber's socket, ~100 B, plus the persistence file).
 """
 
 from __future__ import annotations
