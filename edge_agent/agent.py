@@ -41,7 +41,7 @@ from edge_agent.settings import EdgeSettings
 from edge_agent.shutdown import close_link
 from edge_agent.stats import AgentMetrics, Stats
 from edge_agent.status import heartbeat_doc, status_doc
-from edge_agent.store import Store
+from edge_agent.store import OnCommit, Store
 from edge_agent.telemetry import Telemetry
 from edge_agent.wiring import make_remote, make_topics, make_updater
 from models.errors import ConfigError, EdgecloudError, NotFound
@@ -254,8 +254,9 @@ class EdgeAgent:
                 continue
             self.demux.attach(name, p.core)
         self._export_served()
-        self.link.start()
         if s.db_path is not None:
+            # Before the session starts: windows replayed from the journal are answered
+            # as soon as it is up, and their results must reach the store.
             link = self.link
             self.store = Store(
                 s.db_path,
@@ -264,8 +265,10 @@ class EdgeAgent:
                 uplink_topic=self.topics.uplink_topic(s.agent_id),
                 publish=lambda t, p: link.client.publish(t, p, 1),
                 connected=lambda: self.broker_connected,
+                metrics=self.metrics,
             )
             self.store.start()
+        self.link.start()
         if self.remote is not None:
             await self.remote.start()
         self._wire_updater()
@@ -385,9 +388,15 @@ class EdgeAgent:
         self.metrics.served({n: v for n, p in self.pipelines.items() if (v := p.version)})
 
     # -- results / alerts side outputs --------------------------------------------------
-    def _on_results(self, produced: list[tuple[Request, str]], done: BatchDone) -> None:
-        if self.store is not None:
-            self.store.add_batch(produced, done.route, uplink=self.settings.uplink == "results")
+    def _on_results(
+        self, produced: list[tuple[Request, str]], done: BatchDone, on_commit: OnCommit | None
+    ) -> bool:
+        """Hand results to the durable sinks; True when one will call ``on_commit``."""
+        if self.store is None:
+            return False
+        uplink = self.settings.uplink == "results"
+        self.store.add_batch(produced, done.route, uplink=uplink, on_commit=on_commit)
+        return True
 
     def _on_alert(self, alert: dict[str, Any]) -> None:
         if self.store is not None and self.settings.uplink != "off":
@@ -453,6 +462,11 @@ class EdgeAgent:
         for p in self.pipelines.values():
             if link is None or not link.started:
                 await p.drain(within_s=0.5)
+        if self.store is not None:
+            # Commit what the drain answered, so the journals' last snapshots (p.close)
+            # see it answered and a graceful restart repeats nothing.
+            await asyncio.to_thread(self.store.flush, 5.0)
+        for p in self.pipelines.values():
             p.close()
         if self.updater is not None:
             with contextlib.suppress(Exception):

@@ -28,6 +28,10 @@ segment (a crash can only tear the tail). Bodies:
 Answered marks trail the results on purpose: a result is taken as out when it was handed
 to the MQTT client at least one tick (``lag_s``) earlier while the broker was connected,
 so a crash between "published" and "on the wire" repeats the result instead of losing it.
+With a durable sink (the SQLite store) a window counts as answered only once the store
+has *committed* its result (:meth:`Journal.committed`, called from the store's thread),
+not when it was published: a crash before the commit re-emits the window, so the store
+and its uplink queue get every result too.
 Delivery is therefore at least once: after a crash the last ticks' results, and results of
 windows that finished out of order, may come twice (same seq); none is lost. Marks move
 with QoS-1 traffic and, when it pauses, with the agent's idle timer (:meth:`Journal.idle`).
@@ -67,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_agent.journal_files import READING, SNAP, frame, replay, segments
+from edge_agent.log_limit import LogLimiter
 from models.errors import Conflict
 
 if TYPE_CHECKING:
@@ -106,20 +111,33 @@ class Journal:
         self._broken = False
         self._next_tick = 0.0
         self._next_compact = 0.0
+        self._retry_at = 0.0  # after a failed write: the next fresh segment, not sooner
+        self._retry_s = 0.0
+        self._limited = LogLimiter(log)
         self._topics: dict[str, dict[int, Request]] = {}  # unanswered windows per topic
         self._high: dict[str, int] = {}  # highest answered seq per topic
         self._answered: deque[tuple[StreamWindow, int]] = deque()
         self._ripe: list[tuple[StreamWindow, int]] = []
-        self.stats = {"records": 0, "bytes": 0, "compactions": 0, "write_errors": 0}
+        self.stats = {
+            "records": 0,
+            "bytes": 0,
+            "compactions": 0,
+            "write_errors": 0,
+            "skipped": 0,  # records not written while a failed segment waited for a retry
+        }
 
     # -- any thread --------------------------------------------------------------------
     def answered(self, produced: list[tuple[Request, Any]]) -> None:
-        """Results of these requests were handed to the MQTT client (lock-free)."""
+        """Results of these requests were handed to the MQTT client (lock-free); only
+        when no durable sink is configured (else :meth:`committed`)."""
+        self.committed([(r.stream, r.seq) for r, _ in produced])
+
+    def committed(self, pairs: list[tuple[StreamWindow, int]]) -> None:
+        """Every sink has these ``(stream, seq)`` windows' results (lock-free)."""
         add = self._answered.append
-        for r, _ in produced:
-            st = r.stream
+        for st, seq in pairs:
             if st.pending is not None:
-                add((st, r.seq))
+                add((st, seq))
 
     # -- MQTT thread -------------------------------------------------------------------
     def track(self, st: StreamWindow) -> None:
@@ -131,7 +149,7 @@ class Journal:
         tb = st.topic.encode()
         body = READING.pack(b"R", st.next_seq - 1, len(tb)) + tb + payload  # type: ignore[operator]
         with self._lock:
-            if st.generation != self._gen or self._broken:
+            if st.generation != self._gen or (self._broken and arrival >= self._retry_at):
                 self._compact(arrival)  # a new layout (or a failed write): fresh segment
             self._write(frame(body))
             if arrival >= self._next_tick:
@@ -140,17 +158,24 @@ class Journal:
     def _write(self, data: bytes) -> None:
         if self._fd is None:
             return
+        if self._broken:
+            # Records after a torn one are unreadable: skip them until a fresh segment
+            # (its snapshot holds the windows and stream state they would have restored).
+            self.stats["skipped"] += 1
+            return
         try:
             written = os.write(self._fd, data)
             if self.fsync:
                 os.fsync(self._fd)
         except OSError as exc:
             written = -1
-            log.error("journal write failed: %s", exc)
+            self._limited(logging.ERROR, "journal write failed: %s", exc)
         if written != len(data):
-            # A short record would hide every later one: restart with a snapshot.
+            # A short record would hide every later one: restart with a snapshot, after a
+            # backoff (a full disk would otherwise cost a snapshot per reading).
             self.stats["write_errors"] += 1
             self._broken = True
+            self._backoff()
             return
         self._bytes += written
         self.stats["records"] += 1
@@ -210,22 +235,29 @@ class Journal:
         self._seg += 1
         path = self.dir / f"seg-{self._seg:010d}.wal"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+            # 0600: segments hold raw sensor readings.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         except OSError as exc:
             if self._fd is None:
                 raise  # at start: the agent must not run without the journal it was told to keep
             # Keep appending to the current segment; retry at the next compaction time.
-            log.error("cannot start a journal segment: %s", exc)
+            self._limited(logging.ERROR, "cannot start a journal segment: %s", exc)
             self.stats["write_errors"] += 1
             self._gen, self._next_compact = core.generation, now + self.compact_s
+            self._backoff()
             return
         old, self._fd = self._fd, fd
         if old is not None:
             os.close(old)
+        was_broken = self._broken
         self._bytes, self._broken = 0, False
         self._write(frame(body))
         if self._broken:
             return  # keep the older segments: this one has no usable snapshot
+        if was_broken:
+            self._retry_s = 0.0
+            self._limited.reset()
+            log.warning("journal writable again: new segment %s", path.name)
         if self.fsync:
             os.fsync(fd)
         for n, p in segments(self.dir):
@@ -234,6 +266,10 @@ class Journal:
         self._gen = core.generation
         self._next_compact = now + self.compact_s
         self.stats["compactions"] += 1
+
+    def _backoff(self) -> None:
+        self._retry_s = min(2.0, max(0.1, self._retry_s * 2))
+        self._retry_at = time.monotonic() + self._retry_s
 
     def _snapshot(self, core: AgentCore, clean: bool) -> bytes:
         streams: list[list[Any]] = []
@@ -265,10 +301,11 @@ class Journal:
     # -- start and stop (the MQTT thread is not running) -------------------------------
     def open(self, core: AgentCore) -> dict[str, int]:
         """Replay what an earlier run left into ``core``, then start a fresh segment."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Two agents on one journal would delete each other's segments. The kernel drops
         # this lock when the process dies, so a crash never leaves it behind.
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)  # one an older version created 0644
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

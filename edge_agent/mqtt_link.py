@@ -11,7 +11,10 @@ to ``ingest_acked`` when given (it must make them durable before it returns: pah
 acknowledges right after); everything else (desired state, connection changes) is handed
 to the event loop.
 
-Reconnects use full-jitter exponential backoff (``bus.broker.backoff_delays``); the
+Reconnects use full-jitter exponential backoff, capped at ``RECENT_CAP_S`` (~1 s) while
+the broker was up within the last ``RECENT_UP_S`` (a restarted broker: sensors with
+paho's defaults are back within a second, and readings queued for the agent's session
+wait until it is back too), and at ``MAX_BACKOFF_S`` after a longer outage; the
 session is persistent (``clean_session=False``, client id = agent id) so QoS-1 readings
 published while the agent is away are delivered when it returns.
 """
@@ -22,21 +25,26 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from bus.broker import BrokerUrl, backoff_delays, make_client
+from bus.broker import BrokerUrl, make_client
 from bus.fast_client import FastClient
 from bus.frames import FrameEncoder
 from shell.logs import Outage
 
 log = logging.getLogger(__name__)
+
+RECENT_UP_S = 60.0  # a broker up this recently is restarting: reconnect quickly
+RECENT_CAP_S = 1.0
+MAX_BACKOFF_S = 10.0
 
 
 def _tls_pending(sock: Any) -> bool:
@@ -84,6 +92,7 @@ class MqttLink:
         self._end_of_burst = end_of_burst or (lambda: None)
         self._mid_burst = mid_burst or (lambda: None)
         self.connected = False
+        self._last_up = -RECENT_UP_S  # monotonic time the session was last up
         self.reading = True
         self.messages = 0
         self.dropped_offline = 0  # QoS-0 publishes while disconnected (paho drops them too)
@@ -130,6 +139,7 @@ class MqttLink:
         client.subscribe(subs)
         self.connected = True
         self._outage.recovered()
+        self._last_up = time.monotonic()
         log.info("connected to %s (session present: %s)", self.url, flags.session_present)
         self._loop.call_soon_threadsafe(self._on_connection, True)
 
@@ -171,8 +181,17 @@ class MqttLink:
     def start(self) -> None:
         self._thread.start()
 
+    def _reconnect_delays(self, base: float = 0.2) -> Iterator[float]:
+        """Full-jitter backoff whose cap depends on how recently the session was up."""
+        attempt = 0
+        while True:
+            recent = time.monotonic() - self._last_up < RECENT_UP_S
+            cap = RECENT_CAP_S if recent else MAX_BACKOFF_S
+            yield random.uniform(0, min(cap, base * (2**attempt)))
+            attempt += 1
+
     def _run(self) -> None:
-        delays = backoff_delays(0.2, 10.0)
+        delays = self._reconnect_delays()
         c = self.client
         while not self._stop.is_set():
             try:
@@ -182,11 +201,14 @@ class MqttLink:
                 self._outage.failed(exc, wait)
                 self._stop.wait(wait)
                 continue
+            began = time.monotonic()
             self._serve(c)
+            if self._last_up >= began:
+                self._last_up = time.monotonic()  # up until now: a restart is likely
             if self.connected:
                 self._disconnected(c, None, None, mqtt.MQTT_ERR_CONN_LOST)
             if not self._stop.is_set():
-                delays = backoff_delays(0.2, 10.0)
+                delays = self._reconnect_delays()
                 self._stop.wait(next(delays))
         with contextlib.suppress(Exception):
             c.write_pending()  # results queued as raw frames go before the DISCONNECT

@@ -32,6 +32,7 @@ from edge_agent.remote_rtt import RemoteRtt
 from edge_agent.settings import EdgeSettings
 from edge_agent.state import load_streams, save_streams
 from edge_agent.stats import AgentMetrics, Stats
+from edge_agent.store import OnCommit
 from models.backends.base import BackendOptions
 from models.manifest import Manifest
 from offload.policy import OffloadBudget, ServiceTimeModel, make_policy
@@ -67,7 +68,7 @@ class Pipeline:
         publisher: Publisher,
         remote: Any,
         pressure: Callable[[], float],
-        on_results: Callable[[list[tuple[Request, str]], BatchDone], None],
+        on_results: Callable[[list[tuple[Request, str]], BatchDone, OnCommit | None], bool],
         on_alert: Callable[[dict[str, Any]], None],
         connected: Callable[[], bool],
         topics_of: Callable[[str], str | None] = lambda name: None,
@@ -270,9 +271,14 @@ class Pipeline:
             self.dispatcher.service.reset(loaded.warm_times)
 
     def _results(self, produced: list[tuple[Request, str]], done: BatchDone) -> None:
-        if self.journal is not None:
-            self.journal.answered(produced)
-        self._on_results(produced, done)
+        """Results were handed to the MQTT client. The journal may mark their windows
+        answered only when every durable sink has them: with a store, ``on_results``
+        returns True and the store calls ``journal.committed`` after its commit (on its
+        own thread: this one, the event loop, never waits on the disk)."""
+        journal = self.journal
+        durable = self._on_results(produced, done, None if journal is None else journal.committed)
+        if journal is not None and not durable:
+            journal.answered(produced)
 
     # -- status ---------------------------------------------------------------------------
     @property

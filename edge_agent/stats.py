@@ -236,6 +236,19 @@ class AgentMetrics:
         )
         self.cpu = Gauge("edge_node_cpu_percent", "Node CPU percent", registry=r)
         self.rss = Gauge("edge_process_rss_bytes", "Agent RSS", registry=r)
+        self.store_degraded = Gauge(
+            "edge_store_degraded",
+            "1 while the SQLite store cannot commit (disk full or I/O error): results are "
+            "held in memory and retried with backoff",
+            registry=r,
+        )
+        self.store_dropped = PCounter(
+            "edge_store_dropped",
+            "Rows the SQLite store gave up on while degraded (memory bound reached; oldest "
+            "results first, alerts last)",
+            ["kind"],
+            registry=r,
+        )
 
     def served(self, versions: dict[str, int]) -> None:
         """Set ``edge_model_info`` to exactly the served ``model -> version`` pairs."""

@@ -213,6 +213,7 @@ def status_doc(agent: EdgeAgent) -> dict[str, Any]:
         "journal": (
             dict(first.journal.stats) if first is not None and first.journal is not None else None
         ),
+        "store": agent.store.status() if agent.store is not None else None,
         "cloud": cloud_doc(agent),
         "totals": totals,
         "update": dict(agent.update_state),

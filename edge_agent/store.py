@@ -1,31 +1,101 @@
 """Local SQLite store: results, per-minute roll-ups, retention, and the cloud uplink queue.
 
-All SQLite work happens on one background thread fed by a queue, so the event loop and
-the MQTT thread never wait on the disk. The database uses WAL and incremental vacuum.
+All SQLite work happens on one background thread fed by an in-memory queue, so the event
+loop and the MQTT thread never wait on the disk. The database uses WAL and incremental
+vacuum. The file (and SQLite's -wal/-shm, which inherit its mode) is created 0600: it
+holds raw sensor results.
 
 Uplink: rows bound for the cloud are appended to ``uplink`` (an autoincrement id gives
 the order). While the broker is connected the thread publishes the oldest rows at QoS 1
 to the uplink topic and deletes each only after its PUBACK; while disconnected they stay
 on disk, so they survive restarts and are flushed in order on reconnect (at least once).
+
+Durable sink: :meth:`Store.add_batch` takes an ``on_commit`` callback, called on the
+store thread with the ``(stream, seq)`` pairs of a batch once its transaction committed.
+The agent passes the journal's :meth:`~edge_agent.journal.Journal.committed`, so the
+journal never marks a window answered before its result is on disk here: a ``kill -9``
+re-emits it after the restart instead of losing it (at least once, see the journal).
+
+Faults (a full disk, an I/O error): a failed transaction is rolled back and its rows stay
+queued in memory; the thread reopens the database and retries with exponential backoff
+(``flush_s`` doubling to ``retry_max_s``) and resumes by itself when space returns. While
+it fails the store is *degraded* (:attr:`Store.degraded`, ``edge_store_degraded``, the
+status API); live results keep flowing. Errors are logged once when the failure starts,
+then at most one summary line per ``log_every_s``, and once on recovery.
+
+Memory is bounded by ``max_pending`` queued rows (result rows plus uplink messages). Past
+it the store sheds down to 90 % of the bound (in chunks, so shedding is not paid per
+row), counting every row in :attr:`Store.dropped` and ``edge_store_dropped_total``:
+
+1. the **oldest queued results first** (each with its uplink copy): retention would
+   delete the oldest results first anyway, and the newest are what an operator and the
+   cloud want after an outage;
+2. **alerts and other uplink messages last**: they are rare (one per anomaly, not one
+   per window) and the most valuable rows, so they go only when nothing else is left.
+
+Dropped results are released to the journal like committed ones (``on_commit`` is called
+for them too): keeping them unanswered would only move the unbounded memory into the
+journal. So the durable copy is complete for outages shorter than ``max_pending`` rows
+of traffic (200,000 rows: ~200 s at 1,000 results/s); beyond that the loss is counted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import queue
+import os
+import sqlite3
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
+
+from edge_agent.log_limit import LogLimiter
+
+if TYPE_CHECKING:
+    from edge_agent.stats import AgentMetrics
 
 log = logging.getLogger(__name__)
 
 #: (ts, site, device, stream, seq, route, latency_ms, deadline_met, body)
 ResultRow = tuple[float, str, str, str, int, str, float, int, str]
+#: (created, kind, payload)
+UplinkRow = tuple[float, str, str]
+#: Called with the (stream, seq) pairs of committed (or given-up) results.
+OnCommit = Callable[[list[tuple[Any, int]]], None]
+
+
+class _Entry:
+    """One unit of queued work: written in one transaction, dropped as a whole."""
+
+    __slots__ = ("marks", "on_commit", "prune", "results", "uplink")
+
+    def __init__(
+        self,
+        results: list[ResultRow] | None = None,
+        uplink: list[UplinkRow] | None = None,
+        *,
+        marks: list[tuple[Any, int]] | None = None,
+        on_commit: OnCommit | None = None,
+        prune: bool = False,
+    ) -> None:
+        self.results = results or []
+        self.uplink = uplink or []
+        self.marks = marks
+        self.on_commit = on_commit
+        self.prune = prune
+
+    @property
+    def rows(self) -> int:
+        return len(self.results) + len(self.uplink)
+
+    def released(self) -> None:
+        if self.on_commit is not None and self.marks:
+            self.on_commit(self.marks)
 
 
 class Store:
@@ -41,27 +111,50 @@ class Store:
         publish: Callable[[str, str], Any] | None = None,
         connected: Callable[[], bool] = lambda: False,
         flush_s: float = 0.5,
+        max_pending: int = 200_000,
+        retry_max_s: float = 2.0,
+        log_every_s: float = 10.0,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.path = Path(path)
         self.retention_s = retention_s
         self.max_bytes = max_bytes
         self.uplink_topic = uplink_topic
+        self.max_pending = max_pending
         self._publish = publish
         self._connected = connected
         self._flush_s = flush_s
-        self._q: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._retry_max_s = retry_max_s
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._pending: deque[_Entry] = deque()
+        self._rows = 0  # queued rows, including those in the transaction being tried
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._limited = LogLimiter(log, log_every_s)
         self.written = 0
         self.uplinked = 0
         self.pruned = 0
+        self.degraded = False
+        self.failures = 0
+        self.last_error: str | None = None
+        self.dropped: Counter[str] = Counter()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._private()
         self._db = self._open(check_same_thread=True)
         self._db.conn.close()
         self._thread = threading.Thread(target=self._run, name="edge-store", daemon=True)
 
-    def _open(self, check_same_thread: bool = False) -> sqlite_utils.Database:
-        import sqlite3
+    def _private(self) -> None:
+        """Create the file 0600 before SQLite does (it would use the umask: 0644), and
+        tighten files an older version left readable."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f"{self.path}{suffix}", 0o600)
 
+    def _open(self, check_same_thread: bool = False) -> sqlite_utils.Database:
         conn = sqlite3.connect(str(self.path), check_same_thread=check_same_thread)
         conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db = sqlite_utils.Database(conn)
@@ -106,11 +199,23 @@ class Store:
     def start(self) -> None:
         self._thread.start()
 
+    # -- producers (any thread) ----------------------------------------------------------
     def add_results(self, rows: list[ResultRow]) -> None:
-        self._q.put(("results", rows))
+        self._put(_Entry(rows))
 
-    def add_batch(self, produced: list[tuple[Any, str]], route: str, *, uplink: bool) -> None:
-        """Rows for the (request, result JSON) pairs of one batch; any thread."""
+    def add_batch(
+        self,
+        produced: list[tuple[Any, str]],
+        route: str,
+        *,
+        uplink: bool,
+        on_commit: OnCommit | None = None,
+    ) -> None:
+        """Rows for the (request, result JSON) pairs of one batch; any thread.
+
+        ``on_commit`` gets the batch's ``(stream, seq)`` pairs on the store thread once
+        they are committed (or given up by the drop policy).
+        """
         now, mono = time.time(), time.monotonic()
         rows: list[ResultRow] = []
         for r, body in produced:
@@ -118,17 +223,83 @@ class Store:
             met = int(mono <= r.deadline)
             lat = (mono - r.arrival) * 1000.0
             rows.append((now, sid.site, sid.device, sid.stream, r.seq, route, lat, met, body))
-        self._q.put(("results", rows))
-        if uplink:
-            for _, body in produced:
-                self._q.put(("uplink", (now, "result", body)))
+        up = [(now, "result", body) for _, body in produced] if uplink else []
+        marks = [(r.stream, r.seq) for r, _ in produced] if on_commit is not None else None
+        self._put(_Entry(rows, up, marks=marks, on_commit=on_commit))
 
     def enqueue_uplink(self, kind: str, payload: str) -> None:
-        self._q.put(("uplink", (time.time(), kind, payload)))
+        self._put(_Entry(uplink=[(time.time(), kind, payload)]))
 
     def prune_soon(self) -> None:
         """Apply retention at the next flush instead of waiting for the 30 s timer."""
-        self._q.put(("prune", None))
+        self._put(_Entry(prune=True))
+
+    def _put(self, entry: _Entry) -> None:
+        with self._lock:
+            self._pending.append(entry)
+            self._rows += entry.rows
+            shed = self._shed() if self._rows > self.max_pending else []
+        self._released(shed)
+
+    def _shed(self) -> list[_Entry]:
+        """Drop queued rows down to 90 % of the bound (lock held): the oldest results
+        first, then the oldest uplink-only messages (alerts). See the module docstring."""
+        target = int(self.max_pending * 0.9)
+        dropped: list[_Entry] = []
+        for results_pass in (True, False):
+            if self._rows <= target:
+                break
+            keep: deque[_Entry] = deque()
+            for e in self._pending:
+                if self._rows > target and e.rows and (bool(e.results) or not results_pass):
+                    self._rows -= e.rows
+                    dropped.append(e)
+                else:
+                    keep.append(e)
+            self._pending = keep
+        return dropped
+
+    def _released(self, dropped: list[_Entry]) -> None:
+        if not dropped:
+            return
+        results = sum(len(e.results) for e in dropped)
+        other = sum(len(e.uplink) for e in dropped if not e.results)
+        for kind, n in (("result", results), ("uplink", other)):
+            if n:
+                self.dropped[kind] += n
+                if self._metrics is not None:
+                    self._metrics.store_dropped.labels(kind).inc(n)
+        self._limited(
+            logging.ERROR,
+            "store queue over its memory bound (%d rows; the disk is not keeping up): dropped "
+            "%d results and %d uplink messages (oldest results first); %s dropped so far",
+            self.max_pending,
+            results,
+            other,
+            dict(self.dropped),
+        )
+        for e in dropped:
+            e.released()
+
+    # -- readers ---------------------------------------------------------------------------
+    @property
+    def pending_rows(self) -> int:
+        """Rows queued in memory, not yet committed."""
+        return self._rows
+
+    def status(self) -> dict[str, Any]:
+        """The store's part of the status API."""
+        return {
+            "degraded": self.degraded,
+            "pending_rows": self._rows,
+            "max_pending": self.max_pending,
+            "written": self.written,
+            "uplinked": self.uplinked,
+            "pruned": self.pruned,
+            "failures": self.failures,
+            "dropped": dict(self.dropped),
+            "last_error": self.last_error,
+        }
 
     def pending_uplink(self) -> int:
         db = self._open()
@@ -137,47 +308,116 @@ class Store:
         finally:
             db.conn.close()
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait (blocking: call it from a thread) until everything queued is committed."""
+        end = time.monotonic() + timeout
+        self._wake.set()
+        while self._rows and time.monotonic() < end and self._thread.is_alive():
+            time.sleep(0.01)
+        return not self._rows
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout)
 
     # -- thread ----------------------------------------------------------------------------
     def _run(self) -> None:
-        db = self._open(check_same_thread=True)
-        self._prune(db, time.time())  # an old file may be over its limits already
-        next_prune = time.time() + 30.0
-        try:
-            while True:
-                stopping = self._stop.wait(self._flush_s)
+        db: sqlite_utils.Database | None = None
+        next_prune = 0.0
+        wait = self._flush_s
+        while True:
+            stopping = self._stop.is_set()
+            if not stopping:
+                self._wake.wait(wait)
+                self._wake.clear()
+                stopping = self._stop.is_set()
+            try:
+                if db is None:
+                    db = self._open(check_same_thread=True)
+                    if not next_prune:  # an old file may be over its limits already
+                        self._prune(db, time.time())
+                        next_prune = time.time() + 30.0
                 force = self._write(db)
                 now = time.time()
                 if force or now >= next_prune:
                     next_prune = now + 30.0
                     self._prune(db, now)
                 self._flush_uplink(db)
+            except Exception as exc:  # a disk fault (or a bug) must not end the thread
+                wait = min(self._retry_max_s, max(wait * 2, self._flush_s))
+                self._failed(exc, wait)
+                if db is not None:
+                    with contextlib.suppress(Exception):
+                        db.conn.close()
+                db = None  # reopen: a connection that hit an I/O error is not trusted
                 if stopping:
+                    log.error("store stopped degraded; %d rows not written", self._rows)
                     return
-        except Exception:
-            log.exception("store thread failed")
-        finally:
+                continue
+            wait = self._flush_s
+            if self.degraded:
+                self._recovered()
+            if stopping:
+                break
+        if db is not None:
             db.conn.close()
 
+    def _failed(self, exc: Exception, retry_s: float) -> None:
+        self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if not self.degraded:
+            self.degraded = True
+            if self._metrics is not None:
+                self._metrics.store_degraded.set(1)
+            self._limited.reset()
+        self._limited(
+            logging.ERROR,
+            "store degraded (%s): %d rows held in memory (bound %d), retrying every <=%.1fs",
+            self.last_error,
+            self._rows,
+            self.max_pending,
+            retry_s,
+        )
+
+    def _recovered(self) -> None:
+        self.degraded = False
+        if self._metrics is not None:
+            self._metrics.store_degraded.set(0)
+        self._limited.reset()
+        log.warning(
+            "store recovered after %d failed attempts; %d rows dropped while degraded",
+            self.failures,
+            sum(self.dropped.values()),
+        )
+
     def _write(self, db: sqlite_utils.Database) -> bool:
-        """Write what is queued; True when a prune was requested."""
-        prune = False
-        results: list[ResultRow] = []
-        uplink: list[tuple[float, str, str]] = []
-        while True:
-            try:
-                kind, item = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if kind == "results":
-                results.extend(item)
-            elif kind == "prune":
-                prune = True
-            else:
-                uplink.append(item)
+        """Write what is queued in one transaction; True when a prune was requested.
+
+        On failure the entries go back to the front of the queue (their order kept) and
+        the memory bound applies to them like to new ones.
+        """
+        with self._lock:
+            batch, self._pending = self._pending, deque()
+        try:
+            prune = self._commit(db, batch)
+        except BaseException:
+            with self._lock:
+                batch.extend(self._pending)
+                self._pending = batch
+                shed = self._shed() if self._rows > self.max_pending else []
+            self._released(shed)
+            raise
+        with self._lock:
+            self._rows -= sum(e.rows for e in batch)
+        for e in batch:
+            e.released()
+        return prune
+
+    def _commit(self, db: sqlite_utils.Database, batch: deque[_Entry]) -> bool:
+        prune = any(e.prune for e in batch)
+        results = [row for e in batch for row in e.results]
+        uplink = [row for e in batch for row in e.uplink]
         if not results and not uplink:
             return prune
         roll: dict[tuple[int, str, str, str], list[float]] = defaultdict(
