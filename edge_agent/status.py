@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from edge_agent.mqtt_link import MqttLink
 from edge_agent.pipeline import Pipeline
 from edge_agent.settings import EdgeSettings
+from edge_agent.store import Store
 from edge_agent.telemetry import Telemetry
 
 
@@ -30,6 +31,7 @@ class EdgeAgent(Protocol):
     update_state: dict[str, Any]
     link: MqttLink | None
     remote: Any
+    store: Store | None
 
     @property
     def ready(self) -> bool: ...
