@@ -34,6 +34,7 @@ from edge_agent.config_twin import ConfigTwin
 from edge_agent.core import AgentCore
 from edge_agent.demux import Demux
 from edge_agent.dispatch import Dispatcher
+from edge_agent.history import History
 from edge_agent.mqtt_link import MqttLink
 from edge_agent.pipeline import Pipeline
 from edge_agent.registry import ModelSlot
@@ -63,6 +64,7 @@ class EdgeAgent:
         self.topics = make_topics(s.topic_prefix)
         self.metrics = AgentMetrics()
         self.telemetry = Telemetry()
+        self.history = History()  # the dashboard's last 10 minutes (edge_agent/history.py)
         self.bindings = Bindings()
         self.demux = Demux(self.bindings, self.dead_letter)
         self.deadletters: Counter[str] = Counter()  # rejected before reaching a model
@@ -278,6 +280,7 @@ class EdgeAgent:
         self.tasks += [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._telemetry_loop(), name="telemetry"),
+            asyncio.create_task(self.history.run(self.status), name="dashboard-history"),
         ]
         if s.journal_path() is not None:
             self.tasks.append(asyncio.create_task(self._journal_loop(), name="journal-marks"))
@@ -407,7 +410,12 @@ class EdgeAgent:
         return status_doc(self)
 
     def heartbeat(self) -> dict[str, Any]:
-        return heartbeat_doc(self) | {"config": self.twin.report()}
+        from edge_agent.http import dashboard_url
+
+        return heartbeat_doc(self) | {
+            "config": self.twin.report(),
+            "dashboard_url": dashboard_url(self),
+        }
 
     def send_heartbeat(self) -> None:
         if self.link is not None and self.link.connected:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -47,18 +49,47 @@ async def _status(request: web.Request) -> web.Response:
 
 
 async def _events(request: web.Request) -> web.StreamResponse:
+    """SSE: the first message is the status document plus ``history`` (the last 10 min of
+    the chart series, :mod:`edge_agent.history`), then one status document per sample.
+
+    History rides inside the first ``data:`` message rather than as a named event so
+    plain SSE readers that take the first ``data:`` line as a status document still work.
+    """
     agent: EdgeAgent = request.app[AGENT_KEY]
+    history = agent.history
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await resp.prepare(request)
     try:
+        first = agent.status() | {"ts": round(time.time(), 3), "history": history.series()}
+        await resp.write(f"data: {json.dumps(first)}\n\n".encode())
         while True:
-            await resp.write(f"data: {json.dumps(agent.status())}\n\n".encode())
-            await asyncio.sleep(1.0)
+            if await history.next(within_s=2.0 * history.period_s) and history.latest:
+                body = history.latest  # encoded once per sample, shared by every page
+            else:  # the sampler is not running (an agent that never started): ask directly
+                body = json.dumps(agent.status() | {"ts": round(time.time(), 3)}).encode()
+            await resp.write(b"data: " + body + b"\n\n")
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     return resp
+
+
+def dashboard_url(agent: EdgeAgent) -> str | None:
+    """Where this agent's dashboard answers, for the heartbeat (the fleet page links it).
+
+    The bound host when it is a concrete address; for a wildcard bind (0.0.0.0, ::) the
+    host name, which is what other machines on the node's network resolve. None before
+    the HTTP server is up.
+    """
+    if agent.http_port is None:
+        return None
+    host = agent.settings.http_host
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{agent.http_port}/"
 
 
 def make_app(agent: EdgeAgent) -> web.Application:

@@ -134,17 +134,19 @@ function renderLists(s) {
     { max: MAX_REASON_ROWS, empty: "no dead letters", columns: 2 });
 }
 
-function pushCharts(s) {
-  const t = Date.now() / 1000;
-  const rates = s.rates ?? {};
-  const lat = s.latency_ms ?? {};
-  const node = s.node ?? {};
-  charts.throughput.push(t, [rates.readings_per_s, rates.inferences_per_s]);
-  charts.latency.push(t, [lat.p50, lat.p95, lat.p99]);
-  charts.latency.setReference(s.slo_ms);
-  charts.routing.push(t, [pct(s.offload_share), pct(s.slo_attainment)]);
-  charts.queue.push(t, [s.queue_depth]);
-  charts.node.push(t, [node.cpu_percent, node.gpu_percent, node.temperature_c]);
+// Charts keep 10 minutes (chart.js defaults): the agent's own memory
+// (edge_agent/history.py) fills them on connect, so a page opened after a burst shows it.
+let lastChartT = -Infinity; // agent wall time of the newest charted sample
+
+function pushPoint(t, v) {
+  charts.throughput.push(t, [v.readings_per_s, v.inferences_per_s]);
+  charts.latency.push(t, [v.p50_ms, v.p95_ms, v.p99_ms]);
+  charts.routing.push(t, [pct(v.offload_share), pct(v.slo_attainment)]);
+  charts.queue.push(t, [v.queue_depth]);
+  charts.node.push(t, [v.cpu_percent, v.gpu_percent, v.temperature_c]);
+}
+
+function scheduleRender() {
   if (!renderPending) {
     renderPending = true;
     // One chart render per frame at most; hidden tabs skip frames and cost nothing.
@@ -155,14 +157,56 @@ function pushCharts(s) {
   }
 }
 
-export function applyStatus(s) {
+// history: {t: [...], readings_per_s: [...], ...} column-wise, oldest first. Samples the
+// page already charted (a reconnect resends the whole ring) are skipped.
+function loadHistory(h) {
+  if (!h || !Array.isArray(h.t)) return;
+  const names = Object.keys(h).filter((k) => k !== "t" && Array.isArray(h[k]));
+  let loaded = 0;
+  for (let i = 0; i < h.t.length; i++) {
+    const t = h.t[i];
+    if (!isNum(t) || t <= lastChartT) continue;
+    const v = {};
+    for (const name of names) v[name] = h[name][i];
+    pushPoint(t, v);
+    lastChartT = t;
+    loaded++;
+  }
+  const slo = h.slo_ms && h.slo_ms.length ? h.slo_ms[h.slo_ms.length - 1] : null;
+  if (isNum(slo)) charts.latency.setReference(slo);
+  document.body.dataset.historyPoints = String(loaded);
+  scheduleRender();
+}
+
+function pushCharts(s) {
+  // The agent stamps each sample with its wall time; without one (an older agent) the
+  // browser's clock is the best there is.
+  const stamped = isNum(s.ts);
+  const t = stamped ? s.ts : Date.now() / 1000;
+  if (stamped && t <= lastChartT) return; // already charted from the history
+  if (stamped) lastChartT = t;
+  const rates = s.rates ?? {};
+  const lat = s.latency_ms ?? {};
+  const node = s.node ?? {};
+  pushPoint(t, {
+    readings_per_s: rates.readings_per_s, inferences_per_s: rates.inferences_per_s,
+    p50_ms: lat.p50, p95_ms: lat.p95, p99_ms: lat.p99,
+    offload_share: s.offload_share, slo_attainment: s.slo_attainment, queue_depth: s.queue_depth,
+    cpu_percent: node.cpu_percent, gpu_percent: node.gpu_percent, temperature_c: node.temperature_c,
+  });
+  charts.latency.setReference(s.slo_ms);
+  scheduleRender();
+}
+
+export function applyStatus(s, { chart = true } = {}) {
   if (!s || typeof s !== "object") return;
+  if (s.history) loadHistory(s.history);
   renderHeader(s);
   renderTiles(s);
   renderRoutes(s);
   renderAlerts(s);
   renderLists(s);
-  pushCharts(s);
+  if (chart) pushCharts(s);
   events++;
   lastEventAt = Date.now();
   document.body.dataset.events = String(events);
@@ -219,7 +263,8 @@ setInterval(() => {
 fetch("api/status", { cache: "no-store" })
   .then((r) => (r.ok ? r.json() : null))
   .then((s) => {
-    if (s && events === 0) applyStatus(s);
+    // Tiles only: the charts follow the agent's clock, from the event stream.
+    if (s && events === 0) applyStatus(s, { chart: false });
   })
   .catch(() => setConnection("down", "agent unreachable"));
 connect();

@@ -39,7 +39,8 @@ export function formatAxis(v) {
 export class LineChart {
   // series: [{label, color, dashed?}]; capacity: points kept; windowS: seconds shown;
   // minMax: the y axis never shrinks below this; fixedMax: the y axis is pinned.
-  constructor(svg, { series, capacity = 600, windowS = 300, minMax = 1, fixedMax = null }) {
+  // 10 minutes at the agent's one sample per second, plus slack for a late tick.
+  constructor(svg, { series, capacity = 660, windowS = 600, minMax = 1, fixedMax = null }) {
     this.svg = svg;
     this.series = series;
     this.capacity = capacity;
@@ -111,14 +112,15 @@ export class LineChart {
     const tStart = tEnd - span;
     const spanText = span >= 120 ? `-${Math.round(span / 60)} min` : `-${Math.round(span)} s`;
     if (this.spanLabel.textContent !== spanText) this.spanLabel.textContent = spanText;
-    let max = this.reference ?? 0;
+    let seriesMax = 0; // the data's own peak in view (tests read it from data-max)
     for (let s = 0; s < this.v.length; s++) {
       const vs = this.v[s];
       for (let i = 0; i < n; i++) {
         const k = this._index(i);
-        if (this.t[k] >= tStart && vs[k] > max) max = vs[k];
+        if (this.t[k] >= tStart && vs[k] > seriesMax) seriesMax = vs[k];
       }
     }
+    const max = Math.max(seriesMax, this.reference ?? 0);
     const yMax = this.fixedMax ?? (max <= this.minMax ? this.minMax : niceCeil(max * 1.05));
     const plotW = W - PAD.left - PAD.right;
     const plotH = H - PAD.top - PAD.bottom;
@@ -159,6 +161,8 @@ export class LineChart {
       this.paths[s].setAttribute("d", parts.join(""));
     }
     this.svg.dataset.ymax = String(yMax);
+    this.svg.dataset.max = String(seriesMax);
+    this.svg.dataset.firstT = String(this.t[this._index(0)]);
     this.svg.dataset.lastT = String(tEnd);
   }
 }
