@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.alerts import EPISODES, SEVERITY, Alert, AnomalyEpisodes, State, alert_key
 from models.manifest import Manifest
 
 
@@ -107,32 +108,56 @@ def model_part(manifest: Manifest, answered_by: tuple[str, int | None] | None = 
     return f'"model":{json.dumps(name)},"version":{"null" if version is None else version},'
 
 
-def alert_for(st: Any, seq: int, outs: Outputs, i: int, agent_id: str) -> dict[str, Any] | None:
-    """An alert when row ``i`` changes the stream's class or crosses the anomaly threshold.
+def alert_for(
+    st: Any,
+    seq: int,
+    outs: Outputs,
+    i: int,
+    agent_id: str,
+    episodes: AnomalyEpisodes = EPISODES,
+) -> dict[str, Any] | None:
+    """The alert row ``i`` raises, if any (rules and fields: :mod:`edge_agent.alerts`).
 
-    ``st`` is the stream's window state; its ``last_label`` is updated here.
+    A class change is a one-shot ``info`` event; an anomaly fires when the score crosses
+    the threshold and resolves after :data:`~edge_agent.alerts.RESOLVE_AFTER` windows back
+    below it. ``st`` is the stream's window state; its ``last_label`` is updated here.
     """
     label = outs.labels[i]
-    kind = detail = None
+    now = time.time()
+    kind = detail = value = new_label = None
+    state: State = "firing"
+    starts_at = now
     if label is not None:
         if st.last_label is not None and label != st.last_label:
-            kind, detail = "class-change", f"{st.last_label} -> {label}"
+            kind, detail, new_label = "class-change", f"{st.last_label} -> {label}", label
         st.last_label = label
-    elif outs.anomaly[i]:
-        kind, detail = "anomaly", f"score {outs.scores[i]:.4g}"
+    elif outs.scores[i] is not None:
+        score = outs.scores[i]
+        change = episodes.observe(st, outs.anomaly[i], now)
+        if change is not None:
+            state, starts_at = change
+            kind, value = "anomaly", score
+            quiet = f", at or below the threshold for {episodes.resolve_after} windows"
+            detail = f"score {score:.4g}" + ("" if state == "firing" else quiet)
     if kind is None:
         return None
     sid = st.sid
-    return {
-        "ts": time.time(),
-        "site": sid.site,
-        "device": sid.device,
-        "stream": sid.stream,
-        "kind": kind,
-        "detail": detail,
-        "seq": seq,
-        "agent": agent_id,
-    }
+    return Alert(
+        ts=now,
+        site=sid.site,
+        device=sid.device,
+        stream=sid.stream,
+        kind=kind,
+        detail=detail,
+        seq=seq,
+        agent=agent_id,
+        key=alert_key(kind, sid.site, sid.device, sid.stream),
+        severity=SEVERITY[kind],
+        state=state,
+        starts_at=starts_at,
+        value=value,
+        label=new_label,
+    ).model_dump()
 
 
 def batch_results(

@@ -101,7 +101,7 @@ function renderAlerts(s) {
   const newest = alerts.slice().sort((a, b) => (b.ts ?? 0) - (a.ts ?? 0));
   syncRows($("alerts"), newest.map((a) => ({
     cells: [fmtTime(a.ts), `${a.site ?? "?"}/${a.device ?? "?"}`, a.stream ?? "",
-      { text: a.kind ?? "", cls: "kind-" + (a.kind ?? "") }, a.detail == null ? "" : typeof a.detail === "string" ? a.detail : JSON.stringify(a.detail)],
+      { text: (a.kind ?? "") + (a.state === "resolved" ? " · resolved" : ""), cls: "kind-" + (a.kind ?? "") + (a.state ? " state-" + a.state : "") }, a.detail == null ? "" : typeof a.detail === "string" ? a.detail : JSON.stringify(a.detail)],
   })), { max: MAX_ALERT_ROWS, empty: "no alerts", columns: 5 });
 
   const perDevice = new Map();
