@@ -119,6 +119,7 @@ def analyze(
         "versions": dict(Counter(_labels(r))),
         "loss": loss(r, published, window, hop),
         "readings_published": int(sum(published.values())),
+        "start_unix": start,  # the plots' time origin (report: wall times, per-agent plot)
     }
     if n:
         span = max(float(recv.max() - start), 1e-9)

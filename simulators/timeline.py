@@ -144,4 +144,6 @@ class Timeline:
                 k: final.get(k)
                 for k in ("id", "model", "version", "state", "reason", "created_at", "finished_at")
             }
+            # For the report: waves and gate verdicts (the gateway's event log) and gates.
+            | {k: final.get(k) for k in ("strategy", "gates", "events")}
         )

@@ -10,6 +10,7 @@ version at the end; and no process left behind.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import psutil
@@ -52,6 +53,14 @@ async def test_ci_scenario_end_to_end(tmp_path: Path) -> None:
     assert result.passed, result.checks
     for name in ("latency.png", "offload.png", "throughput.png", "versions.png", "raw.json"):
         assert (tmp_path / "report" / name).stat().st_size > 0
+    # The report tells the story: the burst and the rollout (with its waves) are shaded.
+    shaded = json.loads((tmp_path / "report" / "shaded.json").read_text())
+    drawn = {s["category"] for s in shaded["offload.png"]["spans"]}
+    assert {"burst", "rollout", "wave"} <= drawn, shaded["offload.png"]
+    burst = next(s for s in shaded["offload.png"]["spans"] if s["category"] == "burst")
+    shape = scenario.sensors.shape
+    assert (burst["start"], burst["end"]) == (shape.at[0], shape.at[0] + shape.length_s)
+    assert (tmp_path / "report" / "report.html").read_text().count("data:image/png;base64,") == 5
     # The stack is gone once the run returns (its children were reaped, not orphaned).
     assert len(pids) == scenario.stack.agents + 3
     assert not [p for p in pids if psutil.pid_exists(p)]
