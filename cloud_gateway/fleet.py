@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from bus.topics import check_segment
 from cloud_gateway.db import dumps, loads
 from cloud_gateway.enrolment import Enrolments, Identity
+from cloud_gateway.heartbeats import HeartbeatHistory
 from cloud_gateway.schemas import Selector, StatusReport
 from models.errors import InvalidInput, NotFound, PermissionDenied
 
@@ -45,6 +46,7 @@ class Fleet:
         self.rejected = 0  # malformed status messages (counted, logged, never fatal)
         self.unenrolled = 0  # status for agent ids that are not enrolled (dropped)
         self._warned: set[str] = set()
+        self.history = HeartbeatHistory(clock=clock)  # last 10 min per agent (fleet page)
 
     def enrolment_required(self) -> bool:
         if self.require_enrolment is not None:
@@ -114,6 +116,7 @@ class Fleet:
             "first_seen": old["first_seen"] if old else now,
         }
         table.upsert(row, pk="agent_id")
+        self.history.record(report, now)
         return row
 
     def sweep(self) -> list[str]:

@@ -15,6 +15,7 @@ from cloud_gateway import handlers as h
 from cloud_gateway import schemas as s
 from cloud_gateway.auth import Role
 from cloud_gateway.health import readyz
+from cloud_gateway.heartbeats import AgentHistory, fleet_history
 from cloud_gateway.metrics import metrics
 
 if TYPE_CHECKING:
@@ -118,6 +119,16 @@ ROUTES: tuple[Route, ...] = (
         "All agents with their last heartbeat",
         h.list_agents,
         response=s.AgentInfo,
+        many=True,
+        tag="fleet",
+    ),
+    Route(
+        "GET",
+        "/api/v1/fleet-history",
+        Role.VIEWER,
+        "Every agent's last 10 minutes: SLO attainment, offload share, versions, dashboard URL",
+        fleet_history,
+        response=AgentHistory,
         many=True,
         tag="fleet",
     ),

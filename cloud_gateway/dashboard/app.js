@@ -11,7 +11,10 @@ const API = {
   models: "api/v1/models",
   versions: (name) => `api/v1/models/${encodeURIComponent(name)}/versions`,
   rollback: "api/v1/rollback",
+  history: "api/v1/fleet-history",
 };
+// The 10-minute history changes slowly (heartbeats): fetched every 5th poll, not every one.
+const HISTORY_EVERY = 5;
 const POLL_MS = 2000;
 const TOKEN_KEY = "edgecloud.gateway.token";
 const ACTIVE = new Set(["running"]);
@@ -20,6 +23,7 @@ const MAX_AGENT_ROWS = 500;
 let timer = null;
 let polls = 0;
 let modelVersions = new Map(); // model -> [versions]
+let history = new Map(); // agent_id -> its last 10 minutes (api/v1/fleet-history)
 
 class HttpError extends Error {
   constructor(status, message) {
@@ -100,6 +104,38 @@ function configCell(c) {
   return `v${want.version} not reported: ${values}`;
 }
 
+const SPARK = "▁▂▃▄▅▆▇█";
+
+// A fraction series as block characters (text: no DOM nodes, nothing for the CSP to allow).
+function spark(points, key) {
+  return points.map((p) => (isNum(p[key]) ? SPARK[Math.min(7, Math.floor(p[key] * 8))] : " ")).join("");
+}
+
+function versionsText(versions) {
+  if (!Array.isArray(versions) || !versions.length) return "–";
+  const byModel = new Map();
+  for (const v of versions) {
+    const list = byModel.get(v.model) || [];
+    if (list[list.length - 1] !== v.version) list.push(v.version);
+    byModel.set(v.model, list);
+  }
+  return [...byModel].map(([model, vs]) => `${model} ${vs.map((v) => "v" + v).join(" → ")}`).join(", ");
+}
+
+// The last 10 minutes of one agent: SLO attainment and offload share (with a sparkline
+// of 10 s buckets) and the model versions it served.
+function windowCells(h) {
+  if (!h) return ["–", "–", "–"];
+  const points = Array.isArray(h.spark) ? h.spark : [];
+  const slo = { text: fmtPct(h.slo_attainment, 2), cls: "window" };
+  const off = { text: fmtPct(h.offload_share, 1), cls: "window" };
+  if (points.length) {
+    slo.text += " " + spark(points, "slo_attainment");
+    off.text += " " + spark(points, "offload_share");
+  }
+  return [slo, off, { text: versionsText(h.versions), cls: "window" }];
+}
+
 function renderAgents(agents) {
   let online = 0;
   let inferences = 0;
@@ -111,15 +147,19 @@ function renderAgents(agents) {
     let update = "–";
     if (u.state === "idle") update = "idle";
     else if (u.state) update = `${u.state}${u.version ? " v" + u.version : ""}${u.reason ? ": " + u.reason : ""}`;
+    const h = history.get(a.agent_id);
+    // Linked only while the agent is online: an offline agent's page would not answer.
+    const link = a.online && h && h.dashboard_url ? h.dashboard_url : "";
     return {
       key: a.agent_id,
-      cells: [a.agent_id, a.site || "–", { text: a.online ? "online" : "offline", cls: a.online ? "online" : "offline" },
+      cells: [{ text: a.agent_id, href: link, cls: link ? "linked" : "" }, a.site || "–", { text: a.online ? "online" : "offline", cls: a.online ? "online" : "offline" },
         modelsCell(a.models), { text: update, cls: u.state === "failed" ? "offline" : "" }, healthCell(a.health),
         fmtNum(m.p50_ms, 1), fmtNum(m.p99_ms, 1), fmtPct(m.error_rate, 2), fmtPct(m.slo_attainment, 2),
-        fmtPct(m.offload_share, 1), fmtNum(m.inferences, 0), fmtTime(a.last_seen), configCell(a.config)],
+        fmtPct(m.offload_share, 1), fmtNum(m.inferences, 0), fmtTime(a.last_seen), configCell(a.config),
+        ...windowCells(h)],
     };
   });
-  syncRows($("agents"), rows, { max: MAX_AGENT_ROWS, empty: "no agent has reported yet", columns: 14 });
+  syncRows($("agents"), rows, { max: MAX_AGENT_ROWS, empty: "no agent has reported yet", columns: 17 });
   setText("agents-online", String(online), online);
   setText("agents-total", String(agents.length), agents.length);
   setText("fleet-inferences", fmtNum(inferences, 0), inferences);
@@ -206,6 +246,15 @@ async function poll() {
     await Promise.all(rollouts.slice(0, 5).filter((r) => !r.agents).map(async (r) => {
       details.set(r.id, await call("GET", API.rollout(r.id)));
     }));
+    if (polls % HISTORY_EVERY === 0 || history.size === 0) {
+      try {
+        const rows = items(await call("GET", API.history), "agents");
+        history = new Map(rows.map((h) => [h.agent_id, h]));
+      } catch (err) {
+        if (err.status === 401) throw err;
+        history = new Map(); // an older gateway without the route: the rest still works
+      }
+    }
     renderAgents(agents);
     renderRollouts(rollouts, details);
     renderModels(models, agents);
@@ -291,6 +340,7 @@ $("auth-form").addEventListener("submit", (ev) => {
 $("sign-out").addEventListener("click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
   // Forgetting the token also forgets what it showed.
+  history = new Map();
   renderAgents([]);
   renderRollouts([], new Map());
   renderModels([], []);

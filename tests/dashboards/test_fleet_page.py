@@ -8,6 +8,7 @@ back from the page; a viewer token can look but gets a clear 403 for admin actio
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from playwright.sync_api import Page
 from models.recipes import build_all
 from models.recipes.build import build_model
 from tests.conftest import Mosquitto
-from tests.dashboards.browser import PageWatch, by_testid, shown_values, wait_until
+from tests.dashboards.browser import PageWatch, by_testid, events_seen, shown_values, wait_until
 from tests.dashboards.fleet import TOKENS, GatewayProcess
 from tests.dashboards.live import EdgeAgentProcess, SensorTraffic
 
@@ -298,3 +299,61 @@ def test_rollout_from_the_page_shows_progress_then_rolls_back(
         assert agent.status()["model"]["version"] == 1
     watch.screenshot("fleet-rolled-back")
     assert watch.problems() == []
+
+
+def _versions_text(versions: list[dict]) -> str:
+    by_model: dict[str, list[int]] = {}
+    for v in versions:
+        seen = by_model.setdefault(v["model"], [])
+        if not seen or seen[-1] != v["version"]:
+            seen.append(v["version"])
+    return ", ".join(f"{m} " + " → ".join(f"v{x}" for x in vs) for m, vs in by_model.items())
+
+
+def test_fleet_rows_link_agent_pages_and_show_the_last_10_minutes(
+    stack: Stack, open_page: OpenPage
+) -> None:
+    """Runs after the rollout test: the 10-minute versions column shows what it did."""
+    watch = open_page(stack.gateway.url + "/dashboard")
+    page = watch.page
+    _sign_in(page, "viewer")
+    wait_until(lambda: _polls(page) >= 1, 10, "a successful poll")
+    history = {h["agent_id"]: h for h in stack.gateway.get("/api/v1/fleet-history")}
+    assert set(history) == {a.agent_id for a in stack.agents}
+    for agent in stack.agents:
+        h = history[agent.agent_id]
+        # The agent reported where its dashboard answers; the gateway kept it.
+        assert h["dashboard_url"] == agent.url
+        assert h["heartbeats"] >= 2 and h["results"] > 0
+        assert 0.0 <= h["slo_attainment"] <= 1.0 and 0.0 <= h["offload_share"] <= 1.0
+        assert {v["model"] for v in h["versions"]} == {MODEL}
+
+    def linked() -> dict[str, str]:
+        links = by_testid(page, "agents").locator("td a")
+        return {
+            links.nth(i).text_content() or "": links.nth(i).get_attribute("href") or ""
+            for i in range(links.count())
+        }
+
+    links = wait_until(lambda: len(linked()) == 2 and linked(), 10, "agent rows to link")
+    assert links == {a.agent_id: a.url for a in stack.agents}
+    rows = _agent_rows(page)
+    fresh = {h["agent_id"]: h for h in stack.gateway.get("/api/v1/fleet-history")}
+    for agent in stack.agents:
+        cells = rows[agent.agent_id]
+        assert len(cells) == 16
+        slo, offload, versions = cells[13:16]
+        # "99.87 % ▇▇█…": the window's figure, then one bar per 10 s bucket.
+        assert re.fullmatch(r"\d+\.\d\d % [▁▂▃▄▅▆▇█ ]+", slo), slo
+        assert re.fullmatch(r"\d+\.\d % [▁▂▃▄▅▆▇█ ]+", offload), offload
+        assert versions == _versions_text(fresh[agent.agent_id]["versions"])
+    # The rollout test before this one moved both agents to v2 and back: the window shows it.
+    assert all("v1 → v2" in rows[a.agent_id][15] for a in stack.agents), rows
+    watch.screenshot("fleet-links")
+    assert watch.problems() == []
+
+    # The link leads to a working agent page (its own origin, its own stream).
+    edge = open_page(links[stack.agents[0].agent_id])
+    wait_until(lambda: events_seen(edge.page) >= 1, 10, "the linked agent page to go live")
+    assert by_testid(edge.page, "agent-id").text_content() == stack.agents[0].agent_id
+    assert edge.problems() == []
