@@ -85,7 +85,21 @@ function fillRow(tbody, index, { cells, cls = "", span = 0, key = "" }) {
     const cell = cells[c];
     const text = typeof cell === "object" && cell !== null ? cell.text : String(cell);
     const tdCls = typeof cell === "object" && cell !== null ? cell.cls || "" : "";
-    if (td.textContent !== text) td.textContent = text;
+    // {href}: the text as a link (http(s) only: the URL comes from an agent's heartbeat).
+    const href = typeof cell === "object" && cell !== null && /^https?:\/\//.test(cell.href || "") ? cell.href : "";
+    if (href) {
+      let a = td.firstElementChild;
+      if (!a || a.tagName !== "A") {
+        td.textContent = "";
+        a = td.appendChild(document.createElement("a"));
+        a.target = "_blank";
+        a.rel = "noopener noreferrer";
+      }
+      if (a.getAttribute("href") !== href) a.setAttribute("href", href);
+      if (a.textContent !== text) a.textContent = text;
+    } else if (td.firstElementChild || td.textContent !== text) {
+      td.textContent = text;
+    }
     if (td.className !== tdCls) td.className = tdCls;
     // A fraction drawn as a bar behind the text (CSSOM write: allowed by the CSP).
     const bar = typeof cell === "object" && cell !== null && isNum(cell.bar) ? (cell.bar * 100).toFixed(1) + "%" : "";
