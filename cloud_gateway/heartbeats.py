@@ -152,7 +152,7 @@ class HeartbeatHistory:
         # The last heartbeat before the window is the baseline its first delta starts from.
         first = max((i for i, p in enumerate(ring) if p.t <= start), default=0)
         points = [p for i, p in enumerate(ring) if i >= first]
-        deltas = [d for d in _deltas(points) if d[0] >= start]
+        deltas = [d for d in _deltas(points) if d[0] > start]
         results = sum(d[1] for d in deltas)
         versions: list[dict[str, Any]] = []
         seen: dict[str, int] = {}
@@ -165,7 +165,7 @@ class HeartbeatHistory:
             agent_id=agent_id,
             dashboard_url=self._urls.get(agent_id),
             window_s=self.window_s,
-            heartbeats=sum(1 for p in points if p.t >= start),
+            heartbeats=sum(1 for p in points if p.t > start),
             results=results,
             slo_attainment=_ratio(sum(d[2] for d in deltas), results),
             offload_share=_ratio(sum(d[3] for d in deltas), results),
