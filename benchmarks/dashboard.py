@@ -197,11 +197,14 @@ def run_fleet_phase(phase: str, gateway: psutil.Process, base: str, seconds: flo
     page.goto(base + "/dashboard", wait_until="load")
     page.fill('[data-testid="token-input"]', VIEWER_TOKEN)
     page.click('[data-testid="sign-in"]')
-    # Polling with the agent's row (and its history) on the page before measuring.
-    page.wait_for_function(
-        "document.querySelectorAll('[data-testid=agents] tr:not(.empty)').length >= 1",
-        timeout=20000,
-    )
+    # Polling with the agent's row (and its history) on the page before measuring; a
+    # Python loop because wait_for_function's string form needs eval, which the CSP forbids.
+    deadline = time.monotonic() + 20
+    rows_js = "document.querySelectorAll('[data-testid=agents] tr:not(.empty)').length"
+    while page.evaluate(rows_js) < 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the fleet page never showed the agent")
+        time.sleep(0.2)
     start = page.evaluate("Number(document.body.dataset.polls || 0)")
     cpu = measure(gateway, seconds)
     polls = page.evaluate("Number(document.body.dataset.polls || 0)") - start
