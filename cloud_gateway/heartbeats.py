@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -29,8 +29,13 @@ from pydantic import BaseModel, Field
 
 from cloud_gateway.schemas import StatusReport
 
-if TYPE_CHECKING:
-    from cloud_gateway.service import Gateway
+
+class _WithFleet(Protocol):
+    """What the route handler needs of the gateway (not the Gateway class itself: this
+    module sits below the fleet, and naming the Gateway here would be an import cycle)."""
+
+    fleet: Any
+
 
 WINDOW_S = 600.0
 MAX_POINTS = 1200  # per agent: a 0.5 s heartbeat fills the window
@@ -202,7 +207,7 @@ def _ratio(part: float, whole: int) -> float | None:
     return round(min(1.0, max(0.0, part / whole)), 6)
 
 
-async def fleet_history(request: web.Request, gw: Gateway) -> web.StreamResponse:
+async def fleet_history(request: web.Request, gw: _WithFleet) -> web.StreamResponse:
     """Every known agent's last 10 minutes (GET /api/v1/fleet-history)."""
     ids = [row["agent_id"] for row in gw.fleet.all()]
     return web.json_response([h.model_dump() for h in gw.fleet.history.view_all(ids)])

@@ -36,9 +36,9 @@ import aiohttp
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bus.broker import BrokerUrl, make_client
 from edge_agent.alerts import Alert
 from models.settings_cli import add_settings_arguments, given
-from offload.mqtt import BrokerUrl, make_client
 
 log = logging.getLogger(__name__)
 
