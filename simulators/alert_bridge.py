@@ -38,7 +38,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.broker import BrokerUrl, make_client
 from edge_agent.alerts import Alert
-from models.settings_cli import add_settings_arguments, given
+from shell.cli import add_settings_arguments, given
 
 log = logging.getLogger(__name__)
 
