@@ -17,6 +17,7 @@ page turns it into a link.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,6 +37,8 @@ class _WithFleet(Protocol):
 
     fleet: Any
 
+
+log = logging.getLogger(__name__)
 
 WINDOW_S = 600.0
 MAX_POINTS = 1200  # per agent: a 0.5 s heartbeat fills the window
@@ -127,6 +130,7 @@ class HeartbeatHistory:
         self.clock = clock
         self._points: dict[str, deque[_Point]] = {}
         self._urls: dict[str, str | None] = {}
+        self.bad_urls = 0  # dashboard_url values that were not plain http(s) URLs
 
     def __len__(self) -> int:
         return len(self._points)
@@ -136,7 +140,12 @@ class HeartbeatHistory:
         agent = report.agent_id
         extra = report.model_extra or {}
         if "dashboard_url" in extra:
-            self._urls[agent] = clean_url(extra["dashboard_url"])
+            url = clean_url(extra["dashboard_url"])
+            if url is None and extra["dashboard_url"] is not None:
+                self.bad_urls += 1  # the heartbeat still counts; only the link is dropped
+                if self._urls.get(agent, "") is not None:  # once per change, not per beat
+                    log.warning("agent %s reported an unusable dashboard_url", agent[:64])
+            self._urls[agent] = url
         if not report.online or not report.metrics:
             return
         ring = self._points.get(agent)

@@ -68,7 +68,8 @@ def test_dashboard_url_is_kept_only_when_it_is_a_plain_http_url() -> None:
     h.record(beat("a", 2, 1.0, 0.0), now=2.0)  # an older agent's beat: the URL stays
     assert h.view("a", now=2.0).dashboard_url == "http://10.0.0.7:8080/"
     h.record(beat("a", 3, 1.0, 0.0, dashboard_url="javascript:alert(1)"), now=3.0)
-    assert h.view("a", now=3.0).dashboard_url is None
+    assert h.view("a", now=3.0).dashboard_url is None and h.bad_urls == 1
+    assert h.view("a", now=3.0).heartbeats == 3  # the heartbeat itself still counted
     for bad in ("ftp://x/", "http://", 'http://x/"><script>', "x" * 400, 7, None):
         assert clean_url(bad) is None
     assert clean_url("https://edge-1.plant-a.example:8080/") is not None
