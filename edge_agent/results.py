@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.alerts import EPISODES, SEVERITY, Alert, AnomalyEpisodes, State, alert_key
+from edge_agent.alerts import EPISODES, SEVERITY, Alert, AnomalyEpisodes, Kind, State, alert_key
 from models.manifest import Manifest
 
 
@@ -124,7 +124,10 @@ def alert_for(
     """
     label = outs.labels[i]
     now = time.time()
-    kind = detail = value = new_label = None
+    kind: Kind | None = None
+    detail: str | None = None
+    value: float | None = None
+    new_label: str | None = None
     state: State = "firing"
     starts_at = now
     if label is not None:

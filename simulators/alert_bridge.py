@@ -162,7 +162,7 @@ async def run(settings: BridgeSettings, stop: asyncio.Event) -> Bridge:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             next_repeat = loop.time() + settings.repeat_s
             while not stop.is_set():
-                batch: list[dict[str, Any]] = []
+                batch: list[bytes] = []
                 try:
                     # Short waits so a stop is noticed; the repeat deadline bounds them too.
                     async with asyncio.timeout(min(0.5, max(0.0, next_repeat - loop.time()))):
