@@ -341,14 +341,14 @@ def test_fleet_rows_link_agent_pages_and_show_the_last_10_minutes(
     fresh = {h["agent_id"]: h for h in stack.gateway.get("/api/v1/fleet-history")}
     for agent in stack.agents:
         cells = rows[agent.agent_id]
-        assert len(cells) == 16
-        slo, offload, versions = cells[13:16]
+        assert len(cells) == 17  # ..., last seen, config, then the three 10-minute columns
+        slo, offload, versions = cells[14:17]
         # "99.87 % ▇▇█…": the window's figure, then one bar per 10 s bucket.
         assert re.fullmatch(r"\d+\.\d\d % [▁▂▃▄▅▆▇█ ]+", slo), slo
         assert re.fullmatch(r"\d+\.\d % [▁▂▃▄▅▆▇█ ]+", offload), offload
         assert versions == _versions_text(fresh[agent.agent_id]["versions"])
     # The rollout test before this one moved both agents to v2 and back: the window shows it.
-    assert all("v1 → v2" in rows[a.agent_id][15] for a in stack.agents), rows
+    assert all("v1 → v2" in rows[a.agent_id][16] for a in stack.agents), rows
     watch.screenshot("fleet-links")
     assert watch.problems() == []
 
