@@ -124,7 +124,26 @@ function updateText(u) {
   return `${u.state}${target}${rollout}${u.reason ? ": " + u.reason : ""}`;
 }
 
+function renderModels(s) {
+  // One row per served model (an agent may serve several, each on its own topics).
+  const models = Array.isArray(s.models) ? s.models : [];
+  syncRows($("models"), models.map((m) => ({
+    key: m.name,
+    cells: [
+      m.name,
+      m.version == null ? "–" : `v${m.version}`,
+      m.topics ?? "(default)",
+      fmtNum(m.rates?.inferences_per_s ?? 0, 1),
+      fmtNum(m.latency_ms?.p99 ?? 0, 1),
+      fmtPct(m.slo_attainment),
+      fmtPct(m.offload_share),
+      fmtNum(m.queue_depth ?? 0, 0),
+    ],
+  })), { max: 50, empty: "no model yet: the gateway assigns one", columns: 8 });
+}
+
 function renderLists(s) {
+  renderModels(s);
   setText("update-state", updateText(s.update), s.update?.state);
   const history = Array.isArray(s.model_history) ? s.model_history.slice().reverse() : [];
   syncRows($("model-history"), history.map((h) => [fmtTime(h.at), String(h.version ?? "–"), h.event ?? ""]),

@@ -45,6 +45,28 @@ def status_at(tick: int) -> dict[str, Any]:
         "policy": "slo-aware",
         "slo_ms": 100,
         "model": {"name": "motion-edge", "version": 2 + tick // 1000, "backend": "onnxruntime"},
+        "models": [  # one entry per served model (edge_agent/status.py _model_doc)
+            {
+                "name": "motion-edge",
+                "version": 2 + tick // 1000,
+                "topics": None,
+                "rates": {"readings_per_s": 950.0, "inferences_per_s": 95.0 + 5 * wave},
+                "latency_ms": {"p50": 8.0, "p95": 21.5, "p99": 42.25 + 5 * wave},
+                "slo_attainment": 0.9975,
+                "offload_share": 0.3 + 0.1 * wave,
+                "queue_depth": int(12 + 10 * wave),
+            },
+            {
+                "name": "vibration-anomaly",
+                "version": 1,
+                "topics": "sensors/+/+/vib",
+                "rates": {"readings_per_s": 200.0, "inferences_per_s": 1.5},
+                "latency_ms": {"p50": 3.0, "p95": 4.0, "p99": 5.5},
+                "slo_attainment": 1.0,
+                "offload_share": 0.0,
+                "queue_depth": 0,
+            },
+        ],
         "model_history": [
             {"version": 1, "at": 1_764_369_000.0, "event": "loaded"},
             {"version": 2, "at": 1_764_369_500.0, "event": "swapped"},

@@ -81,6 +81,13 @@ def test_page_renders_the_status_document_exactly(open_page: OpenPage) -> None:
         devices = {f"{a['site']}/{a['device']}" for a in doc["alerts"]}
         shown_devices = by_testid(page, "alerts-by-device").locator("tr td:first-child")
         assert set(shown_devices.all_text_contents()) == devices
+        # One row per served model, each with its own topics and numbers.
+        rows = by_testid(page, "models").locator("tr")
+        cells = [rows.nth(i).locator("td").all_text_contents() for i in range(rows.count())]
+        assert [c[:3] for c in cells] == [
+            [m["name"], f"v{m['version']}", m["topics"] or "(default)"] for m in doc["models"]
+        ]
+        assert cells[1][4:7] == ["5.5", "100.0 %", "0.0 %"]
         assert by_testid(page, "connection").get_attribute("data-state") == "live"
         watch.screenshot("edge-contract")
         assert watch.problems() == []
