@@ -12,6 +12,8 @@ from importlib import resources
 
 from aiohttp import web
 
+from shell.web import SHARED, shared_asset
+
 ASSETS: dict[str, str] = {
     "app.js": "text/javascript",
     "chart.js": "text/javascript",
@@ -33,6 +35,8 @@ _HEADERS = {
 
 
 def _load(name: str) -> bytes:
+    if name in SHARED:  # one copy for both dashboards (shell/web)
+        return shared_asset(name)
     return resources.files(__package__).joinpath(name).read_bytes()
 
 

@@ -74,11 +74,19 @@ async def test_fleet_page_leaves_an_existing_root_route_alone() -> None:
         await client.close()
 
 
-def test_both_pages_ship_the_same_dom_helpers() -> None:
-    """dom.js is copied into both packages (the gateway must not import edge_agent): keep
-    the copies identical so a fix to one cannot silently miss the other."""
-    from importlib import resources
+async def test_both_pages_serve_the_one_shared_dom_helpers() -> None:
+    """dom.js lives once, in shell/web, and both apps serve it (the gateway must not
+    import edge_agent, so the shared asset sits in a package both may import)."""
+    from shell.web import shared_asset
 
-    edge = resources.files("edge_agent.dashboard").joinpath("dom.js").read_bytes()
-    fleet = resources.files("cloud_gateway.dashboard").joinpath("dom.js").read_bytes()
-    assert edge == fleet
+    want = shared_asset("dom.js")
+    for add in (add_edge_routes, add_fleet_routes):
+        app = web.Application()
+        add(app)
+        client = test_utils.TestClient(test_utils.TestServer(app))
+        await client.start_server()
+        try:
+            resp = await client.get("/dashboard/dom.js")
+            assert resp.status == 200 and await resp.read() == want
+        finally:
+            await client.close()
