@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Protocol
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.batch import BatchDone, Request
 from edge_agent.results import Outputs, alert_for, batch_results, error_output, model_part
+from edge_agent.stats import Stats
 from offload.tracing import CLIENT, SERVER, Tracer
 
 if TYPE_CHECKING:
-    from edge_agent.core import AgentCore
     from edge_agent.windowing import StreamWindow
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,22 @@ class Publisher(Protocol):
         """One batch's results at once (QoS 0 ones leave as pre-encoded frames)."""
 
 
-def complete_batch(core: AgentCore, done: BatchDone) -> None:
+class CompletionHost(Protocol):
+    """What publishing a batch reads of a model's core (``edge_agent.core.AgentCore``):
+    where results go, the counters, the alert ring and the side outputs."""
+
+    agent_id: str
+    publisher: Publisher
+    result_qos: int
+    threshold: float | None
+    stats: Stats
+    tracer: Tracer | None
+    alerts: deque[dict[str, Any]]
+    on_results: Callable[[list[tuple[Request, str]], BatchDone], None] | None
+    on_alert: Callable[[dict[str, Any]], None] | None
+
+
+def complete_batch(core: CompletionHost, done: BatchDone) -> None:
     """Publish one result per request of ``done`` and record the batch."""
     reqs = done.requests
     n = len(reqs)
@@ -108,7 +125,7 @@ def _trace(tracer: Tracer, done: BatchDone, now: float) -> None:
             tracer.record("local inference", tracer.child(root), root, done.dispatched, end)
 
 
-def _check_alert(core: AgentCore, st: StreamWindow, r: Request, outs: Outputs, i: int) -> None:
+def _check_alert(core: CompletionHost, st: StreamWindow, r: Request, outs: Outputs, i: int) -> None:
     alert = alert_for(st, r.seq, outs, i, core.agent_id)
     if alert is None:
         return

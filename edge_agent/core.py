@@ -12,10 +12,11 @@ Each window's deadline runs from the sensor ``ts`` of its last reading
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -290,6 +291,17 @@ class AgentCore:
         self._pending.append(req)
         if wake and not self.inline:
             self._wake_loop()
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[list[tuple[StreamWindow, np.ndarray, int, float | None]]]:
+        """While the journal replays, windows emitted by re-fed readings are collected in
+        the yielded list instead of queued (replay decides which are still unanswered)."""
+        captured: list[tuple[StreamWindow, np.ndarray, int, float | None]] = []
+        self._capture = captured
+        try:
+            yield captured
+        finally:
+            self._capture = None
 
     def emit_replayed(
         self, st: StreamWindow, win: np.ndarray, seq: int, ts: float | None, arrival: float

@@ -66,18 +66,28 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from edge_agent.journal_files import READING, SNAP, frame, replay, segments
+from edge_agent.journal_files import READING, SNAP, ReplayTarget, frame, replay, segments
 from edge_agent.log_limit import LogLimiter
 from models.errors import Conflict
 
 if TYPE_CHECKING:
     from edge_agent.batch import Request
-    from edge_agent.core import AgentCore
     from edge_agent.windowing import StreamWindow
+
+
+class JournaledCore(ReplayTarget, Protocol):
+    """What the journal needs of a model's core (``edge_agent.core.AgentCore``)."""
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def streams(self) -> dict[str, StreamWindow]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +112,7 @@ class Journal:
         self.lag_s = lag_s
         self._connected = connected
         self._lock = threading.Lock()
-        self._core: AgentCore | None = None
+        self._core: JournaledCore | None = None
         self._fd: int | None = None
         self._dir_lock: int | None = None
         self._seg = 0
@@ -271,7 +281,7 @@ class Journal:
         self._retry_s = min(2.0, max(0.1, self._retry_s * 2))
         self._retry_at = time.monotonic() + self._retry_s
 
-    def _snapshot(self, core: AgentCore, clean: bool) -> bytes:
+    def _snapshot(self, core: JournaledCore, clean: bool) -> bytes:
         streams: list[list[Any]] = []
         windows: list[list[Any]] = []
         blobs: list[bytes] = []
@@ -299,7 +309,7 @@ class Journal:
         return SNAP.pack(b"S", len(header)) + header + b"".join(blobs)
 
     # -- start and stop (the MQTT thread is not running) -------------------------------
-    def open(self, core: AgentCore) -> dict[str, int]:
+    def open(self, core: JournaledCore) -> dict[str, int]:
         """Replay what an earlier run left into ``core``, then start a fresh segment."""
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Two agents on one journal would delete each other's segments. The kernel drops

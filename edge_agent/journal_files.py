@@ -14,16 +14,35 @@ import struct
 import time
 import zlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from bus.readings import PayloadError, decode, encode_binary
 
 if TYPE_CHECKING:
-    from edge_agent.core import AgentCore
     from edge_agent.windowing import StreamWindow
+
+
+class ReplayTarget(Protocol):
+    """What replay needs of a model's core (``edge_agent.core.AgentCore``)."""
+
+    def signature(self) -> list[object]: ...
+
+    def stream_for(self, topic: str) -> StreamWindow | None: ...
+
+    def ingest(self, topic: str, payload: bytes, arrival: float) -> StreamWindow | None: ...
+
+    def capturing(
+        self,
+    ) -> AbstractContextManager[list[tuple[StreamWindow, np.ndarray, int, float | None]]]: ...
+
+    def emit_replayed(
+        self, st: StreamWindow, win: np.ndarray, seq: int, ts: float | None, arrival: float
+    ) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +86,7 @@ def segments(directory: Path) -> list[tuple[int, Path]]:
 
 
 def replay(
-    directory: Path, core: AgentCore, track: Callable[[StreamWindow], None]
+    directory: Path, core: ReplayTarget, track: Callable[[StreamWindow], None]
 ) -> dict[str, int]:
     """Feed the newest intact snapshot and the records after it into ``core``.
 
@@ -114,17 +133,13 @@ def replay(
         todo.append((topic, seq, ts, np.frombuffer(blob, "<f4", r * c, off).reshape(r, c)))
         off += r * c * 4
     marks: dict[str, int] = {}
-    captured: list[tuple[StreamWindow, np.ndarray, int, float | None]] = []
-    core._capture = captured
-    try:
+    with core.capturing() as captured:
         for body in bodies[1:]:
             if body[:1] == b"M":
                 for t, m in json.loads(body[1:]).items():
                     marks[t] = max(m, marks.get(t, -1))
             elif body[:1] == b"R":
                 report["readings"] += _replay_reading(core, body, track)
-    finally:
-        core._capture = None
     todo += [(st.topic, seq, ts, win) for st, win, seq, ts in captured]
     shape = (core.signature()[1], channels)
     for topic, seq, ts, win in todo:
@@ -142,7 +157,7 @@ def replay(
     return report
 
 
-def _replay_reading(core: AgentCore, body: bytes, track: Callable[[StreamWindow], None]) -> int:
+def _replay_reading(core: ReplayTarget, body: bytes, track: Callable[[StreamWindow], None]) -> int:
     _, seq, tlen = READING.unpack_from(body)
     start = READING.size
     topic = body[start : start + tlen].decode()

@@ -19,14 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 KNOWN: dict[frozenset[str], str] = {
     frozenset(
         {
-            "edge_agent.core",
-            "edge_agent.completion",
-            "edge_agent.journal",
-            "edge_agent.journal_files",
-        }
-    ): "completion and the journal replay still take the core (issue 17)",
-    frozenset(
-        {
             "cloud_gateway.service",
             "cloud_gateway.app",
             "cloud_gateway.routes",
