@@ -16,7 +16,7 @@ from shell.http import Handler as RequestHandler
 from shell.http import json_errors, redact_bad_request_logs
 
 if TYPE_CHECKING:
-    from cloud_gateway.service import Gateway
+    from cloud_gateway.context import Gateway
 
 log = logging.getLogger(__name__)
 

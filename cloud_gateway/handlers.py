@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from bus.desired import MAX_VERSION
@@ -34,7 +35,7 @@ from cloud_gateway.schemas import (
 from models.errors import BundleTooLarge, InvalidInput, PermissionDenied
 
 if TYPE_CHECKING:
-    from cloud_gateway.service import Gateway
+    from cloud_gateway.context import Gateway
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -236,3 +237,8 @@ async def rollback_rollout(request: web.Request, gw: Gateway) -> web.StreamRespo
 async def rollback_model(request: web.Request, gw: Gateway) -> web.StreamResponse:
     body = await _body(request, RollbackRequest)
     return web.json_response(gw.engine.rollback(body.model, body.rollout_id))
+
+
+async def metrics(request: web.Request, gw: Gateway) -> web.StreamResponse:
+    body = generate_latest(gw.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from cloud_gateway.service import Gateway
+    from cloud_gateway.context import Gateway
 
 
 def _db_open(gw: Gateway) -> bool:

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -33,7 +31,17 @@ from prometheus_client.registry import Collector
 from shell.http import Handler
 
 if TYPE_CHECKING:
-    from cloud_gateway.service import Gateway
+    import sqlite_utils
+
+    from cloud_gateway.bus import Bus
+
+
+class Source(Protocol):
+    """What the scrape-time gauges read of the gateway."""
+
+    db: sqlite_utils.Database
+    bus: Bus | None
+
 
 #: States a rollout row can be in (rollouts.py); each is exported even at 0 so a
 #: dashboard or alert on a state never sees "no data".
@@ -48,7 +56,7 @@ _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 class _FleetCollector(Collector):
     """Gauges read from the gateway's database at scrape time."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Source) -> None:
         self._gw = gw
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -84,7 +92,7 @@ class _FleetCollector(Collector):
 class GatewayMetrics:
     """The registry and the instruments the gateway updates."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Source) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -148,8 +156,3 @@ class GatewayMetrics:
                     self.heartbeats.labels("http", outcome).inc()
 
         return metrics_middleware
-
-
-async def metrics(request: web.Request, gw: Gateway) -> web.StreamResponse:
-    body = generate_latest(gw.metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -16,10 +16,9 @@ from cloud_gateway import schemas as s
 from cloud_gateway.auth import Role
 from cloud_gateway.health import readyz
 from cloud_gateway.heartbeats import AgentHistory, fleet_history
-from cloud_gateway.metrics import metrics
 
 if TYPE_CHECKING:
-    from cloud_gateway.service import Gateway
+    from cloud_gateway.context import Gateway
 
 Handler = Callable[[web.Request, "Gateway"], Awaitable[web.StreamResponse]]
 
@@ -52,7 +51,7 @@ class Route:
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", None, "Liveness probe", h.healthz, tag="ops"),
     Route("GET", "/readyz", None, "Readiness: DB, broker and engine up", readyz, tag="ops"),
-    Route("GET", "/metrics", None, "Prometheus metrics (text format)", metrics, tag="ops"),
+    Route("GET", "/metrics", None, "Prometheus metrics (text format)", h.metrics, tag="ops"),
     Route("GET", "/openapi.json", None, "This OpenAPI document", h.openapi, tag="ops"),
     Route(
         "GET",
