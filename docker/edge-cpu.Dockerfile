@@ -40,7 +40,7 @@ COPY cloud_gateway ./cloud_gateway
 COPY simulators ./simulators
 RUN /opt/edgecloud/bin/pip install --no-deps ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} . \
     && /opt/edgecloud/bin/pip check \
-    && /opt/edgecloud/bin/python -c "import edge_agent.cli, cloud_gateway.cli, offload.cli"
+    && /opt/edgecloud/bin/python -c "import edge_agent.app.cli, cloud_gateway.cli, offload.cli"
 # Slim the venv (the edge image budget is 300 MB), keeping only what runs:
 # - no pip/setuptools, no test suites or conformance data of the dependencies, no type
 #   stubs, C headers or sources;
@@ -70,7 +70,7 @@ RUN apt-get update \
     && rm -f onnxruntime/capi/libonnxruntime.so.* \
     && find . -name __pycache__ -type d -prune -exec rm -rf {} + \
     && /opt/edgecloud/bin/python -c "$IMPORT_ALL" \
-    && /opt/edgecloud/bin/python -c "import edge_agent.cli, cloud_gateway.cli, offload.cli" \
+    && /opt/edgecloud/bin/python -c "import edge_agent.app.cli, cloud_gateway.cli, offload.cli" \
     && /opt/edgecloud/bin/python -m models build --out /tmp/smoke --model motion-edge \
     && rm -rf /tmp/smoke
 

@@ -48,7 +48,7 @@ COPY edge_agent ./edge_agent
 COPY cloud_gateway ./cloud_gateway
 COPY simulators ./simulators
 RUN /opt/edgecloud/bin/pip install ".[jetson]" \
-    && /opt/edgecloud/bin/python -c "import tensorrt, edge_agent.cli; print(tensorrt.__version__)"
+    && /opt/edgecloud/bin/python -c "import tensorrt, edge_agent.app.cli; print(tensorrt.__version__)"
 
 FROM ${L4T_IMAGE} AS runtime
 ENV DEBIAN_FRONTEND=noninteractive

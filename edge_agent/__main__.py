@@ -1,5 +1,5 @@
 """``python -m edge_agent``: same as the ``edge-agent`` console script."""
 
-from edge_agent.cli import main
+from edge_agent.app.cli import main
 
 raise SystemExit(main())

@@ -3,7 +3,7 @@
     python -m simulators.alert_bridge --broker mqtt://127.0.0.1:1883 \\
         --alertmanager http://127.0.0.1:9093
 
-Subscribes to ``{prefix}alerts/#`` and POSTs each alert (``edge_agent.alerts.Alert``)
+Subscribes to ``{prefix}alerts/#`` and POSTs each alert (``edge_agent.output.alerts.Alert``)
 to ``{alertmanager}/api/v2/alerts`` as a ``postableAlert``:
 
 * labels (Alertmanager's identity, so these dedupe): ``alertname`` (``EdgeAnomaly`` or
@@ -37,7 +37,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.broker import BrokerUrl, make_client
-from edge_agent.alerts import Alert
+from edge_agent.output.alerts import Alert
 from shell.cli import add_settings_arguments, given
 
 log = logging.getLogger(__name__)

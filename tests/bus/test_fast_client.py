@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from bus.broker import BrokerUrl, make_client
-from edge_agent.mqtt_link import MqttLink
+from edge_agent.transport.link import MqttLink
 from simulators.mqtt_wire import PacketIds, WirePublisher, publish_frame
 
 

@@ -1,8 +1,8 @@
 """A lightweight in-process edge agent for rollout tests.
 
 It is the real update path of an agent - ``models.repository.ModelRepository``,
-``edge_agent.registry.ModelSlot`` (load-before-unload swap) and
-``edge_agent.updater.ModelUpdater`` downloading from the gateway with its token - plus
+``edge_agent.model.slot.ModelSlot`` (load-before-unload swap) and
+``edge_agent.model.updater.ModelUpdater`` downloading from the gateway with its token - plus
 real ONNX Runtime inference at a steady rate with sequence numbers and heartbeats on
 the real MQTT contract. Only the sensor ingest of a full ``edge-agent`` is left out, so
 twenty of them fit on a two-core machine.
@@ -24,8 +24,8 @@ import paho.mqtt.client as mqtt
 
 from bus.broker import BrokerUrl, make_client
 from bus.topics import Topics
-from edge_agent.registry import ModelSlot
-from edge_agent.updater import ModelUpdater, SlotTarget
+from edge_agent.model.slot import ModelSlot
+from edge_agent.model.updater import ModelUpdater, SlotTarget
 from models.errors import EdgecloudError
 from models.repository import ModelRepository
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edge_agent.dashboard import add_routes
+from edge_agent.ops.dashboard import add_routes
 
 
 def status_at(tick: int) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def status_at(tick: int) -> dict[str, Any]:
         "policy": "slo-aware",
         "slo_ms": 100,
         "model": {"name": "motion-edge", "version": 2 + tick // 1000, "backend": "onnxruntime"},
-        "models": [  # one entry per served model (edge_agent/status.py _model_doc)
+        "models": [  # one entry per served model (edge_agent/ops/status.py _model_doc)
             {
                 "name": "motion-edge",
                 "version": 2 + tick // 1000,

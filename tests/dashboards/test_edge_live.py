@@ -185,7 +185,7 @@ def test_dashboard_assets_are_served_by_the_agent(
     """Everything the page needs comes from the agent itself (no CDN, no network)."""
     agent, _ = live_agent
     with urlopen(agent.url, timeout=5) as resp:
-        # The agent serves the page through edge_agent.dashboard.add_routes (CSP included).
+        # The agent serves the page through edge_agent.ops.dashboard.add_routes (CSP included).
         assert "connect-src 'self'" in resp.headers["Content-Security-Policy"]
         index = resp.read().decode()
     for asset in ("dashboard/app.js", "dashboard/style.css"):

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import test_utils, web
 
 from cloud_gateway.dashboard import add_routes as add_fleet_routes
-from edge_agent.dashboard import add_routes as add_edge_routes
+from edge_agent.ops.dashboard import add_routes as add_edge_routes
 
 Adder = Callable[[web.Application], None]
 PAGES = [(add_edge_routes, "/"), (add_fleet_routes, "/dashboard"), (add_fleet_routes, "/")]

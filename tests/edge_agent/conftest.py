@@ -18,8 +18,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from bus.broker import BrokerUrl, make_client
-from edge_agent.agent import EdgeAgent
-from edge_agent.settings import EdgeSettings
+from edge_agent.app.agent import EdgeAgent
+from edge_agent.app.settings import EdgeSettings
 from models.recipes import build_all
 
 

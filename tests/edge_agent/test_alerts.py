@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from bus.readings import encode_binary
-from edge_agent.alerts import RESOLVE_AFTER, Alert
+from edge_agent.output.alerts import RESOLVE_AFTER, Alert
 from models import vibration
 from models.repository import ModelRepository
 from simulators.alert_bridge import BridgeSettings, run

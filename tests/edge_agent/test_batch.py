@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.batch import BatchDone, Request, run_and_complete
-from edge_agent.registry import Loaded
+from edge_agent.model.slot import Loaded
+from edge_agent.routing.batch import BatchDone, Request, run_and_complete
 from models.backends import load_backend
 from models.repository import ModelRepository
 

@@ -281,9 +281,9 @@ async def test_anomaly_models_and_a_missing_cloud_are_never_escalated(
 
 def test_fleet_sim_compare_runs_cascade_load_aware(tmp_path: Path) -> None:
     """The agents `fleet-sim compare` starts for cascade get a real, load-aware cascade."""
-    from edge_agent.cli import settings_from_args
-    from edge_agent.pipeline import policy_params
-    from offload.policy import Cascade, Observed, Route, make_policy
+    from edge_agent.app.cli import settings_from_args
+    from edge_agent.app.pipeline import policy_params
+    from edge_agent.routing.policy import Cascade, Observed, Route, make_policy
     from simulators.scenario import load_scenario
     from simulators.stack import Stack
 

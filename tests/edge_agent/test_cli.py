@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.cli import build_parser, main, settings_from_args
-from edge_agent.settings import EdgeSettings
+from edge_agent.app.cli import build_parser, main, settings_from_args
+from edge_agent.app.settings import EdgeSettings
 
 CONTRACT_FLAGS = {
     "--agent-id",

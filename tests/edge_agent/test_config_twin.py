@@ -16,9 +16,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bus.desired import Desired, WantedConfig, sign_desired
-from edge_agent.agent import EdgeAgent
-from edge_agent.config_twin import ConfigTwin, overlay
-from edge_agent.settings import EdgeSettings
+from edge_agent.app.agent import EdgeAgent
+from edge_agent.app.config_twin import ConfigTwin, overlay
+from edge_agent.app.settings import EdgeSettings
 from models.errors import InvalidInput
 from models.signing import ensure_key
 from tests.cloud_gateway.mqttutil import until

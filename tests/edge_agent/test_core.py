@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.agent import EdgeAgent
-from edge_agent.settings import EdgeSettings
+from edge_agent.app.agent import EdgeAgent
+from edge_agent.app.settings import EdgeSettings
 
 
 async def _core_agent(repo: Path, **kw: Any) -> tuple[EdgeAgent, list[tuple[str, str]]]:

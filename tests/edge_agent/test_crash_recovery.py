@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.core import AgentCore
-from edge_agent.journal import Journal
-from edge_agent.stats import Stats
-from edge_agent.wiring import make_topics
+from edge_agent.app.wiring import make_topics
+from edge_agent.durability.journal import Journal
+from edge_agent.ingest.core import AgentCore
+from edge_agent.ops.stats import Stats
 from models.repository import ModelRepository
 from simulators.wan import WanProfile, WanProxy
 from tests.edge_agent.conftest import (

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.deadlines import LatencyClock
+from edge_agent.ingest.deadlines import LatencyClock
 from tests.edge_agent.conftest import OffloadServer, agent_settings, publisher, reading
 
 

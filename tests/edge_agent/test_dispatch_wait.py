@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.batch import BatchDone, Request
-from edge_agent.dispatch import Dispatcher
-from edge_agent.registry import ModelSlot
+from edge_agent.model.slot import ModelSlot
+from edge_agent.routing.batch import BatchDone, Request
+from edge_agent.routing.dispatcher import Dispatcher
+from edge_agent.routing.estimates import ServiceTimeModel
+from edge_agent.routing.policy import make_policy
 from models.backends.base import BackendOptions
-from offload.estimates import ServiceTimeModel
-from offload.policy import make_policy
 
 Factory = Callable[..., Awaitable[Dispatcher]]
 HOLD_S = 0.4  # the emulated device holds its worker this long per batch

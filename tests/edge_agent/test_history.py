@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from edge_agent.history import SERIES, History
+from edge_agent.ops.history import SERIES, History
 
 
 def _doc(i: int) -> dict:

@@ -99,7 +99,7 @@ async def test_status_metrics_and_events(
 
 async def test_readyz_is_503_without_broker(repo: Path, topic_prefix: str, make_agent: Any) -> None:
     settings = agent_settings(f"mqtt://127.0.0.1:{free_port()}", repo, topic_prefix)
-    from edge_agent.agent import EdgeAgent
+    from edge_agent.app.agent import EdgeAgent
 
     agent = EdgeAgent(settings, connect_wait_s=0.2)
     await agent.start()

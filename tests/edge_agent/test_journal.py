@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.batch import Request
-from edge_agent.core import AgentCore
-from edge_agent.journal import Journal
-from edge_agent.journal_files import frame, read_records
-from edge_agent.stats import Stats
-from edge_agent.wiring import make_topics
+from edge_agent.app.wiring import make_topics
+from edge_agent.durability.journal import Journal
+from edge_agent.durability.journal_files import frame, read_records
+from edge_agent.ingest.core import AgentCore
+from edge_agent.ops.stats import Stats
+from edge_agent.routing.batch import Request
 from models.errors import Conflict
 from models.manifest import Manifest
 from models.repository import ModelRepository

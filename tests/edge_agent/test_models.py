@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.bindings import Binding, Bindings, covers, topic_matches
+from edge_agent.ingest.bindings import Binding, Bindings, covers, topic_matches
 from models.errors import ConfigError
 from models.recipes import build_model
 from models.repository import ModelRepository
@@ -195,7 +195,7 @@ async def test_models_added_and_removed_at_runtime_are_remembered(
 
 
 def test_cloud_model_mapping_per_local_model() -> None:
-    from edge_agent.settings import EdgeSettings
+    from edge_agent.app.settings import EdgeSettings
 
     one = EdgeSettings(model=["motion-edge"], cloud_model="motion-cloud")
     assert one.cloud_model_for("motion-edge") == "motion-cloud"
@@ -207,8 +207,8 @@ def test_cloud_model_mapping_per_local_model() -> None:
 
 
 def test_mqtt_password_from_a_file(tmp_path: Path) -> None:
-    from edge_agent.agent import broker_url
-    from edge_agent.settings import EdgeSettings
+    from edge_agent.app.agent import broker_url
+    from edge_agent.app.settings import EdgeSettings
 
     secret = tmp_path / "token"
     secret.write_text("s3cret\n")

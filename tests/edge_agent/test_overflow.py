@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.batch import BatchDone, Request
-from edge_agent.dispatch import Dispatcher
-from edge_agent.registry import ModelSlot
-from edge_agent.remote_rtt import RemoteRtt
+from edge_agent.model.slot import ModelSlot
+from edge_agent.routing.batch import BatchDone, Request
+from edge_agent.routing.dispatcher import Dispatcher
+from edge_agent.routing.estimates import ServiceTimeModel
+from edge_agent.routing.policy import make_policy
+from edge_agent.routing.rtt import RemoteRtt
 from models.backends.base import BackendOptions
 from offload.client import OffloadClient
-from offload.estimates import ServiceTimeModel
-from offload.policy import make_policy
 from tests.edge_agent.conftest import OffloadServer
 
 ITEM_S = 0.02  # the emulated device: 20 ms per window, batches of 2 -> 50 windows/s

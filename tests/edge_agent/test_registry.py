@@ -62,7 +62,7 @@ async def test_swap_under_traffic_loses_nothing(
 async def test_load_times_each_warm_up_size_for_the_router(repo: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from edge_agent.registry import ModelSlot
+    from edge_agent.model.slot import ModelSlot
     from models.backends.base import BackendOptions
 
     with ThreadPoolExecutor(1) as pool:

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.remote_rtt import RemoteRtt
+from edge_agent.routing.policy import Route, make_policy
+from edge_agent.routing.rtt import RemoteRtt
 from offload.client import OffloadClient
-from offload.policy import Route, make_policy
 from offload.stats import RemoteStats
 from tests.conftest import free_port
 from tests.edge_agent.conftest import OffloadServer, agent_settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.stats import LatencyWindow, Stats
+from edge_agent.ops.stats import LatencyWindow, Stats
 
 
 class FakeClock:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.store import Store
+from edge_agent.durability.store import Store
 from tests.edge_agent.conftest import Subscriber, publisher
 
 
@@ -116,7 +116,7 @@ class _Req:
 
 
 def test_memory_bound_drops_oldest_results_first_and_counts(tmp_path: Path) -> None:
-    from edge_agent.stats import AgentMetrics
+    from edge_agent.ops.stats import AgentMetrics
 
     metrics = AgentMetrics()
     store = Store(

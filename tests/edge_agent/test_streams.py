@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.core import AgentCore
-from edge_agent.stats import Stats
-from edge_agent.wiring import make_topics
+from edge_agent.app.wiring import make_topics
+from edge_agent.ingest.core import AgentCore
+from edge_agent.ops.stats import Stats
 from models.repository import ModelRepository
 
 

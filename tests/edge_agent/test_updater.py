@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bus.desired import Desired, WantedModel, sign_desired
 from cloud_gateway.service import Gateway, serve
-from edge_agent.registry import ModelSlot
-from edge_agent.updater import ModelUpdater, SlotTarget
+from edge_agent.model.slot import ModelSlot
+from edge_agent.model.updater import ModelUpdater, SlotTarget
 from models import signing
 from models.bundle import bundle_sha256
 from models.errors import EdgecloudError
@@ -549,7 +549,7 @@ async def test_a_document_for_the_agents_site_is_accepted_with_its_own_sequence(
 def test_an_unreadable_sequence_file_starts_from_zero(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from edge_agent.updater import Sequences
+    from edge_agent.model.updater import Sequences
 
     path = tmp_path / ".desired-sequence.json"
     path.write_text("{not json")

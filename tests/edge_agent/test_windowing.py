@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bus.topics import StreamId
-from edge_agent.windowing import StreamWindow
+from edge_agent.ingest.windows import StreamWindow
 
 SID = StreamId("s", "d", "x")
 

@@ -31,7 +31,7 @@ def exported(registry: CollectorRegistry) -> dict[str, set[str]]:
 
 
 def our_families() -> dict[str, set[str]]:
-    from edge_agent.stats import Stats
+    from edge_agent.ops.stats import Stats
     from offload.metrics import ServerMetrics
 
     return {**exported(Stats().registry), **exported(ServerMetrics().registry)}

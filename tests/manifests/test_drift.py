@@ -33,8 +33,8 @@ class Process:
 
 PROCESSES: dict[str, Process] = {
     "edge-agent": Process(
-        "edge_agent.cli",
-        "edge_agent.settings.EdgeSettings",
+        "edge_agent.app.cli",
+        "edge_agent.app.settings.EdgeSettings",
         ports=(("http_port", "http"),),
         binds=("http_host",),
         writes=("repository", "db_path", "engine_cache_dir"),

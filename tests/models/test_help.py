@@ -15,8 +15,8 @@ from pydantic_settings import BaseSettings
 
 from cloud_gateway.cli import build_parser as gateway_parser
 from cloud_gateway.settings import GatewaySettings
-from edge_agent.cli import build_parser as edge_parser
-from edge_agent.settings import EdgeSettings
+from edge_agent.app.cli import build_parser as edge_parser
+from edge_agent.app.settings import EdgeSettings
 from offload.cli import build_parser as offload_parser
 from offload.settings import OffloadSettings
 from simulators.cli import build_parser as sim_parser

@@ -87,7 +87,7 @@ def test_the_agent_refuses_an_unservable_version_with_the_same_message(
 ) -> None:
     """A bundle built bypassing pack (rank 3 whose window disagrees) reaches an agent's
     repository through a path without the check: loading it names shape and forms."""
-    from edge_agent.registry import ModelSlot
+    from edge_agent.model.slot import ModelSlot
     from models.repository import ModelRepository
     from tests.models.test_pack import unservable_bundle
 

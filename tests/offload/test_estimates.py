@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from offload.estimates import OffloadBudget, ServiceTimeModel
+from edge_agent.routing.estimates import OffloadBudget, ServiceTimeModel
 
 
 class FakeClock:

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
+from edge_agent.routing.policy import Decision, Observed, Route, make_policy
 from models.errors import ConfigError
-from offload.policy import Decision, Observed, Route, make_policy
 
 SLO = 0.100
 

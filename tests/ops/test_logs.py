@@ -156,7 +156,7 @@ def test_edge_agent_json_logs_broker_outage_and_sigterm(tmp_path: Path, built: A
     finally:
         prog.kill()
         broker.stop()
-    assert any(r["logger"] == "edge_agent.mqtt_link" for r in records)
+    assert any(r["logger"] == "edge_agent.transport.link" for r in records)
 
 
 def test_offload_server_json_logs_and_sigterm(built: Any) -> None:

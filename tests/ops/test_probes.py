@@ -16,7 +16,7 @@ def _served_paths(container: str) -> set[str]:
         from cloud_gateway.routes import ROUTES
 
         return {r.path for r in ROUTES if r.method == "GET"}
-    from edge_agent.http import make_app
+    from edge_agent.ops.http import make_app
 
     app = make_app(None)  # type: ignore[arg-type]  # routes only; nothing is served
     return {r.resource.canonical for r in app.router.routes() if r.method == "GET"}

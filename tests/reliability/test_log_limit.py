@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from edge_agent.log_limit import LogLimiter
+from edge_agent.durability.log_limit import LogLimiter
 
 
 def test_repeats_are_counted_into_one_line_per_interval(caplog: pytest.LogCaptureFixture) -> None:

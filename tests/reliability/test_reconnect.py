@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bus.broker import BrokerUrl
-from edge_agent.mqtt_link import MAX_BACKOFF_S, RECENT_CAP_S, MqttLink
+from edge_agent.transport.link import MAX_BACKOFF_S, RECENT_CAP_S, MqttLink
 
 
 def _link(url: str, loop: asyncio.AbstractEventLoop) -> MqttLink:

@@ -114,7 +114,7 @@ def test_sigkill_to_fleet_sim_leaves_no_child(tmp_path: Path, models_dir: Path) 
 def test_argv_matches_the_real_clis(tmp_path: Path) -> None:
     """The flags fleet-sim passes exist in each process's own build_parser()."""
     from cloud_gateway.cli import build_parser as gateway_parser
-    from edge_agent.cli import build_parser as agent_parser
+    from edge_agent.app.cli import build_parser as agent_parser
     from offload.cli import build_parser as offload_parser
 
     spec = StackSpec(

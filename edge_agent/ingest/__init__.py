@@ -1,0 +1,3 @@
+"""Readings in: topic -> model (bindings, demux), validate, window, deadline (the per-model
+core).
+"""

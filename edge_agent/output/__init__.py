@@ -1,0 +1,1 @@
+"""Results out: result JSON, alerts, counters and side outputs of a finished batch."""

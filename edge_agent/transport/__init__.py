@@ -1,0 +1,1 @@
+"""The MQTT session: paho driven by the agent's own network thread."""
