@@ -21,8 +21,9 @@ The agent sees the same interface as one ``OffloadClient`` (``start``, ``close``
 ``available``, ``stats``, ``infer``); :attr:`ReplicaClient.stats` documents how the
 replicas' numbers are aggregated into one :class:`~offload.stats.RemoteStats`.
 
-With TLS the names are not expanded: a certificate names the host, not a pod IP, so each
-listed target keeps its name and gRPC resolves it (one connection per listed target).
+With TLS, a replica dialled by the address its name resolved to still checks the server
+certificate against that *name* (``grpc.ssl_target_name_override``), so the certificate
+needs the Service's DNS name, not every pod IP.
 """
 
 from __future__ import annotations
@@ -145,7 +146,6 @@ class ReplicaClient:
         self.resolve_every_s = resolve_every_s
         self._stream = stream
         self._clock = clock
-        self._expand = tls is None or not (tls.ca or tls.cert)
         self._replicas: dict[str, Replica] = {}
         self._draining: set[Replica] = set()
         self._resolver: asyncio.Task[None] | None = None
@@ -161,7 +161,7 @@ class ReplicaClient:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         await self._apply(await self._resolve())
-        if self._expand and not all(t.literal for t in self.targets):
+        if not all(t.literal for t in self.targets):
             self._resolver = asyncio.get_running_loop().create_task(self._resolve_loop())
 
     async def close(self) -> None:
@@ -183,12 +183,13 @@ class ReplicaClient:
         await self.close()
 
     # -- the replica set ------------------------------------------------------------------
-    async def _resolve(self) -> list[str] | None:
-        """Every address the targets name now; None when a name does not resolve."""
-        addresses: list[str] = []
+    async def _resolve(self) -> dict[str, str | None] | None:
+        """Every address the targets name now, each with the name it came from (None for
+        an IP literal); None when a name does not resolve."""
+        addresses: dict[str, str | None] = {}
         loop = asyncio.get_running_loop()
         for t in self.targets:
-            if t.literal or not self._expand:
+            if t.literal:
                 found = [str(t)]
             else:
                 try:
@@ -198,21 +199,22 @@ class ReplicaClient:
                     log.warning("cannot resolve offload target %s: %s", t, exc)
                     return None
                 found = sorted({join_host_port(str(info[4][0]), t.port) for info in infos})
-            addresses.extend(a for a in found if a not in addresses)
+            for a in found:
+                addresses.setdefault(a, None if t.literal else t.host)
         return addresses
 
-    async def _apply(self, addresses: list[str] | None) -> None:
+    async def _apply(self, addresses: dict[str, str | None] | None) -> None:
         if addresses is None:
             if self._replicas:
                 return
             # Never resolved: hand the names to gRPC, which resolves them itself.
-            addresses = [str(t) for t in self.targets]
+            addresses = {str(t): None for t in self.targets}
         if set(addresses) == set(self._replicas):
             return
         if self._replicas:
             self.resolutions += 1
-            log.info("offload replicas now %s", ", ".join(addresses))
-        for address in addresses:
+            log.info("offload replicas now %s", ", ".join(sorted(addresses)))
+        for address, name in addresses.items():
             if address not in self._replicas:
                 client = OffloadClient(
                     address,
@@ -221,6 +223,7 @@ class ReplicaClient:
                     max_retries=0,  # this class fails over instead
                     clock=self._clock,
                     stream=self._stream,
+                    server_name=name,
                 )
                 await client.start()
                 self._replicas[address] = Replica(client)

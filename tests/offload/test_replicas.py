@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import socket
 import time
 from collections.abc import Iterator
@@ -10,13 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from models.errors import ConfigError, NotFound
+from models.errors import ConfigError, NotFound, Unavailable
 from offload.breaker import BreakerConfig
 from offload.replicas import ReplicaClient, join_host_port, parse_targets
+from offload.tls import TlsFiles
 from tests.conftest import free_port
 from tests.offload.conftest import ServerProcess
 from tests.offload.graphs import WIDTH
+from tests.offload.test_tls import Ca
 
 #: The breaker interval the failover test measures against (how long a breaker stays open).
 BREAKER = BreakerConfig(failure_threshold=3, open_s=2.0)
@@ -142,3 +149,63 @@ async def test_a_replica_killed_mid_load_fails_no_request(three: list[ServerProc
     for s in (three[0], three[2]):
         assert after[s.target] - at_open[s.target] > 20
     print(f"\nanswered={answered} breaker open {shifted_s * 1000:.0f} ms after SIGKILL")
+
+
+def _dns_only_server_cert(ca: Ca, directory: Path) -> TlsFiles:
+    """A server certificate naming ``localhost`` only: no IP SAN to fall back on."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "offload")]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    cert_file = directory / "dns-only.crt"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file = directory / "dns-only.key"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return TlsFiles(cert=cert_file, key=key_file, ca=None)
+
+
+async def test_tls_replicas_dialled_by_address_check_the_name(
+    tmp_path: Path, repository: Path
+) -> None:
+    ca = Ca(tmp_path, "edgecloud-ca")
+    server_id = _dns_only_server_cert(ca, tmp_path)
+    agent = ca.issue("edge", server=False)
+    proc = ServerProcess(
+        repository,
+        "--tls-cert",
+        str(server_id.cert),
+        "--tls-key",
+        str(server_id.key),
+        "--tls-ca",
+        str(ca.cert_file),
+        "--log-level",
+        "WARNING",
+    )
+    tls = TlsFiles(agent.cert, agent.key, ca.cert_file)
+    try:
+        async with ReplicaClient(f"localhost:{proc.port}", tls=tls) as client:
+            # Expanded to addresses, yet the certificate (localhost only) is accepted.
+            assert all(r.target[0] in "0123456789[" for r in client.replicas)
+            out = await client.infer("affine", 1, {"x": rows(1, 7)}, time.monotonic() + 5.0)
+            np.testing.assert_allclose(out["y"], rows(1, 7) * 2 + 1)
+        # Dialled by the bare IP the same certificate is refused: the name is what counts.
+        async with ReplicaClient(f"127.0.0.1:{proc.port}", tls=tls, max_retries=0) as client:
+            with pytest.raises(Unavailable):
+                await client.infer("affine", 1, {"x": rows(1, 7)}, time.monotonic() + 5.0)
+    finally:
+        proc.kill()
