@@ -87,7 +87,7 @@ class OffloadClient:
         self._stream: InferStream | None = None
 
     async def start(self) -> None:
-        options = [
+        options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", self._max_message),
             ("grpc.max_send_message_length", self._max_message),
             # Fail fast while the server is down instead of backing off for seconds.

@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from models.errors import ConfigError, NotFound, Unavailable
 from offload.breaker import BreakerConfig
+from offload.client import OffloadClient
 from offload.replicas import ReplicaClient, join_host_port, parse_targets
 from offload.tls import TlsFiles
 from tests.conftest import free_port
@@ -39,6 +40,12 @@ def three(repository: Path) -> Iterator[list[ServerProcess]]:
 
 def rows(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, WIDTH)).astype(np.float32)
+
+
+def chosen(client: ReplicaClient, exclude: frozenset[str] = frozenset()) -> str:
+    replica = client.choose(exclude)
+    assert replica is not None
+    return replica.target
 
 
 def test_targets_parse_and_refuse_garbage() -> None:
@@ -80,7 +87,7 @@ async def test_choice_prefers_fewer_in_flight_and_skips_open_breakers(
         # Two choices among two callable replicas: the busier one is never chosen.
         a.begin()
         try:
-            assert {client.choose(frozenset({dead})).target for _ in range(50)} == {b.target}
+            assert {chosen(client, frozenset({dead})) for _ in range(50)} == {b.target}
         finally:
             a.end()
         # Real calls: the dead replica's refusals fail over, then its breaker opens and
@@ -91,7 +98,7 @@ async def test_choice_prefers_fewer_in_flight_and_skips_open_breakers(
         assert gone.client.stats.breaker_state == "open"
         assert not gone.client.available
         # Idle (nothing in flight) the lower RTT wins the tie: never the dead replica.
-        assert {client.choose().target for _ in range(50)} <= {a.target, b.target}
+        assert {chosen(client) for _ in range(50)} <= {a.target, b.target}
         assert a.client.stats.calls + b.client.stats.calls == 30
         assert gone.client.stats.calls == BREAKER.failure_threshold
         assert client.failovers == BREAKER.failure_threshold
@@ -209,3 +216,17 @@ async def test_tls_replicas_dialled_by_address_check_the_name(
                 await client.infer("affine", 1, {"x": rows(1, 7)}, time.monotonic() + 5.0)
     finally:
         proc.kill()
+
+
+def test_the_agent_gets_the_replica_client_for_a_list_or_a_name() -> None:
+    from edge_agent.app.settings import EdgeSettings
+    from edge_agent.app.wiring import make_remote
+
+    def remote(cloud: str) -> object:
+        return make_remote(EdgeSettings(agent_id="a", site="s", cloud=cloud))
+
+    assert type(remote("127.0.0.1:8001")) is OffloadClient  # one address: as before
+    assert isinstance(remote("127.0.0.1:8001,127.0.0.1:8002"), ReplicaClient)
+    assert isinstance(remote("offload-server-replicas.edgecloud.svc:8001"), ReplicaClient)
+    with pytest.raises(ConfigError, match="not HOST:PORT"):
+        remote("offload-server")
