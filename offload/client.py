@@ -59,8 +59,12 @@ class OffloadClient:
         stream: bool = False,
         max_message_bytes: int = 64 * 1024 * 1024,
         admin_token: str | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.target = target
+        # The name the TLS certificate carries when ``target`` is one replica's address
+        # (offload/replicas.py dials pod IPs that a headless Service's name resolved to).
+        self._server_name = server_name
         # Sent only on repository load/unload (the server's --admin-token-file).
         self._admin_metadata = (
             (("authorization", f"Bearer {admin_token}"),) if admin_token else None
@@ -83,7 +87,7 @@ class OffloadClient:
         self._stream: InferStream | None = None
 
     async def start(self) -> None:
-        options = [
+        options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", self._max_message),
             ("grpc.max_send_message_length", self._max_message),
             # Fail fast while the server is down instead of backing off for seconds.
@@ -91,6 +95,11 @@ class OffloadClient:
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.min_reconnect_backoff_ms", 100),
         ]
+        if self._server_name is not None:
+            options += [
+                ("grpc.ssl_target_name_override", self._server_name),
+                ("grpc.default_authority", self._server_name),
+            ]
         if self._tls is not None and (self._tls.ca or self._tls.cert):
             creds = channel_credentials(self._tls)
             self._channel = grpc.aio.secure_channel(self.target, creds, options=options)

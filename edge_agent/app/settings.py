@@ -101,7 +101,12 @@ class EdgeSettings(BaseSettings):
         ge=0,
         description="Simulation only: extra service time per window in a local batch; 0 disables.",
     )
-    cloud: str | None = Field(default=None, description="Offload target HOST:PORT (optional).")
+    cloud: str | None = Field(
+        default=None,
+        description="Offload target HOST:PORT (optional); several replicas as a comma-separated "
+        "list, and a DNS name (a headless Service) is expanded to every address it resolves "
+        "to, re-resolved every 5 s. Calls spread over the replicas and fail over between them.",
+    )
     cloud_model: str | None = Field(
         default=None,
         description="Model on the cloud tier that answers offloaded batches: NAME (every "

@@ -29,10 +29,15 @@ def make_topics(prefix: str) -> Topics:
 
 
 def make_remote(s: EdgeSettings) -> Any:
-    """The offload client for ``--cloud`` (None without one); started by the agent."""
+    """The offload client for ``--cloud`` (None without one); started by the agent.
+
+    One IP-literal target keeps the plain client; a list of targets or a DNS name (a
+    headless Service naming every replica) gets the replica set (offload/replicas.py).
+    """
     if not s.cloud:
         return None
     from offload.client import OffloadClient
+    from offload.replicas import ReplicaClient, parse_targets
     from offload.tls import TlsFiles
 
     tls = None
@@ -42,7 +47,10 @@ def make_remote(s: EdgeSettings) -> Any:
             key=Path(s.tls_key) if s.tls_key else None,
             ca=Path(s.tls_ca) if s.tls_ca else None,
         )
-    return OffloadClient(s.cloud, tls=tls)
+    targets = parse_targets(s.cloud)
+    if len(targets) == 1 and targets[0].literal:
+        return OffloadClient(str(targets[0]), tls=tls)
+    return ReplicaClient(s.cloud, tls=tls)
 
 
 def make_updater(
