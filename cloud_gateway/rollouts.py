@@ -444,6 +444,7 @@ class RolloutEngine:
     ) -> None:
         rid, model, now = row["id"], row["model"], self.clock()
         previous, previous_config = {}, {}
+        found: dict[int, dict[str, Any] | None] = {}
         for agent_id, version, config in self.db.execute(
             "select agent_id, previous_version, previous_config from rollout_agents "
             "where rollout_id = ?",
@@ -461,7 +462,9 @@ class RolloutEngine:
                 )
                 continue
             prev = previous[agent_id]
-            version = self.registry.find(model, prev) if prev is not None else None
+            if prev is not None and prev not in found:  # one registry read per version
+                found[prev] = self.registry.find(model, prev)
+            version = found.get(prev) if prev is not None else None
             if prev is None:
                 self.desired.remove(agent_id, model, rid, now)
             elif version is not None:

@@ -159,10 +159,12 @@ class Gateway:
                     await self.engine.tick()
             except Exception:  # keep the engine alive; the next tick retries
                 log.exception("engine tick failed")
-            # A tick over thousands of agents can take a good part of tick_s: waiting at
-            # least twice as long as it took keeps the engine under a third of a core
-            # (and the loop free for heartbeats and the API) at any fleet size.
-            pause = max(self.settings.tick_s, 2 * (loop.time() - started))
+            # A tick over thousands of agents can take a good part of tick_s: waiting
+            # twice as long as it took keeps the engine under a third of a core (and the
+            # loop free for heartbeats and the API). Capped at 4 ticks: a one-off long
+            # tick (issuing a 10,000-agent wave) must not delay noticing its failures.
+            spent = loop.time() - started
+            pause = max(self.settings.tick_s, min(2 * spent, 4 * self.settings.tick_s))
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
             # races the event, and then shutdown waits on this task forever.
             with contextlib.suppress(TimeoutError):
