@@ -6,8 +6,10 @@ cache that can be rebuilt from these tables (that is what makes rollouts resumab
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,9 @@ _TABLES: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = {
             "config": str,  # the heartbeat's config twin report
             "last_seen": float,
             "first_seen": float,
+            # Bumped by every heartbeat written: the rollout engine re-reads a row only
+            # when it changed (cloud_gateway.rollouts), whatever the clock says.
+            "beat": int,
         },
         "agent_id",
     ),
@@ -158,6 +163,27 @@ def next_counter(db: sqlite_utils.Database, name: str, floor: int = 0) -> int:
         [floor, name],
     ).fetchone()
     return int(row[0])
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[None]:
+    """One SQLite transaction around many writes (a 10,000-agent wave is one commit, not
+    tens of thousands). Nested use joins the outer transaction. A sqlite-utils write
+    inside commits early (its ``with conn:``); later statements then autocommit, which
+    costs speed, not correctness."""
+    conn = db.conn
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("begin")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("rollback")
+        raise
+    if conn.in_transaction:
+        conn.execute("commit")
 
 
 def dumps(value: Any) -> str:

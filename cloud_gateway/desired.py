@@ -10,8 +10,9 @@ holds (agents keep their last versions locally).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import sqlite_utils
@@ -20,11 +21,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bus.desired import Desired, WantedModel, sign_desired
 from bus.topics import Topics
 from cloud_gateway.config import configured_agents, wanted_config
-from cloud_gateway.db import next_counter
+from cloud_gateway.db import next_counter, transaction
 
 Publish = Callable[[str, bytes], None]
 
 SEQUENCE = "desired-sequence"
+
+_COLUMNS = (
+    "agent_id",
+    "model",
+    "version",
+    "sha256",
+    "url",
+    "rollback",
+    "topics",
+    "state",
+    "rollout_id",
+    "issued_at",
+)
+# Plain SQL (sqlite-utils' upsert introspects the table per call); columns it does not
+# name are left alone.
+_UPSERT = (
+    f"insert into desired ({', '.join(_COLUMNS)}) values ({', '.join('?' * len(_COLUMNS))}) "
+    "on conflict(agent_id, model) do update set "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[2:])
+)
 
 
 def next_sequence(db: sqlite_utils.Database) -> int:
@@ -73,22 +94,35 @@ class DesiredState:
             "select version from desired where agent_id = ? and model = ?", [agent_id, model]
         ).fetchone()
         rollback = rollback or (before is not None and before[0] > version["version"])
-        self.db.table("desired").upsert(
-            {
-                "agent_id": agent_id,
-                "model": model,
-                "version": version["version"],
-                "sha256": version.get("sha256"),
-                "url": url,
-                "rollback": int(rollback),
-                "topics": topics,
-                "state": "serving",
-                "rollout_id": rid,
-                "issued_at": now,
-            },
-            pk=("agent_id", "model"),
-        )
+        values = [
+            agent_id,
+            model,
+            version["version"],
+            version.get("sha256"),
+            url,
+            int(rollback),
+            topics,
+            "serving",
+            rid,
+            now,
+        ]
+        self.db.execute(_UPSERT, values)
         self.publish_agent(agent_id, rid, now)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many :meth:`set`/:meth:`remove` calls as one transaction, their messages sent
+        after it committed: a wave of thousands of agents is one commit, and no agent
+        ever acts on a document (or sequence number) the database then rolled back."""
+        queued: list[tuple[str, bytes]] = []
+        send, self.publish = self.publish, lambda topic, payload: queued.append((topic, payload))
+        try:
+            with transaction(self.db):
+                yield
+        finally:
+            self.publish = send
+        for topic, payload in queued:
+            send(topic, payload)
 
     def remove(self, agent_id: str, model: str, rid: str | None, now: float) -> None:
         """Ask ``agent_id`` to stop serving ``model`` (``state: absent``; an agent that no

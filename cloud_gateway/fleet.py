@@ -17,13 +17,36 @@ import sqlite_utils
 from pydantic import ValidationError
 
 from bus.topics import check_segment
-from cloud_gateway.db import dumps, loads
+from cloud_gateway.db import dumps, loads, transaction
 from cloud_gateway.enrolment import Enrolments, Identity
 from cloud_gateway.heartbeats import HeartbeatHistory
 from cloud_gateway.schemas import Selector, StatusReport
 from models.errors import InvalidInput, NotFound, PermissionDenied
 
 log = logging.getLogger(__name__)
+
+
+_AGENT_COLUMNS = (
+    "agent_id",
+    "site",
+    "labels",
+    "online",
+    "models",
+    "update_state",
+    "health",
+    "metrics",
+    "config",
+    "last_seen",
+    "first_seen",
+)
+_SELECT = f"select {', '.join(_AGENT_COLUMNS)} from agents"
+# An upsert that leaves columns it does not name (added by other modules) alone.
+_UPSERT = (
+    f"insert into agents ({', '.join(_AGENT_COLUMNS)}, beat) "
+    f"values ({', '.join('?' * len(_AGENT_COLUMNS))}, 1) on conflict(agent_id) do update set "
+    + ", ".join(f"{c} = excluded.{c}" for c in _AGENT_COLUMNS[1:])
+    + ", beat = coalesce(agents.beat, 0) + 1"
+)
 
 
 class Fleet:
@@ -95,12 +118,11 @@ class Fleet:
         ``labels`` are ignored: labels are the admin's (:meth:`set_labels`)."""
         check_segment(report.agent_id, "agent")
         now = self.clock()
-        table = self.db.table("agents")
         old = self.find(report.agent_id)
         if not report.online and old is not None and not report.models:
             # A last will carries only the id: keep what we knew, flip the flag.
-            table.update(report.agent_id, {"online": 0, "last_seen": old["last_seen"]})
-            return self.get(report.agent_id)
+            self.db.execute("update agents set online = 0 where agent_id = ?", [report.agent_id])
+            return old | {"online": 0}
         site = identity.site if identity else report.site or (old["site"] if old else "")
         row = {
             "agent_id": report.agent_id,
@@ -115,7 +137,9 @@ class Fleet:
             "last_seen": now,
             "first_seen": old["first_seen"] if old else now,
         }
-        table.upsert(row, pk="agent_id")
+        # Plain SQL: sqlite-utils' upsert introspects the table on every call, which was
+        # most of a heartbeat's cost at thousands of agents (docs/benchmarks.md).
+        self.db.execute(_UPSERT, [row[c] for c in _AGENT_COLUMNS])
         self.history.record(report, now)
         return row
 
@@ -128,14 +152,16 @@ class Fleet:
                 "select agent_id from agents where online = 1 and last_seen < ?", [cutoff]
             )
         ]
-        for agent_id in stale:
-            self.db.table("agents").update(agent_id, {"online": 0})
-            log.info("agent %s missed its heartbeats: offline", agent_id)
+        with transaction(self.db):
+            for agent_id in stale:
+                self.db.execute("update agents set online = 0 where agent_id = ?", [agent_id])
+                log.info("agent %s missed its heartbeats: offline", agent_id)
         return stale
 
     def find(self, agent_id: str) -> dict[str, Any] | None:
-        rows = list(self.db.table("agents").rows_where("agent_id = ?", [agent_id], limit=1))
-        return rows[0] if rows else None
+        cur = self.db.execute(_SELECT + " where agent_id = ?", [agent_id])
+        found = cur.fetchone()
+        return dict(zip(_AGENT_COLUMNS, found, strict=True)) if found else None
 
     def get(self, agent_id: str) -> dict[str, Any]:
         row = self.find(agent_id)

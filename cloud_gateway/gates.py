@@ -148,7 +148,14 @@ class Control:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"agents": list(self.agents)}
+        # Not dataclasses.asdict: its deep copy of thousands of agent ids ran every tick.
+        return {
+            "agents": list(self.agents),
+            "versions": list(self.versions),
+            "p99_ms": self.p99_ms,
+            "error_rate": self.error_rate,
+            "results": self.results,
+        }
 
 
 def _eligible(obs: Observation | None, version: int, gates: Gates, now: float) -> bool:

@@ -62,6 +62,9 @@ class RolloutEngine:
         self.clock = clock
         self._background: set[asyncio.Task[None]] = set()
         self._gates: dict[str, dict[str, Any]] = {}  # rollout id -> latest GateReport dict
+        # rollout id -> agent -> (row fields, parsed): see _observe and _baselines
+        self._obs_cache: dict[str, dict[str, tuple[tuple[Any, ...], gates.Observation]]] = {}
+        self._base_cache: dict[str, dict[str, tuple[str | None, gates.Baseline]]] = {}
 
     # -- commands --------------------------------------------------------------------
 
@@ -253,14 +256,11 @@ class RolloutEngine:
         rid = row["id"]
         agents = list(self.db.table("rollout_agents").rows_where("rollout_id = ?", [rid]))
         plan = canary.Plan.of_rows(row, agents)
-        observations = {
-            a["agent_id"]: self._observe(row, fleet_row)
-            for a in agents
-            if (fleet_row := self.fleet.find(a["agent_id"])) is not None
-        }
+        observations = self._observe(row)
         now = self.clock()
-        agents = self._note_converged(rid, row["version"], agents, observations, now)
-        baselines = {a["agent_id"]: gates.Baseline.load(loads(a["baseline"])) for a in agents}
+        with self.desired.batch():
+            agents = self._note_converged(rid, row["version"], agents, observations, now)
+        baselines = self._baselines(rid, agents)
         report = canary.judge(plan, observations, baselines, now)
         gate = self._gates[rid] = report.as_dict(now)
         action = canary.step(plan, observations, baselines, now, report)
@@ -282,13 +282,65 @@ class RolloutEngine:
             gate["failure"] = gate["failure"] or action.reason  # a timeout fails no gate
             self._rollback(row, action.rollback, action.reason, gate)
         elif isinstance(action, canary.Succeed):
-            self._gates.pop(rid, None)
+            self._forget(rid)
             self._update(rid, state="succeeded", finished_at=now)
             self._event(rid, "succeeded", {})
             log.info("rollout %s succeeded", rid)
 
+    def _observe(self, row: dict[str, Any]) -> dict[str, gates.Observation]:
+        """Every agent of the rollout as its latest heartbeat shows it. A tick is 0.5 s and
+        a heartbeat interval ~10 s, so most rows have not changed since the last tick: only
+        (online, beat) is read for all of them, and the rows that changed are read
+        and parsed again (re-reading and re-parsing 10,000 rows per tick took most of the
+        gateway's CPU during a rollout; docs/benchmarks.md). ``beat`` changes with every
+        heartbeat written, ``online`` with a last will or the offline sweep."""
+        rid = row["id"]
+        cache = self._obs_cache.setdefault(rid, {})
+        stamps = {
+            agent_id: (online, beat)
+            for agent_id, online, beat in self.db.execute(
+                "select f.agent_id, f.online, f.beat "
+                "from rollout_agents a join agents f on f.agent_id = a.agent_id "
+                "where a.rollout_id = ?",
+                [rid],
+            )
+        }
+        changed = [
+            a for a, stamp in stamps.items() if (hit := cache.get(a)) is None or hit[0] != stamp
+        ]
+        for start in range(0, len(changed), 5000):
+            cur = self.db.execute(
+                "select * from agents where agent_id in (select value from json_each(?))",
+                [dumps(changed[start : start + 5000])],
+            )
+            names = [d[0] for d in cur.description]
+            for values in cur:
+                fleet_row = dict(zip(names, values, strict=True))
+                stamp = (fleet_row["online"], fleet_row["beat"])
+                cache[fleet_row["agent_id"]] = (stamp, self._observation(row, fleet_row))
+        for gone in set(cache) - set(stamps):
+            del cache[gone]
+        return {agent_id: cache[agent_id][1] for agent_id in stamps if agent_id in cache}
+
+    def _baselines(self, rid: str, agents: list[dict[str, Any]]) -> dict[str, gates.Baseline]:
+        """Stored baselines, parsed once per change (same reason as :meth:`_observe`)."""
+        cache = self._base_cache.setdefault(rid, {})
+        out = {}
+        for a in agents:
+            text = a["baseline"]
+            hit = cache.get(a["agent_id"])
+            if hit is None or hit[0] != text:
+                hit = cache[a["agent_id"]] = (text, gates.Baseline.load(loads(text)))
+            out[a["agent_id"]] = hit[1]
+        return out
+
+    def _forget(self, rid: str) -> None:
+        self._gates.pop(rid, None)
+        self._obs_cache.pop(rid, None)
+        self._base_cache.pop(rid, None)
+
     @staticmethod
-    def _observe(row: dict[str, Any], fleet_row: dict[str, Any]) -> gates.Observation:
+    def _observation(row: dict[str, Any], fleet_row: dict[str, Any]) -> gates.Observation:
         if row.get("kind") == "config":
             return twin.observation(fleet_row, row["id"], row["version"])
         return gates.Observation.of_row(fleet_row, row["model"])
@@ -321,28 +373,47 @@ class RolloutEngine:
             if a["state"] == "issued" and obs is not None and gates.converged(obs, version):
                 base = gates.Baseline.load(loads(a["baseline"])).settle(obs.metrics)
                 a = a | {"state": "updated", "converged_at": now, "baseline": _dump(base)}
-                self.db.table("rollout_agents").update(
-                    (rid, a["agent_id"]), {k: a[k] for k in ("state", "converged_at", "baseline")}
+                self.db.execute(
+                    "update rollout_agents set state = ?, converged_at = ?, baseline = ? "
+                    "where rollout_id = ? and agent_id = ?",
+                    [a["state"], now, a["baseline"], rid, a["agent_id"]],
                 )
             out.append(a)
         return out
 
     def _issue(self, row: dict[str, Any], wave: int, agent_ids: list[str], now: float) -> None:
+        with self.desired.batch():
+            self._issue_wave(row, wave, agent_ids, now)
+        log.info("rollout %s: wave %d issued to %d agents", row["id"], wave + 1, len(agent_ids))
+
+    def _issue_wave(self, row: dict[str, Any], wave: int, agent_ids: list[str], now: float) -> None:
         rid = row["id"]
         is_config = row.get("kind") == "config"
         version = None if is_config else self.registry.get(row["model"], row["version"])
         # The agents not issued yet are the control group of this wave: their counters
         # now start the window their error rate is pooled over.
-        later = self.db.query(
-            "select agent_id from rollout_agents where rollout_id = ? and wave > ?", [rid, wave]
+        metrics = {
+            r[0]: r[1]
+            for r in self.db.execute(
+                "select a.agent_id, f.metrics from rollout_agents a "
+                "left join agents f on f.agent_id = a.agent_id "
+                "where a.rollout_id = ? and (a.wave > ? or a.agent_id in "
+                "(select value from json_each(?)))",
+                [rid, wave, dumps(agent_ids)],
+            )
+        }
+        self.db.conn.executemany(
+            "update rollout_agents set baseline = ? where rollout_id = ? and agent_id = ?",
+            [
+                (_dump(gates.Baseline.of(loads(text, {}))), rid, agent_id)
+                for agent_id, text in metrics.items()
+            ],
         )
-        for agent_id in [*agent_ids, *(r["agent_id"] for r in later)]:
-            fleet_row = self.fleet.find(agent_id)
-            base = gates.Baseline.of(loads(fleet_row["metrics"], {}) if fleet_row else {})
-            self.db.table("rollout_agents").update((rid, agent_id), {"baseline": _dump(base)})
         for agent_id in agent_ids:
-            self.db.table("rollout_agents").update(
-                (rid, agent_id), {"state": "issued", "issued_at": now}
+            self.db.execute(
+                "update rollout_agents set state = 'issued', issued_at = ? "
+                "where rollout_id = ? and agent_id = ?",
+                [now, rid, agent_id],
             )
             if version is None:
                 self.config.put(agent_id, loads(row["config"], {}), rid, version=row["version"])
@@ -352,7 +423,6 @@ class RolloutEngine:
                 )
         self._update(rid, current_wave=wave, wave_started_at=now, wave_converged_at=None)
         self._event(rid, "wave-issued", {"wave": wave + 1, "agents": agent_ids})
-        log.info("rollout %s: wave %d issued to %d agents", rid, wave + 1, len(agent_ids))
 
     def _rollback(
         self,
@@ -361,18 +431,40 @@ class RolloutEngine:
         reason: str,
         gate: dict[str, Any] | None = None,
     ) -> None:
+        with self.desired.batch():
+            self._roll_back(row, agent_ids, reason, gate)
+        log.warning("rollout %s rolled back on %d agents: %s", row["id"], len(agent_ids), reason)
+
+    def _roll_back(
+        self,
+        row: dict[str, Any],
+        agent_ids: list[str],
+        reason: str,
+        gate: dict[str, Any] | None,
+    ) -> None:
         rid, model, now = row["id"], row["model"], self.clock()
+        previous, previous_config = {}, {}
+        found: dict[int, dict[str, Any] | None] = {}
+        for agent_id, version, config in self.db.execute(
+            "select agent_id, previous_version, previous_config from rollout_agents "
+            "where rollout_id = ?",
+            [rid],
+        ):
+            previous[agent_id], previous_config[agent_id] = version, config
         for agent_id in agent_ids:
             if row.get("kind") == "config":
-                before = self.db.table("rollout_agents").get((rid, agent_id))["previous_config"]
                 # A new version (the agent may run this rollout's), the previous values.
-                self.config.put(agent_id, loads(before), rid)
-                self.db.table("rollout_agents").update(
-                    (rid, agent_id), {"state": "rolled_back", "reason": reason}
+                self.config.put(agent_id, loads(previous_config[agent_id]), rid)
+                self.db.execute(
+                    "update rollout_agents set state = 'rolled_back', reason = ? "
+                    "where rollout_id = ? and agent_id = ?",
+                    [reason, rid, agent_id],
                 )
                 continue
-            prev = self.db.table("rollout_agents").get((rid, agent_id))["previous_version"]
-            version = self.registry.find(model, prev) if prev is not None else None
+            prev = previous[agent_id]
+            if prev is not None and prev not in found:  # one registry read per version
+                found[prev] = self.registry.find(model, prev)
+            version = found.get(prev) if prev is not None else None
             if prev is None:
                 self.desired.remove(agent_id, model, rid, now)
             elif version is not None:
@@ -381,14 +473,15 @@ class RolloutEngine:
                 # Not in the registry: the agent still has it locally (it keeps the last K).
                 prev_row = {"version": prev, "sha256": None}
                 self.desired.set(agent_id, model, prev_row, rid, now, rollback=True)
-            self.db.table("rollout_agents").update(
-                (rid, agent_id), {"state": "rolled_back", "reason": reason}
+            self.db.execute(
+                "update rollout_agents set state = 'rolled_back', reason = ? "
+                "where rollout_id = ? and agent_id = ?",
+                [reason, rid, agent_id],
             )
-        self._gates.pop(rid, None)
+        self._forget(rid)
         self._update(rid, state="rolled_back", reason=reason, finished_at=now)
         detail: dict[str, Any] = {"reason": reason, "agents": agent_ids}
         self._event(rid, "rolled-back", detail | ({"gate": gate} if gate else {}))
-        log.warning("rollout %s rolled back on %d agents: %s", rid, len(agent_ids), reason)
 
     # -- desired state and history ---------------------------------------------------
 
@@ -409,11 +502,18 @@ class RolloutEngine:
         ]
 
     def _update(self, rid: str, **fields: Any) -> None:
-        self.db.table("rollouts").update(rid, fields | {"updated_at": self.clock()})
+        fields = fields | {"updated_at": self.clock()}
+        # Plain SQL: no sqlite-utils commit inside a DesiredState.batch() transaction.
+        columns = ", ".join(f"{k} = ?" for k in fields)  # keys are this module's literals
+        self.db.execute(f"update rollouts set {columns} where id = ?", [*fields.values(), rid])
 
     def _event(self, rid: str | None, kind: str, detail: dict[str, Any]) -> None:
         history.record_event(self.db, self.clock(), rid, kind, detail)
 
 
+_BASELINE_FIELDS = tuple(f.name for f in dataclasses.fields(gates.Baseline))
+
+
 def _dump(base: gates.Baseline) -> str:
-    return dumps(dataclasses.asdict(base))
+    # Not dataclasses.asdict (a deep copy per field): this runs for every agent of a wave.
+    return dumps({name: getattr(base, name) for name in _BASELINE_FIELDS})

@@ -150,17 +150,25 @@ class Gateway:
             self.metrics.mqtt_heartbeat(payload, accepted=row is not None)
 
     async def run_engine(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 with self.metrics.engine_tick.time():
                     self.fleet.sweep()
                     await self.engine.tick()
             except Exception:  # keep the engine alive; the next tick retries
                 log.exception("engine tick failed")
+            # A tick over thousands of agents can take a good part of tick_s: waiting
+            # twice as long as it took keeps the engine under a third of a core (and the
+            # loop free for heartbeats and the API). Capped at 4 ticks: a one-off long
+            # tick (issuing a 10,000-agent wave) must not delay noticing its failures.
+            spent = loop.time() - started
+            pause = max(self.settings.tick_s, min(2 * spent, 4 * self.settings.tick_s))
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
             # races the event, and then shutdown waits on this task forever.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.tick_s):
+                async with asyncio.timeout(pause):
                     await self._wake.wait()
             self._wake.clear()
 

@@ -4,6 +4,7 @@
     fleet-sim demo              3 agents, ~300 sensors, 60 s, burst + canary rollout
     fleet-sim compare           local-only / cloud-only / threshold / slo-aware / cascade
     fleet-sim list              built-in scenarios
+    fleet-sim fleet             control-plane benchmark: a real gateway, N lite agents
 
 Every flag also reads SIM_<FLAG> from the environment; flags win.
 """
@@ -50,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fleet"]:  # its own flags (simulators.fleet_cli), not SimSettings
+        from simulators.fleet_cli import main as fleet_main
+
+        return fleet_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = SimSettings(**given(args, skip={"command"}))
