@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from edge_agent.durability.stream_state import load_streams, save_streams
 from edge_agent.ingest.core import AgentCore
 from edge_agent.model.slot import ModelSlot
 from edge_agent.ops.stats import AgentMetrics, Stats
-from edge_agent.output.completion import Publisher
+from edge_agent.output.completion import Publisher, complete_batch
 from edge_agent.routing.batch import BatchDone, Request
 from edge_agent.routing.dispatcher import Dispatcher
 from edge_agent.routing.policy import OffloadBudget, ServiceTimeModel, make_policy
@@ -138,7 +139,8 @@ class Pipeline:
         d = Dispatcher(
             self.models,
             self.executor,
-            self.core.complete,
+            # Finished batches go straight to the publisher (never back through the core).
+            functools.partial(complete_batch, self.core),
             max_batch=s.max_batch,
             max_wait_s=s.max_wait_ms / 1000.0,
             workers=s.workers,

@@ -26,7 +26,7 @@ from bus.topics import StreamId, Topics
 from edge_agent.ingest.deadlines import DeadlineFrom, LatencyClock
 from edge_agent.ingest.windows import StreamWindow
 from edge_agent.ops.stats import Stats
-from edge_agent.output.completion import Publisher, complete_batch
+from edge_agent.output.completion import Publisher
 from edge_agent.output.results import stream_prefix
 from edge_agent.routing.batch import BatchDone, Request
 from edge_agent.routing.dispatcher import Dispatcher
@@ -375,7 +375,3 @@ class AgentCore:
             batch.append(pending.popleft())
         if batch and self.dispatcher is not None:
             self.dispatcher.add(batch)
-
-    def complete(self, done: BatchDone) -> None:
-        """Publish one result per request of a finished batch (called by the dispatcher)."""
-        complete_batch(self, done)
