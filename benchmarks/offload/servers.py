@@ -93,6 +93,18 @@ def start_offload(repository: Path, workdir: Path, workers: int, delay_us: int) 
     return launched
 
 
+def start_ceiling(model_file: Path, name: str, workdir: Path) -> Launched:
+    """The no-op grpc.aio server (``ceiling.py``): answers with the model's output shape."""
+    import onnxruntime as ort
+
+    out = ort.InferenceSession(str(model_file)).get_outputs()[0]
+    port = free_port()
+    cmd = [sys.executable, str(HERE / "ceiling.py"), str(port), name, out.name, str(out.shape[-1])]
+    log = workdir / "ceiling.log"
+    note = "no-op grpc.aio ModelInfer handler: parses the request, returns a cached response"
+    return Launched("ceiling", f"127.0.0.1:{port}", _spawn(cmd, log), note, log)
+
+
 def start_mlserver(
     venv: Path, model_file: Path, name: str, workdir: Path, parallel_workers: int
 ) -> Launched:
