@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-us", type=int, help="batcher wait for a fuller batch")
     p.add_argument("--max-queue", type=int, help="queued requests per model version")
     p.add_argument("--workers", type=int, help="inference threads")
+    p.add_argument("--inline-max-us", type=int, help="run tiny batches on the event loop when idle")
     p.add_argument("--intra-op-threads", type=int, help="ONNX Runtime threads per batch")
     p.add_argument("--max-message-bytes", type=int, help="largest gRPC message / HTTP body")
     p.add_argument(

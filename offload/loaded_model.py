@@ -51,6 +51,7 @@ class LoadedModel:
                 preferred_sizes=config.preferred_sizes,
                 max_queue=config.max_queue,
                 instances=instances,
+                inline_max_s=config.inline_max_us / 1e6,
             ),
             executor,
             label=f"{name}:{version}",

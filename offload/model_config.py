@@ -24,6 +24,10 @@ class ServingDefaults:
     max_batch: int = 64
     max_queue_delay_us: int = 0
     max_queue: int = 4096
+    #: Run a batch on the event loop when nothing else runs and the model's measured batch
+    #: time is at most this (0: always in the executor). Server-wide: it is a property of
+    #: this process's loop, not of a model's configuration.
+    inline_max_us: int = 0
 
 
 def read_config_pbtxt(model_dir: Path) -> model_config_pb2.ModelConfig | None:
@@ -59,6 +63,7 @@ class ServingConfig:
     preferred_sizes: tuple[int, ...]
     max_queue_delay_us: int
     max_queue: int
+    inline_max_us: int = 0
 
 
 def serving_config(
@@ -68,7 +73,7 @@ def serving_config(
     defaults: ServingDefaults,
 ) -> ServingConfig:
     if not graph_batchable:
-        return ServingConfig(0, (), 0, defaults.max_queue)
+        return ServingConfig(0, (), 0, defaults.max_queue, defaults.inline_max_us)
     limit = defaults.max_batch
     if pbtxt is not None and pbtxt.max_batch_size == 0 and pbtxt.ByteSize() > 0:
         limit = 0
@@ -85,7 +90,7 @@ def serving_config(
         delay = int(dyn.max_queue_delay_microseconds)
         if dyn.HasField("default_queue_policy") and dyn.default_queue_policy.max_queue_size > 0:
             max_queue = min(max_queue, int(dyn.default_queue_policy.max_queue_size))
-    return ServingConfig(limit, preferred, delay, max_queue)
+    return ServingConfig(limit, preferred, delay, max_queue, defaults.inline_max_us)
 
 
 def _data_type(dtype: str) -> int:

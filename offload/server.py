@@ -55,6 +55,7 @@ class OffloadServer:
                 max_batch=settings.max_batch,
                 max_queue_delay_us=settings.max_queue_delay_us,
                 max_queue=settings.max_queue,
+                inline_max_us=settings.inline_max_us,
             ),
             instances=settings.workers,
         )

@@ -56,6 +56,13 @@ class OffloadSettings(BaseSettings):
     workers: int = Field(
         default=2, ge=1, description="inference threads; also concurrent batches per model version"
     )
+    inline_max_us: int = Field(
+        default=200,
+        ge=0,
+        le=100_000,
+        description="run a batch on the event loop instead of a worker thread when no other "
+        "batch is running and the model's measured batch time is at most this (0 = never)",
+    )
     intra_op_threads: int = Field(default=1, ge=1, description="ONNX Runtime threads per batch")
     max_message_bytes: int = Field(
         default=8 * 1024 * 1024,

@@ -79,16 +79,21 @@ def _spawn(cmd: list[str], log: Path, cwd: Path | None = None, env: dict[str, st
         )
 
 
-def start_offload(repository: Path, workdir: Path, workers: int, delay_us: int) -> Launched:
+def start_offload(
+    repository: Path, workdir: Path, workers: int, delay_us: int, inline_us: int = 0
+) -> Launched:
     port, http_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "offload", "--repository", str(repository)]
     cmd += ["--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "-1"]
     cmd += ["--http-port", str(http_port)]
     cmd += ["--workers", str(workers), "--max-queue-delay-us", str(delay_us)]
-    cmd += ["--log-level", "WARNING"]
-    log = workdir / "offload-server.log"
+    cmd += ["--inline-max-us", str(inline_us), "--log-level", "WARNING"]
+    name = "offload-inline" if inline_us else "offload"
+    log = workdir / f"{name}.log"
     note = f"--workers {workers} --max-queue-delay-us {delay_us} (dynamic batching, max 64)"
-    launched = Launched("offload", f"127.0.0.1:{port}", _spawn(cmd, log), note, log)
+    if inline_us:
+        note += f" --inline-max-us {inline_us}"
+    launched = Launched(name, f"127.0.0.1:{port}", _spawn(cmd, log), note, log)
     launched.extra["http"] = f"127.0.0.1:{http_port}"
     return launched
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from models.errors import BackendError, DeadlineExceeded, InvalidInput, Overloaded
-from offload.batcher import BatchConfig, BatchObserver, DynamicBatcher
+from offload.batcher import BatchConfig, BatchObserver, DynamicBatcher, ServiceTime
 
 
 @pytest.fixture
@@ -148,3 +148,70 @@ async def test_bounds_and_deadlines(executor: ThreadPoolExecutor) -> None:
         await expiring
     await batcher.close()
     assert rec.expired_count == 1 and rec.sizes == [1, 1]
+
+
+def test_service_time_prediction_scales_with_rows() -> None:
+    service = ServiceTime()
+    assert service.predict(1) is None  # nothing measured: never inline a first batch
+    for _ in range(20):
+        service.observe(50e-6, 1)  # 50 us for one row
+    one = service.predict(1)
+    assert one is not None and one == pytest.approx(50e-6, rel=0.01)
+    many = service.predict(64)
+    assert many is not None and many == pytest.approx(64 * 50e-6, rel=0.01)
+
+
+async def test_tiny_batches_run_inline_when_idle(executor: ThreadPoolExecutor) -> None:
+    loop_thread = threading.get_ident()
+    ran_on: list[bool] = []
+
+    def quick(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ran_on.append(threading.get_ident() == loop_thread)
+        return {"y": inputs["x"] + 1}
+
+    config = BatchConfig(max_batch_size=8, instances=2, inline_max_s=0.05)
+    batcher = DynamicBatcher(quick, config, executor)
+    batcher.start()
+    for i in range(5):  # one at a time: nothing else in flight
+        out = await batcher.submit({"x": np.full((1, 2), i, np.float32)}, 1)
+        np.testing.assert_array_equal(out["y"], np.full((1, 2), i + 1, np.float32))
+    await batcher.close()
+    assert ran_on[0] is False  # the first batch is measured in the executor
+    assert all(ran_on[1:]) and batcher.inline_batches == 4
+
+
+async def test_slow_or_busy_batches_stay_in_the_executor(executor: ThreadPoolExecutor) -> None:
+    loop_thread = threading.get_ident()
+    inline: list[bool] = []
+
+    def slow(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inline.append(threading.get_ident() == loop_thread)
+        time.sleep(0.002)  # 2 ms per batch: above the 1 ms inline limit
+        return {"y": inputs["x"]}
+
+    config = BatchConfig(max_batch_size=8, instances=2, inline_max_s=0.001)
+    batcher = DynamicBatcher(slow, config, executor)
+    batcher.start()
+    for _ in range(3):
+        await batcher.submit({"x": np.ones((1, 2), np.float32)}, 1)
+    await asyncio.gather(*(batcher.submit({"x": np.ones((1, 2), np.float32)}, 1) for _ in range(6)))
+    await batcher.close()
+    assert not any(inline) and batcher.inline_batches == 0
+
+
+async def test_inline_errors_reach_only_their_callers(executor: ThreadPoolExecutor) -> None:
+    def picky(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if float(inputs["x"][0, 0]) < 0:
+            raise BackendError("negative input")
+        return {"y": inputs["x"]}
+
+    config = BatchConfig(max_batch_size=1, instances=1, inline_max_s=0.05)
+    batcher = DynamicBatcher(picky, config, executor)
+    batcher.start()
+    await batcher.submit({"x": np.ones((1, 2), np.float32)}, 1)  # measured, then inline
+    with pytest.raises(BackendError, match="negative input"):
+        await batcher.submit({"x": -np.ones((1, 2), np.float32)}, 1)
+    out = await batcher.submit({"x": np.ones((1, 2), np.float32)}, 1)
+    await batcher.close()
+    np.testing.assert_array_equal(out["y"], np.ones((1, 2), np.float32))
+    assert batcher.inline_batches >= 1
