@@ -9,6 +9,7 @@ version and finish on it; the old backend is closed when its last lease is relea
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -73,6 +74,9 @@ class ModelSlot:
             self._load_sync, executor, keep="active", retire=Served.retire
         )
         self._name: str | None = None  # the model the slot serves (one at a time)
+        # Whole switches in order: ``on_change`` sees them as they happened, and a switch
+        # to another model unloads the previous one before the next switch starts.
+        self._lock = asyncio.Lock()
         self._on_change = on_change
 
     @property
@@ -137,14 +141,15 @@ class ModelSlot:
         return await self._switch(name, version, "swapped")
 
     async def _switch(self, name: str, version: int | None, event: str) -> Manifest:
-        new = await self._versions.load(name, version, event=event)
-        previous, self._name = self._name, name
-        if previous is not None and previous != name:
-            await self._versions.unload(previous)  # a slot holds one model
-        log.info("model %s active (%s)", new.manifest.ref, new.backend.description)
-        if self._on_change is not None:
-            self._on_change(new.manifest, event)
-        return new.manifest
+        async with self._lock:
+            new = await self._versions.load(name, version, event=event)
+            previous, self._name = self._name, name
+            if previous is not None and previous != name:
+                await self._versions.unload(previous)  # a slot holds one model
+            log.info("model %s active (%s)", new.manifest.ref, new.backend.description)
+            if self._on_change is not None:
+                self._on_change(new.manifest, event)
+            return new.manifest
 
     def close(self) -> None:
         for loaded in self._versions.loaded():
