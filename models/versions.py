@@ -122,10 +122,18 @@ class Versions(Generic[V]):
             lock = self._locks[name] = asyncio.Lock()
         return lock
 
-    async def load(self, name: str, version: int | None = None, *, event: str = "loaded") -> V:
+    async def load(
+        self, name: str, version: int | None = None, *, event: str = "loaded", reload: bool = True
+    ) -> V:
         """Build ``name:version`` in the executor, then make it visible (and, with
-        ``keep="active"``, retire the version it replaces)."""
+        ``keep="active"``, retire the version it replaces). ``reload=False`` returns the
+        version as it is if it is already loaded (checked under the lock, so concurrent
+        requests for one version build it once)."""
         async with self._lock(name):
+            if not reload and version is not None:
+                loaded = self._loaded.get(name, {}).get(version)
+                if loaded is not None:
+                    return loaded
             return await self._load_locked(name, version, event)
 
     async def _load_locked(self, name: str, version: int | None, event: str) -> V:

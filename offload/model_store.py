@@ -149,7 +149,8 @@ class ModelStore:
             if self._versions.get(name, v) is not None:
                 continue
             try:
-                model = await self._versions.load(name, v)
+                # reload=False: a concurrent load of the same version built it already
+                model = await self._versions.load(name, v, reload=False)
             except EdgecloudError as exc:
                 errors.append(f"{v}: {exc.message}")
                 continue

@@ -234,3 +234,17 @@ async def test_all_versions_stay_ready_the_newest_serves_and_rollback_unloads_ne
     await versions.close()
     assert versions.loaded() == [] and versions.active("m") is None
     assert all(loader.events.count(f"retire {v}") == 1 for v in (1, 2, 3))
+
+
+async def test_concurrent_requests_for_one_missing_version_build_it_once(
+    loader: Loader, executor: ThreadPoolExecutor
+) -> None:
+    versions = registry(loader, executor, "all")
+    loader.pause_s = 0.1
+    first, second = await asyncio.gather(
+        versions.load("m", 1, reload=False), versions.load("m", 1, reload=False)
+    )
+    assert first is second and loader.events.count("build m:1") == 1
+    # The default reloads: a fresh build replaces the loaded one, which is retired.
+    third = await versions.load("m", 1)
+    assert third is not first and first.served.closing and "retire 1" in loader.events
