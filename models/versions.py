@@ -93,7 +93,8 @@ class Versions(Generic[V]):
         return self._active.get(name)
 
     def get(self, name: str, version: int) -> V | None:
-        return self._loaded.get(name, {}).get(version)
+        versions = self._loaded.get(name)
+        return None if versions is None else versions.get(version)
 
     def versions(self, name: str) -> list[int]:
         """The loaded versions of ``name``, oldest first."""

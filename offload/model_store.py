@@ -77,22 +77,23 @@ class ModelStore:
         )
 
     def get(self, name: str, version: str = "") -> LoadedModel:
-        """The ready version ``version`` ('' = newest ready) of ``name``."""
-        if not version:
-            model = self._versions.active(name)
-            if model is None:
-                raise NotFound(f"model {name!r} is not loaded (ready: {self._versions.names()})")
-            return model
-        ready = self._versions.versions(name)
-        if not ready:
+        """The ready version ``version`` ('' = newest ready) of ``name`` (every request:
+        dictionary lookups only, the lists in the messages are built on the error path)."""
+        newest = self._versions.active(name)
+        if newest is None:
             raise NotFound(f"model {name!r} is not loaded (ready: {self._versions.names()})")
+        if not version:
+            return newest
         try:
             number = int(version)
         except ValueError:
             raise InvalidInput(f"model version must be an integer, got {version!r}") from None
         model = self._versions.get(name, number)
         if model is None:
-            raise NotFound(f"version {version} of {name!r} is not ready (ready: {ready})")
+            raise NotFound(
+                f"version {version} of {name!r} is not ready "
+                f"(ready: {self._versions.versions(name)})"
+            )
         return model
 
     def ready_versions(self, name: str) -> list[int]:
