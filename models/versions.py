@@ -22,7 +22,8 @@ Rules both share:
   batches are still running alive until their last lease is released.
 - **A failed load touches nothing that serves.** Errors from ``build`` (third-party ones
   mapped to ``error``) are recorded (``failure``, ``history``) and raised; a version that
-  was built but fails ``start`` is retired again before the error is raised.
+  was built but fails ``start`` is retired again before the error is raised, and so is
+  one whose load was cancelled while it was being built.
 - **One change at a time per model.** Loads, unloads and rollbacks of one name are
   serialised by a per-name lock; different models load in parallel.
 """
@@ -85,6 +86,7 @@ class Versions(Generic[V]):
         self._before: dict[str, list[int]] = {}
         self._failed: dict[tuple[str, int | None], str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._discarding: set[asyncio.Future[None]] = set()
         self.history: list[dict[str, object]] = []
 
     # -- reading (every request: plain dictionary lookups) ------------------------------
@@ -139,8 +141,15 @@ class Versions(Generic[V]):
 
     async def _load_locked(self, name: str, version: int | None, event: str) -> V:
         loop = asyncio.get_running_loop()
+        building = loop.run_in_executor(self._executor, self._build, name, version)
         try:
-            new = await loop.run_in_executor(self._executor, self._build, name, version)
+            try:
+                # Shielded: a cancelled load cannot stop a build already running in a
+                # thread, so the version it builds is retired when it arrives, not leaked.
+                new = await asyncio.shield(building)
+            except asyncio.CancelledError:
+                building.add_done_callback(self._discard)
+                raise
             if self._start is not None:
                 try:
                     self._start(new)
@@ -251,6 +260,16 @@ class Versions(Generic[V]):
     def _note(self, version: int | None, event: str) -> None:
         self.history.append({"version": version, "at": time.time(), "event": event})
         del self.history[:-HISTORY]
+
+    def _discard(self, building: asyncio.Future[V]) -> None:
+        """Retire a version whose load was cancelled while it was being built."""
+        if building.cancelled() or building.exception() is not None:
+            return
+        result = self._retire(building.result())
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._discarding.add(task)  # a reference until it is done
+            task.add_done_callback(self._discarding.discard)
 
     async def _call_retire(self, old: V) -> None:
         result = self._retire(old)

@@ -46,6 +46,7 @@ class Loader:
     pause_s: float = 0.0
     barrier: threading.Barrier | None = None
     entered: threading.Event = field(default_factory=threading.Event)  # a build began
+    retired: threading.Event = field(default_factory=threading.Event)  # a version retired
     in_flight: int = 0
     most_in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -76,6 +77,7 @@ class Loader:
     def retire(self, item: Item) -> None:
         self.events.append(f"retire {item.version}")
         item.served.retire()
+        self.retired.set()
 
 
 @pytest.fixture
@@ -248,3 +250,23 @@ async def test_concurrent_requests_for_one_missing_version_build_it_once(
     # The default reloads: a fresh build replaces the loaded one, which is retired.
     third = await versions.load("m", 1)
     assert third is not first and first.served.closing and "retire 1" in loader.events
+
+
+async def test_a_cancelled_load_retires_what_it_built_and_keeps_the_active_version(
+    loader: Loader, executor: ThreadPoolExecutor
+) -> None:
+    versions = registry(loader, executor, "active")
+    v1 = await versions.load("m", 1)
+    gate = loader.gates[2] = threading.Event()
+    loader.entered.clear()
+    swap = asyncio.create_task(versions.load("m", 2))
+    assert await asyncio.to_thread(loader.entered.wait, 10)
+    swap.cancel()  # e.g. the agent shuts down mid-swap; the build thread runs on
+    with pytest.raises(asyncio.CancelledError):
+        await swap
+    loader.retired.clear()
+    gate.set()
+    assert await asyncio.to_thread(loader.retired.wait, 10)  # built, then retired
+    assert loader.events[-2:] == ["built m:2", "retire 2"]
+    assert versions.active("m") is v1 and versions.versions("m") == [1]
+    assert not v1.served.closing
