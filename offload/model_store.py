@@ -8,6 +8,7 @@ it, and only then makes it visible; unloading hides it first and drains its batc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from concurrent.futures import Executor
@@ -145,6 +146,10 @@ class ModelStore:
         wanted = on_disk if version is None else [version]
         if version is not None and version not in on_disk:
             raise NotFound(f"{name}/{version}/{MODEL_FILE} is not in the repository")
+        # A malformed config.pbtxt refuses the whole load with its own error (ConfigError),
+        # before any version is built; each build reads it again in its thread.
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, read_config_pbtxt, self.root / name)
         errors: list[str] = []
         for v in wanted:
             if self._versions.get(name, v) is not None:
