@@ -2,12 +2,14 @@
 
 Layout: ``<root>/<name>/<version>/model.onnx`` (optionally ``manifest.json`` beside it and
 ``<root>/<name>/config.pbtxt``). Loading a version builds its backend in the executor, warms
-it, and only then makes it visible; unloading hides it first and drains its batcher.
+it, and only then makes it visible; unloading hides it first and drains its batcher
+(the rules of :class:`models.versions.Versions`, ``keep="all"``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -16,11 +18,10 @@ from pathlib import Path
 from models import serving
 from models.backends import BackendOptions
 from models.errors import EdgecloudError, InvalidInput, NotFound, Unavailable
-from models.serving import Served
+from models.versions import Versions
 from offload.loaded_model import LoadedModel
 from offload.metrics import ServerMetrics
 from offload.model_config import (
-    ServingConfig,
     ServingDefaults,
     batchable,
     read_config_pbtxt,
@@ -42,7 +43,12 @@ class IndexEntry:
 
 
 class ModelStore:
-    """Name -> version -> :class:`LoadedModel`, backed by a repository directory."""
+    """Name -> version -> :class:`LoadedModel`, backed by a repository directory.
+
+    Which versions are loaded and which one a request without a version gets is kept by
+    :class:`models.versions.Versions` (``keep="all"``: every loaded version stays ready,
+    the newest serves); this class maps the repository onto it and keeps the metrics.
+    """
 
     def __init__(
         self,
@@ -62,36 +68,40 @@ class ModelStore:
         self._options = options or BackendOptions()
         self._defaults = defaults or ServingDefaults()
         self._instances = instances
-        self._models: dict[str, dict[int, LoadedModel]] = {}
-        self._newest: dict[str, LoadedModel] = {}
-        self._failed: dict[tuple[str, int], str] = {}
-        self._lock = asyncio.Lock()
+        self._versions: Versions[LoadedModel] = Versions(
+            self._build,
+            executor,
+            keep="all",
+            retire=self._retire,
+            start=lambda model: model.batcher.start(),
+            error=Unavailable,
+        )
 
     def get(self, name: str, version: str = "") -> LoadedModel:
-        """The ready version ``version`` ('' = newest ready) of ``name``."""
+        """The ready version ``version`` ('' = newest ready) of ``name`` (every request:
+        dictionary lookups only, the lists in the messages are built on the error path)."""
+        newest = self._versions.active(name)
+        if newest is None:
+            raise NotFound(f"model {name!r} is not loaded (ready: {self._versions.names()})")
         if not version:
-            model = self._newest.get(name)
-            if model is None:
-                raise NotFound(f"model {name!r} is not loaded (ready: {sorted(self._models)})")
-            return model
-        versions = self._models.get(name)
-        if versions is None:
-            raise NotFound(f"model {name!r} is not loaded (ready: {sorted(self._models)})")
+            return newest
         try:
-            model = versions.get(int(version))
+            number = int(version)
         except ValueError:
             raise InvalidInput(f"model version must be an integer, got {version!r}") from None
+        model = self._versions.get(name, number)
         if model is None:
             raise NotFound(
-                f"version {version} of {name!r} is not ready (ready: {sorted(versions)})"
+                f"version {version} of {name!r} is not ready "
+                f"(ready: {self._versions.versions(name)})"
             )
         return model
 
     def ready_versions(self, name: str) -> list[int]:
-        return sorted(self._models.get(name, {}))
+        return self._versions.versions(name)
 
     def loaded(self) -> list[LoadedModel]:
-        return [m for versions in self._models.values() for m in versions.values()]
+        return self._versions.loaded()
 
     def _disk_versions(self, name: str) -> list[int]:
         model_dir = self.root / name
@@ -104,21 +114,18 @@ class ModelStore:
         )
 
     def index(self) -> list[IndexEntry]:
-        names = set(self._models)
+        names = set(self._versions.names())
         if self.root.is_dir():
             names |= {p.name for p in self.root.iterdir() if p.is_dir()}
         out: list[IndexEntry] = []
         for name in sorted(names):
-            ready = self._models.get(name, {})
-            for v in sorted(set(self._disk_versions(name)) | set(ready)):
+            ready = set(self._versions.versions(name))
+            for v in sorted(set(self._disk_versions(name)) | ready):
                 if v in ready:
                     out.append(IndexEntry(name, str(v), "READY", ""))
                 else:
-                    out.append(
-                        IndexEntry(
-                            name, str(v), "UNAVAILABLE", self._failed.get((name, v), "unloaded")
-                        )
-                    )
+                    reason = self._versions.failure(name, v) or "unloaded"
+                    out.append(IndexEntry(name, str(v), "UNAVAILABLE", reason))
         return out
 
     async def load_all(self) -> None:
@@ -133,100 +140,79 @@ class ModelStore:
 
     async def load(self, name: str, version: int | None = None) -> list[int]:
         """(Re)load ``name`` from disk: new versions become ready, vanished ones are unloaded."""
-        async with self._lock:
-            on_disk = self._disk_versions(name)
-            if not on_disk:
-                raise NotFound(f"no {name}/<version>/{MODEL_FILE} under the repository")
-            wanted = on_disk if version is None else [version]
-            if version is not None and version not in on_disk:
-                raise NotFound(f"{name}/{version}/{MODEL_FILE} is not in the repository")
-            pbtxt = read_config_pbtxt(self.root / name)
-            errors: list[str] = []
-            for v in wanted:
-                if v in self._models.get(name, {}):
-                    continue
-                try:
-                    model = await self._load_version(name, v, pbtxt)
-                except EdgecloudError as exc:
-                    self._failed[(name, v)] = exc.message
-                    errors.append(f"{v}: {exc.message}")
-                    continue
-                self._failed.pop((name, v), None)
-                self._models.setdefault(name, {})[v] = model
-                self._refresh(name)
-                log.info("loaded %s:%s (%s)", name, v, model.backend.description)
-            if version is None:
-                for v in [v for v in self._models.get(name, {}) if v not in on_disk]:
-                    await self._unload_locked(name, v)
-            if errors and not self._models.get(name):
-                raise Unavailable(f"could not load {name}: " + "; ".join(errors))
-            return self.ready_versions(name)
-
-    async def _load_version(self, name: str, version: int, pbtxt: object) -> LoadedModel:
+        on_disk = self._disk_versions(name)
+        if not on_disk:
+            raise NotFound(f"no {name}/<version>/{MODEL_FILE} under the repository")
+        wanted = on_disk if version is None else [version]
+        if version is not None and version not in on_disk:
+            raise NotFound(f"{name}/{version}/{MODEL_FILE} is not in the repository")
+        # A malformed config.pbtxt refuses the whole load with its own error (ConfigError),
+        # before any version is built; each build reads it again in its thread.
         loop = asyncio.get_running_loop()
-        vdir = self.root / name / str(version)
-
-        def build() -> tuple[Served, ServingConfig]:
-            manifest = read_manifest(vdir)
-            served = serving.load(vdir / MODEL_FILE, self._kind, self._options, manifest=manifest)
-            backend = served.backend
+        await loop.run_in_executor(self._executor, read_config_pbtxt, self.root / name)
+        errors: list[str] = []
+        for v in wanted:
+            if self._versions.get(name, v) is not None:
+                continue
             try:
-                config = serving_config(
-                    pbtxt,  # type: ignore[arg-type]
-                    manifest,
-                    batchable(backend.inputs, backend.outputs),
-                    self._defaults,
-                )
-            except Exception:
-                served.retire()
-                raise
-            return served, config
+                # reload=False: a concurrent load of the same version built it already
+                model = await self._versions.load(name, v, reload=False)
+            except EdgecloudError as exc:
+                errors.append(f"{v}: {exc.message}")
+                continue
+            self._ready_changed()
+            log.info("loaded %s:%s (%s)", name, v, model.backend.description)
+        if version is None:
+            for v in self._versions.versions(name):
+                if v not in on_disk:
+                    with contextlib.suppress(NotFound):  # a concurrent unload was first
+                        await self.unload(name, v)
+        if errors and not self._versions.versions(name):
+            raise Unavailable(f"could not load {name}: " + "; ".join(errors))
+        return self.ready_versions(name)
 
+    def _build(self, name: str, version: int | None) -> LoadedModel:
+        """Load one version from the repository (blocking: runs in the executor)."""
+        if version is None:  # the store always names the version it loads
+            raise InvalidInput(f"no version of {name} given")
+        vdir = self.root / name / str(version)
+        pbtxt = read_config_pbtxt(self.root / name)
+        manifest = read_manifest(vdir)
+        served = serving.load(vdir / MODEL_FILE, self._kind, self._options, manifest=manifest)
+        backend = served.backend
         try:
-            served, config = await loop.run_in_executor(self._executor, build)
-        except EdgecloudError:
+            config = serving_config(
+                pbtxt,
+                manifest,
+                batchable(backend.inputs, backend.outputs),
+                self._defaults,
+            )
+            return LoadedModel(
+                name,
+                version,
+                served,
+                config,
+                self._executor,
+                self._metrics.for_model(name, version),
+                self._instances,
+            )
+        except Exception:
+            served.retire()
             raise
-        except Exception as exc:
-            raise Unavailable(f"cannot load {name}:{version}: {exc}") from exc
-        model = LoadedModel(
-            name,
-            version,
-            served,
-            config,
-            self._executor,
-            self._metrics.for_model(name, version),
-            self._instances,
-        )
-        model.batcher.start()
-        return model
 
-    def _refresh(self, name: str) -> None:
-        versions = self._models.get(name)
-        if versions:
-            self._newest[name] = versions[max(versions)]
-        else:
-            self._models.pop(name, None)
-            self._newest.pop(name, None)
-        self._metrics.models_ready.set(sum(len(v) for v in self._models.values()))
-
-    async def unload(self, name: str, version: int | None = None) -> None:
-        async with self._lock:
-            versions = self._models.get(name)
-            if not versions or (version is not None and version not in versions):
-                raise NotFound(f"{name}{'' if version is None else f':{version}'} is not loaded")
-            for v in [version] if version is not None else list(versions):
-                await self._unload_locked(name, v)
-
-    async def _unload_locked(self, name: str, version: int) -> None:
-        model = self._models[name].pop(version)
-        self._refresh(name)
+    async def _retire(self, model: LoadedModel) -> None:
         await model.batcher.close()
         model.served.retire()  # no batch is running on it any more
-        self._metrics.forget(name, version)
-        log.info("unloaded %s:%s", name, version)
+        self._metrics.forget(model.name, model.version)
+
+    def _ready_changed(self) -> None:
+        self._metrics.models_ready.set(len(self._versions.loaded()))
+
+    async def unload(self, name: str, version: int | None = None) -> None:
+        for v in await self._versions.unload(name, version):
+            log.info("unloaded %s:%s", name, v)
+        self._ready_changed()
 
     async def close(self) -> None:
-        async with self._lock:
-            for name in list(self._models):
-                for v in list(self._models.get(name, {})):
-                    await self._unload_locked(name, v)
+        await self._versions.close()
+        self._ready_changed()

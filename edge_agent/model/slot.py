@@ -1,26 +1,27 @@
 """The agent's model slot: the active version of one model and zero-downtime swaps.
 
 ``swap`` loads and warms the new version in the inference executor
-(:func:`models.serving.load`), then replaces the active version in one assignment.
-Batches already running hold a lease on the old version and finish on it; the old backend
-is closed when its last lease is released (:class:`models.serving.Served`).
+(:func:`models.serving.load`), then replaces the active version in one assignment
+(:class:`models.versions.Versions`). Batches already running hold a lease on the old
+version and finish on it; the old backend is closed when its last lease is released
+(:class:`models.serving.Served`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
 from models import serving
 from models.backends.base import Backend, BackendOptions
-from models.errors import BackendError, EdgecloudError, NotFound
+from models.errors import BackendError, NotFound
 from models.manifest import Manifest
 from models.servable import check_servable
 from models.serving import Served
+from models.versions import Versions
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ class Loaded(Served):
 
     __slots__ = ()
     manifest: Manifest
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
 
 
 def _check_compatible(manifest: Manifest, backend: Backend) -> None:
@@ -43,7 +48,13 @@ def _check_compatible(manifest: Manifest, backend: Backend) -> None:
 
 
 class ModelSlot:
-    """``agent.models``: what the agent serves now and how it changes version."""
+    """``agent.models``: what the agent serves now and how it changes version.
+
+    The swap rules (load and warm before unloading, one-assignment switch, a failed load
+    keeps the serving version, leases keep a replaced version alive) are those of
+    :class:`models.versions.Versions` with ``keep="active"``; this class adds where the
+    versions come from (the agent's repository) and the agent's change callback.
+    """
 
     def __init__(
         self,
@@ -56,14 +67,22 @@ class ModelSlot:
         on_change: Callable[[Manifest, str], None] | None = None,
     ) -> None:
         self.root = Path(repository)
-        self._executor = executor
         self._kind = kind
         self._options = options or BackendOptions()
         self._warmup = warmup_batches
-        self._current: Loaded | None = None
+        self._versions: Versions[Loaded] = Versions(
+            self._load_sync, executor, keep="active", retire=Served.retire
+        )
+        self._name: str | None = None  # the model the slot serves (one at a time)
+        # Whole switches in order: ``on_change`` sees them as they happened, and a switch
+        # to another model unloads the previous one before the next switch starts.
         self._lock = asyncio.Lock()
         self._on_change = on_change
-        self.history: list[dict[str, object]] = []
+
+    @property
+    def history(self) -> list[dict[str, object]]:
+        """The last 50 loads, swaps and failures (the status document's ``model_history``)."""
+        return self._versions.history
 
     @property
     def repository(self):
@@ -73,18 +92,18 @@ class ModelSlot:
 
     @property
     def active(self) -> tuple[Manifest, Backend]:
-        cur = self._current
+        cur = self.loaded
         if cur is None:
             raise NotFound("no model loaded")
         return cur.manifest, cur.backend
 
     @property
     def loaded(self) -> Loaded | None:
-        return self._current
+        return None if self._name is None else self._versions.active(self._name)
 
     def lease(self) -> Loaded:
         """Pin the active version for one batch; call ``release()`` when done."""
-        cur = self._current
+        cur = self.loaded
         if cur is None:
             raise NotFound("no model loaded")
         cur.acquire()
@@ -123,27 +142,15 @@ class ModelSlot:
 
     async def _switch(self, name: str, version: int | None, event: str) -> Manifest:
         async with self._lock:
-            loop = asyncio.get_running_loop()
-            try:
-                new = await loop.run_in_executor(self._executor, self._load_sync, name, version)
-            except EdgecloudError:
-                self.history.append({"version": version, "at": time.time(), "event": "failed"})
-                raise
-            except Exception as exc:  # third-party loader errors: map once, keep the old model
-                self.history.append({"version": version, "at": time.time(), "event": "failed"})
-                raise BackendError(f"cannot load {name}:{version}: {exc}") from exc
-            old, self._current = self._current, new
-            if old is not None:
-                old.retire()
-            self.history.append(
-                {"version": new.manifest.version, "at": time.time(), "event": event}
-            )
-            del self.history[:-50]
+            new = await self._versions.load(name, version, event=event)
+            previous, self._name = self._name, name
+            if previous is not None and previous != name:
+                await self._versions.unload(previous)  # a slot holds one model
             log.info("model %s active (%s)", new.manifest.ref, new.backend.description)
             if self._on_change is not None:
                 self._on_change(new.manifest, event)
             return new.manifest
 
     def close(self) -> None:
-        if self._current is not None:
-            self._current.retire()
+        for loaded in self._versions.loaded():
+            loaded.retire()
