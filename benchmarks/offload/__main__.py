@@ -36,7 +36,7 @@ from benchmarks.offload.servers import (
 )
 from offload.codec import build_request, response_arrays
 
-SERVERS = ("offload", "offload-inline", "mlserver-pw1", "mlserver-pw0", "pytriton", "ceiling")
+SERVERS = ("offload", "offload-executor", "mlserver-pw1", "mlserver-pw0", "pytriton", "ceiling")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (median is kept)")
     p.add_argument("--workers", type=int, default=2, help="offload-server --workers")
     p.add_argument("--delay-us", type=int, default=0, help="offload-server --max-queue-delay-us")
-    p.add_argument("--inline-us", type=int, default=200, help="offload-inline's --inline-max-us")
+    p.add_argument("--inline-us", type=int, default=200, help="offload's --inline-max-us")
     p.add_argument("--workdir", type=Path, default=Path("var/bench/offload"))
     p.add_argument("--out", type=Path, default=Path("reports/offload-bench.json"))
     p.add_argument("--mlserver-venv", type=Path, default=Path("var/bench-venvs/mlserver"))
@@ -72,9 +72,9 @@ def _check_outputs(launched: Launched, model_file: Path) -> None:
 
 def _start(name: str, args: argparse.Namespace, repo: Path, model_file: Path) -> Launched:
     if name == "offload":
-        return start_offload(repo, args.workdir, args.workers, args.delay_us)
-    if name == "offload-inline":
         return start_offload(repo, args.workdir, args.workers, args.delay_us, args.inline_us)
+    if name == "offload-executor":  # every batch on a worker thread (as before --inline-max-us)
+        return start_offload(repo, args.workdir, args.workers, args.delay_us, 0)
     if name.startswith("mlserver-pw"):
         pw = int(name.removeprefix("mlserver-pw"))
         return start_mlserver(args.mlserver_venv, model_file, NAME, args.workdir, pw)

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     plan: list[tuple[str, Launched]] = []
     try:
         if any(k.startswith("offload") for k in kinds):
-            offload = start_offload(repo, args.workdir, args.workers, 0)
+            offload = start_offload(repo, args.workdir, args.workers, 0, 200)
             started.append(offload)
             wait_ready(offload, NAME)
             _check_rest(f"http://{offload.extra['http']}/v2/models/{NAME}/infer", bodies[1], want)

@@ -80,7 +80,7 @@ def _spawn(cmd: list[str], log: Path, cwd: Path | None = None, env: dict[str, st
 
 
 def start_offload(
-    repository: Path, workdir: Path, workers: int, delay_us: int, inline_us: int = 0
+    repository: Path, workdir: Path, workers: int, delay_us: int, inline_us: int
 ) -> Launched:
     port, http_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "offload", "--repository", str(repository)]
@@ -88,11 +88,10 @@ def start_offload(
     cmd += ["--http-port", str(http_port)]
     cmd += ["--workers", str(workers), "--max-queue-delay-us", str(delay_us)]
     cmd += ["--inline-max-us", str(inline_us), "--log-level", "WARNING"]
-    name = "offload-inline" if inline_us else "offload"
+    name = "offload" if inline_us else "offload-executor"
     log = workdir / f"{name}.log"
     note = f"--workers {workers} --max-queue-delay-us {delay_us} (dynamic batching, max 64)"
-    if inline_us:
-        note += f" --inline-max-us {inline_us}"
+    note += f" --inline-max-us {inline_us}"
     launched = Launched(name, f"127.0.0.1:{port}", _spawn(cmd, log), note, log)
     launched.extra["http"] = f"127.0.0.1:{http_port}"
     return launched
