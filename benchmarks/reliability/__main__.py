@@ -1,6 +1,7 @@
 """``python -m benchmarks.reliability``: the fault table of docs/reliability.md.
 
-Runs each fault (broker SIGKILL, agent SIGKILL, cloud tier SIGKILL, full disk) on its
+Runs each fault (broker SIGKILL, agent SIGKILL, cloud tier SIGKILL, full disk, gateway
+SIGKILL mid-rollout: :mod:`benchmarks.reliability.rollout`) on its
 own real stack (see :mod:`benchmarks.reliability.faults`), prints one table and writes
 every row, with its notes, as JSON. ``full-disk`` mounts a 4 MiB tmpfs: it needs root.
 """
@@ -17,6 +18,11 @@ import time
 from pathlib import Path
 
 from benchmarks.reliability.faults import FAULTS, run_fault
+from benchmarks.reliability.rollout import run_gateway_kill
+
+#: The gateway row's sensors publish at 50 readings/s per stream (6 streams on 3 agents),
+#: so that 1,500 readings span the whole rollout (three waves, 2 s bakes, the restart).
+GATEWAY_RATE = 50.0
 
 COLUMNS = (
     ("fault", "fault"),
@@ -46,7 +52,11 @@ def table(rows: list[dict[str, object]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.reliability", description=__doc__)
-    ap.add_argument("--faults", default=",".join(FAULTS), help="comma-separated subset")
+    ap.add_argument(
+        "--faults",
+        default=",".join((*FAULTS, "gateway-sigkill")),
+        help="comma-separated subset",
+    )
     ap.add_argument("--readings", type=int, default=1500, help="readings per stream")
     ap.add_argument("--streams", type=int, default=3)
     ap.add_argument("--rate", type=float, default=250.0, help="readings/s per stream")
@@ -73,14 +83,17 @@ def main(argv: list[str] | None = None) -> int:
         built = build_all(Path(tmp) / "models")
         for name in args.faults.split(","):
             t0 = time.monotonic()
-            r = run_fault(
-                name,
-                Path(tmp) / name,
-                Path(built.repository),
-                streams=args.streams,
-                readings=args.readings,
-                rate=args.rate,
-            )
+            if name == "gateway-sigkill":
+                r = run_gateway_kill(Path(tmp) / name, readings=args.readings, rate=GATEWAY_RATE)
+            else:
+                r = run_fault(
+                    name,
+                    Path(tmp) / name,
+                    Path(built.repository),
+                    streams=args.streams,
+                    readings=args.readings,
+                    rate=args.rate,
+                )
             r["seconds"] = round(time.monotonic() - t0, 1)
             rows.append(r)
             print(f"{name}: done in {r['seconds']}s", file=sys.stderr)

@@ -233,8 +233,10 @@ class Sensors:
     new readings wait in a local FIFO until everything handed to paho is acknowledged.
     """
 
-    def __init__(self, url: str, prefix: str, streams: int = 3) -> None:
-        self.topics = [f"{prefix}/sensors/s1/d{i}/acc" for i in range(streams)]
+    def __init__(
+        self, url: str, prefix: str, streams: int = 3, topics: list[str] | None = None
+    ) -> None:
+        self.topics = topics or [f"{prefix}/sensors/s1/d{i}/acc" for i in range(streams)]
         self.client = sensor_client(url, f"{prefix}-sensors")
         self.client.on_publish = self._on_publish
         self.client.on_disconnect = self._on_disconnect
