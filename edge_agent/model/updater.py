@@ -145,6 +145,11 @@ class Sequences:
         """The last accepted sequence of ``target`` (0: none) and its message digest."""
         return self.last.get(target, 0), self.digests.get(target)
 
+    def newest(self) -> int:
+        """The highest sequence accepted for any target (the gateway numbers the agent's
+        and the site's documents from one counter, so this is the newest document)."""
+        return max(self.last.values(), default=0)
+
     def accept(self, target: str, sequence: int, digest: str) -> tuple[int, str]:
         """Record in memory at once (the loop checks and accepts without awaiting in
         between); returns the snapshot :meth:`save` writes."""
@@ -252,15 +257,27 @@ class ModelUpdater:
                 return dict(self.state)
             desired, snapshot = admitted
             self._config(desired)
-            if snapshot is None:  # the retained copy of what was already accepted
-                return dict(self.state)
-            try:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, self.sequences.save, snapshot)
-            except OSError as exc:
-                # The document is authentic and newest: act on it; only a replay after a
-                # restart could slip through until the next successful write.
-                log.error("cannot persist the desired-state sequence: %s", exc)
+            loop = asyncio.get_running_loop()
+            if snapshot is None:
+                # The retained copy of the document accepted last. Already in hand: nothing
+                # to do. Not in hand (this process started after accepting it, e.g. it was
+                # killed mid-swap): apply it now; applying is idempotent (a model already
+                # on the wanted version is left alone), and without this a crash between
+                # accepting and applying would leave the agent off its desired state until
+                # the gateway happened to sign a new document.
+                # Of the two retained documents (agent and site) only the newest counts.
+                held = self._desired
+                if (
+                    held is not None and held.sequence == desired.sequence
+                ) or desired.sequence < self.sequences.newest():
+                    return dict(self.state)
+            else:
+                try:
+                    await loop.run_in_executor(None, self.sequences.save, snapshot)
+                except OSError as exc:
+                    # The document is authentic and newest: act on it; only a replay after
+                    # a restart could slip through until the next successful write.
+                    log.error("cannot persist the desired-state sequence: %s", exc)
             self._desired = desired
             self._generation += 1
             fut: asyncio.Future[dict[str, Any]] = loop.create_future()

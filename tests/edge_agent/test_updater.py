@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bus.desired import Desired, WantedModel, sign_desired
 from cloud_gateway.service import Gateway, serve
 from edge_agent.model.slot import ModelSlot
-from edge_agent.model.updater import ModelUpdater, SlotTarget
+from edge_agent.model.updater import ModelUpdater, Sequences, SlotTarget
 from models import signing
 from models.bundle import bundle_sha256
 from models.errors import EdgecloudError
@@ -560,3 +561,31 @@ def test_an_unreadable_sequence_file_starts_from_zero(
     seqs.save(seqs.accept("agent:a", 7, "d3"))
     seqs.save(older)  # a late writer with an older snapshot does not win
     assert Sequences(path).last == {"agent:a": 7}
+
+
+async def test_a_document_accepted_but_not_applied_before_a_crash_is_applied_on_restart(
+    gateway: Gateway, http: aiohttp.ClientSession, bundle_set: BundleSet, tmp_path: Path
+) -> None:
+    """Killed between persisting a document's sequence and installing its version: after
+    the restart the broker redelivers the retained copy (same sequence, same bytes), and
+    the updater must apply it rather than treat it as done (reliability,
+    agent-sigkill-mid-swap: the rollout's last wave never converged)."""
+    await push(http, gateway, bundle_set.good[2])
+    new = desired(2, _sha(bundle_set.good[2]), _url(gateway, 2), sequence=21)
+    site = desired(1, None, None, target="site-a", kind="site", sequence=20)
+    (tmp_path / "repo").mkdir()
+    crashed = Sequences(tmp_path / "repo" / ".desired-sequence.json")
+    crashed.accept("site:site-a", 20, hashlib.sha256(site).hexdigest())
+    crashed.save(crashed.accept("agent:edge-1", 21, hashlib.sha256(new).hexdigest()))
+    e = Edge(tmp_path / "repo", bundle_set, TOKENS["agent"], gateway_url=gateway.url)
+    await e.start(bundle_set.good[1])
+    try:
+        # The older site document is redelivered too: it must not win over the newer one.
+        assert (await e.updater.handle_desired(site))["state"] != "failed" and e.version == 1
+        state = await e.updater.handle_desired(new)
+        assert state["state"] == "ok" and e.version == 2, state
+        reports = len(e.reports)
+        assert (await e.updater.handle_desired(new))["state"] == "ok"  # now a no-op
+        assert len(e.reports) == reports and e.updater.refused_messages == 0
+    finally:
+        await e.close()

@@ -33,3 +33,17 @@ def test_rollout_survives_a_gateway_sigkill_mid_wave(tmp_path: Path) -> None:
     assert row["results_expected"] > 0
     assert row["live_lost"] == 0 and row["durable_lost"] == 0, notes.get("durable_missing")
     assert row["durable_duplicates"] == 0
+
+
+@pytest.mark.slow
+def test_an_agent_killed_mid_swap_comes_back_whole_and_converges(tmp_path: Path) -> None:
+    row = run_gateway_kill(tmp_path, readings=900, rate=50.0, kill="agent-mid-swap")
+    notes = row["notes"]
+    on_disk = notes["repository_at_kill"]
+    # Back on one whole version: the one its repository's active pointer named.
+    assert notes["restarted_on"] == on_disk["active"] and on_disk["active"] in (1, 2)
+    assert notes["rollout_state"] == "succeeded", notes["rollout_reason"]
+    agents = list(notes["final_versions"])
+    assert notes["final_versions"] == {a: [2] for a in agents}
+    assert notes["verdicts"] == dict.fromkeys(agents, "pass")
+    assert row["live_lost"] == 0 and row["durable_lost"] == 0, notes.get("durable_missing")
