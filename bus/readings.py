@@ -25,11 +25,9 @@ Every rule is applied to every form; a violation raises :class:`PayloadError` wh
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import struct
-import time
 
 import numpy as np
 
@@ -201,18 +199,3 @@ def decode(payload: bytes, names: tuple[str, ...], window: int, max_bytes: int) 
     if payload[:2] == BINARY_MAGIC:
         return _decode_binary(payload, len(names), window)
     return _decode_json(payload, names, window)
-
-
-def dead_letter_json(agent: str, topic: str, payload: bytes, reason: str, detail: str) -> str:
-    """The ``deadletter/{agent}`` message: reason, where, why, and the first 256 bytes."""
-    return json.dumps(
-        {
-            "reason": reason,
-            "topic": topic[:256],
-            "detail": detail[:300],
-            "agent": agent,
-            "ts": time.time(),
-            "payload_b64": base64.b64encode(payload[:256]).decode(),
-            "payload_bytes": len(payload),
-        }
-    )

@@ -23,7 +23,7 @@ import sqlite_utils
 
 from bus.desired import UpdatePhase, UpdateState, WantedConfig, check_live
 from cloud_gateway.db import dumps, loads, next_counter
-from cloud_gateway.gates import Observation
+from cloud_gateway.gates import Observation, stored_metrics
 from models.errors import Conflict, InvalidInput
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def observation(row: dict[str, Any], rollout_id: str, version: int) -> Observati
         online=bool(row["online"]),
         version=reported if isinstance(reported, int) else None,
         update=update,
-        metrics=loads(row["metrics"], {}),
+        metrics=stored_metrics(row["metrics"]),
         seen_at=row["last_seen"],
     )
 

@@ -124,15 +124,20 @@ class Fleet:
             self.db.execute("update agents set online = 0 where agent_id = ?", [report.agent_id])
             return old | {"online": 0}
         site = identity.site if identity else report.site or (old["site"] if old else "")
+        # As the agent sent them (no defaults filled in): a gate can tell a counter the
+        # agent does not report from one at zero.
+        sections = report.model_dump(
+            mode="json", include={"models", "health", "metrics"}, exclude_unset=True
+        )
         row = {
             "agent_id": report.agent_id,
             "site": site,
             "labels": old["labels"] if old else "{}",
             "online": int(report.online),
-            "models": dumps(report.models),
+            "models": dumps(sections.get("models", {})),
             "update_state": dumps(report.update),
-            "health": dumps(report.health),
-            "metrics": dumps(report.metrics),
+            "health": dumps(sections.get("health", {})),
+            "metrics": dumps(sections.get("metrics", {})),
             "config": dumps(report.config),
             "last_seen": now,
             "first_seen": old["first_seen"] if old else now,

@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pydantic import ValidationError
+
 from bus.desired import UpdatePhase, UpdateState
+from bus.heartbeat import Metrics
 from cloud_gateway.db import loads
 from cloud_gateway.fleet import serving_version
 from cloud_gateway.schemas import Gates, update_state
@@ -39,13 +42,18 @@ def stored_update(value: Any) -> UpdateState | None:
         return None
 
 
-def _num(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) else 0.0
+def stored_metrics(text: str | None) -> Metrics:
+    """A stored heartbeat's ``metrics`` (:class:`bus.heartbeat.Metrics`, as the agent sent
+    them: ``model_fields_set`` says which it reported); empty if absent or malformed
+    (rows written before heartbeats were validated)."""
+    try:
+        return Metrics.model_validate(loads(text, {}))
+    except ValidationError:
+        return Metrics()
 
 
-def _delta(now: Any, then: int) -> int:
-    value = int(now or 0)
-    return value - then if value >= then else value  # counters reset when an agent restarts
+def _delta(now: int, then: int) -> int:
+    return now - then if now >= then else now  # counters reset when an agent restarts
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +63,7 @@ class Observation:
     online: bool
     version: int | None  # version of the rollout's model it serves
     update: UpdateState | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
     seen_at: float | None = None  # when the gateway received it (None: treat as fresh)
 
     @classmethod
@@ -65,13 +73,13 @@ class Observation:
             online=bool(row["online"]),
             version=serving_version(row, model),
             update=stored_update(loads(row["update_state"])),
-            metrics=loads(row["metrics"], {}),
+            metrics=stored_metrics(row["metrics"]),
             seen_at=row["last_seen"],
         )
 
     @property
     def p99_ms(self) -> float:
-        return _num(self.metrics.get("p99_ms"))
+        return self.metrics.p99_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +97,12 @@ class Baseline:
     settled_met: int | None = None
 
     @classmethod
-    def of(cls, metrics: dict[str, Any]) -> Baseline:
+    def of(cls, metrics: Metrics) -> Baseline:
         return cls(
-            p99_ms=_num(metrics.get("p99_ms")),
-            nan_outputs=int(metrics.get("nan_outputs") or 0),
-            inferences=int(metrics.get("inferences") or 0),
-            errors=int(metrics.get("errors") or 0),
+            p99_ms=metrics.p99_ms,
+            nan_outputs=metrics.nan_outputs,
+            inferences=metrics.inferences,
+            errors=metrics.errors,
         )
 
     @classmethod
@@ -103,13 +111,13 @@ class Baseline:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in (data or {}).items() if k in names})
 
-    def settle(self, metrics: dict[str, Any]) -> Baseline:
+    def settle(self, metrics: Metrics) -> Baseline:
         return dataclasses.replace(
             self,
-            settled_from=int(metrics.get("inferences") or 0),
-            settled_errors=int(metrics.get("errors") or 0),
-            settled_results=int(metrics.get("results") or 0),
-            settled_met=int(metrics.get("deadline_met") or 0),
+            settled_from=metrics.inferences,
+            settled_errors=metrics.errors,
+            settled_results=metrics.results,
+            settled_met=metrics.deadline_met,
         )
 
     @property
@@ -121,8 +129,8 @@ class Baseline:
 
 def window(obs: Observation, inferences_from: int, errors_from: int) -> tuple[int, int]:
     """(results, errors) an agent reported since the given counter values."""
-    ok = _delta(obs.metrics.get("inferences"), inferences_from)
-    errors = _delta(obs.metrics.get("errors"), errors_from)
+    ok = _delta(obs.metrics.inferences, inferences_from)
+    errors = _delta(obs.metrics.errors, errors_from)
     return ok + errors, errors
 
 
@@ -211,10 +219,11 @@ def _slo_gate(obs: Observation, base: Baseline, gates: Gates, need: int) -> Verd
     deadline (from the heartbeat's ``results``/``deadline_met`` counters), or None when
     it passes, is off, or cannot judge (an agent that reports no such counters)."""
     floor = gates.min_slo_attainment
-    if floor is None or base.settled_results is None or "deadline_met" not in obs.metrics:
+    reported = obs.metrics.model_fields_set
+    if floor is None or base.settled_results is None or "deadline_met" not in reported:
         return None
-    results = _delta(obs.metrics.get("results"), base.settled_results)
-    met = _delta(obs.metrics.get("deadline_met"), base.settled_met or 0)
+    results = _delta(obs.metrics.results, base.settled_results)
+    met = _delta(obs.metrics.deadline_met, base.settled_met or 0)
     if results < need:
         return Verdict(GateState.WAIT, f"{results}/{need} results before the SLO gate judges")
     share = min(met, results) / results
@@ -270,7 +279,7 @@ def evaluate(
     if not converged(obs, version):
         state = upd.state.value if upd is not None else "unknown"
         return Verdict(GateState.WAIT, f"not on v{version} yet (v{obs.version}, update {state})")
-    nan = _delta(obs.metrics.get("nan_outputs"), base.nan_outputs)
+    nan = _delta(obs.metrics.nan_outputs, base.nan_outputs)
     if nan > gates.max_nan_outputs:
         return _fail("nan", f"{nan} NaN outputs since the update (limit {gates.max_nan_outputs})")
     # Latency is windowed by the agent and still describes the old version right after

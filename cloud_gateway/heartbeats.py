@@ -67,21 +67,12 @@ class _Point:
 
 
 def _point(report: StatusReport, now: float) -> _Point:
-    m = report.metrics or {}
-
-    def num(key: str) -> float:
-        v = m.get(key)
-        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else 0.0
-
-    results = int(num("inferences") + num("errors"))
+    m = report.metrics
+    results = m.inferences + m.errors
     versions = {
-        str(name): entry["version"]
-        for name, entry in (report.models or {}).items()
-        if isinstance(entry, dict) and isinstance(entry.get("version"), int)
+        name: entry.version for name, entry in report.models.items() if entry.version is not None
     }
-    return _Point(
-        now, results, num("slo_attainment") * results, num("offload_share") * results, versions
-    )
+    return _Point(now, results, m.slo_attainment * results, m.offload_share * results, versions)
 
 
 def _deltas(points: list[_Point]) -> list[tuple[float, int, float, float]]:
@@ -146,8 +137,8 @@ class HeartbeatHistory:
                 if self._urls.get(agent, "") is not None:  # once per change, not per beat
                     log.warning("agent %s reported an unusable dashboard_url", agent[:64])
             self._urls[agent] = url
-        if not report.online or not report.metrics:
-            return
+        if not report.online or not report.metrics.model_fields_set:
+            return  # a last will, or a heartbeat without numbers: not a data point
         ring = self._points.get(agent)
         if ring is None:
             if len(self._points) >= self.max_agents:

@@ -405,7 +405,7 @@ class RolloutEngine:
         self.db.conn.executemany(
             "update rollout_agents set baseline = ? where rollout_id = ? and agent_id = ?",
             [
-                (_dump(gates.Baseline.of(loads(text, {}))), rid, agent_id)
+                (_dump(gates.Baseline.of(gates.stored_metrics(text))), rid, agent_id)
                 for agent_id, text in metrics.items()
             ],
         )

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bus.desired import MAX_VERSION, ConfigReport, UpdateState, check_live
+from bus.heartbeat import Heartbeat
 from bus.topics import check_filter
 from models.errors import InvalidInput
 from models.manifest import validate_model_name
@@ -365,26 +366,12 @@ class RollbackRequest(_Body):
     rollout_id: str | None = Field(default=None, description="default: the model's latest")
 
 
-class StatusReport(BaseModel):
-    """An agent heartbeat (same JSON as fleet/{agent}/status)."""
+class StatusReport(Heartbeat):
+    """An agent heartbeat (``bus.heartbeat.Heartbeat``, the JSON of fleet/{agent}/status)
+    with the gateway's own checks of the update and config sections. ``labels`` is read
+    only to be ignored: labels are the admin's."""
 
-    model_config = ConfigDict(extra="allow")
-
-    agent_id: str
-    site: str = ""
-    online: bool = True
-    ts: float | None = None
     labels: dict[str, str] | None = None
-    models: dict[str, Any] = Field(default_factory=dict)
-    update: dict[str, Any] | None = Field(
-        default=None,
-        description="bus.desired.UpdateState: rollout_id, model, version, state, reason",
-    )
-    health: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    config: dict[str, Any] | None = Field(
-        default=None, description="bus.desired.ConfigReport: the agent's configuration twin"
-    )
 
     @field_validator("config", mode="before")
     @classmethod

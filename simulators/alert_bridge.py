@@ -36,8 +36,8 @@ import aiohttp
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bus.alerts import Alert
 from bus.broker import BrokerUrl, make_client
-from edge_agent.output.alerts import Alert
 from shell.cli import add_settings_arguments, given
 
 log = logging.getLogger(__name__)

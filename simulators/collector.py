@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from pydantic import ValidationError
 
 from bus.broker import BrokerUrl, make_client
+from bus.heartbeat import Heartbeat
+from bus.results import Result
 from bus.topics import Topics
 
 
@@ -88,6 +91,11 @@ class Collector:
         if msg.topic.startswith(self.topics.results + "/"):
             self._record(now, msg.topic, body)
         elif isinstance(body, dict):
+            try:
+                Heartbeat.model_validate(body)  # the contract (bus.heartbeat)
+            except ValidationError:
+                self.bad += 1
+                return
             agent = str(body.get("agent_id") or msg.topic.split("/")[1])
             with self._lock:
                 self.status[agent] = body
@@ -95,26 +103,24 @@ class Collector:
 
     def _record(self, now: float, topic: str, body: Any) -> None:
         try:
-            stream = topic[len(self.topics.results) + 1 :]
-            latency = body.get("latency_ms") or {}
-            output = body.get("output")
-            anomaly = output.get("anomaly") if isinstance(output, dict) else None
-            row = (
-                now,
-                float(body["ts"]),
-                stream,
-                int(body["seq"]),
-                str(body.get("route", "")),
-                int(body.get("version") or 0),
-                str(body.get("model", "")),
-                str(body.get("agent", "")),
-                bool(body.get("deadline_met", False)),
-                float(latency.get("total", 0.0)) if isinstance(latency, dict) else 0.0,
-                None if anomaly is None else bool(anomaly),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError):
+            res = Result.model_validate(body)  # the contract (bus.results)
+        except ValidationError:
             self.bad += 1
             return
+        stream = topic[len(self.topics.results) + 1 :]
+        row = (
+            now,
+            res.ts,
+            stream,
+            res.seq,
+            res.route,
+            res.version or 0,
+            res.model,
+            res.agent,
+            res.deadline_met,
+            res.latency_ms.total,
+            res.output.anomaly,
+        )
         r = self.results
         columns: tuple[list[Any], ...] = (
             r.recv,
@@ -140,14 +146,11 @@ class Collector:
         """Per agent, per model: the version its latest heartbeat reports."""
         out: dict[str, dict[str, int]] = {}
         with self._lock:
-            for agent, body in self.status.items():
-                models = body.get("models") or {}
-                if body.get("online", True) and isinstance(models, dict):
-                    out[agent] = {
-                        name: int(m.get("version", 0))
-                        for name, m in models.items()
-                        if isinstance(m, dict)
-                    }
+            bodies = list(self.status.items())
+        for agent, body in bodies:
+            beat = Heartbeat.model_validate(body)  # checked when it arrived
+            if beat.online:
+                out[agent] = {name: m.version or 0 for name, m in beat.models.items()}
         return out
 
     async def drain(self, quiet_s: float = 2.0, limit_s: float = 30.0) -> None:

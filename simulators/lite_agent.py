@@ -2,7 +2,7 @@
 
 What the gateway sees from it is what it sees from ``edge-agent``: an MQTT session of
 its own (client id ``lite-{agent}``, a retained QoS-1 last will on its status topic),
-heartbeats in the ``edge_agent.ops.status.heartbeat_doc`` format (per-model metrics,
+heartbeats in the :mod:`bus.heartbeat` format (per-model metrics,
 ``update`` field, health) retained at QoS 1, subscriptions to its agent and site desired
 state, and bundle downloads from the gateway with an agent token. The desired-state
 check is the real one: ``bus.desired.verify_desired`` against the gateway key, target,
@@ -36,6 +36,7 @@ from typing import Any
 import aiohttp
 
 from bus.desired import Desired, UpdatePhase, UpdateState, WantedModel, verify_desired
+from bus.heartbeat import Health, Heartbeat, Metrics, ServedModel
 from bus.topics import Topics
 from edge_agent.model.updater import Sequences, origin
 from models.errors import EdgecloudError, HashMismatch, InvalidInput, PermissionDenied, Unavailable
@@ -215,49 +216,39 @@ class LiteAgent:
             )
 
     def heartbeat_doc(self) -> dict[str, Any]:
-        """The ``edge_agent.ops.status.heartbeat_doc`` shape, with simulated numbers."""
+        """The agent's heartbeat (:mod:`bus.heartbeat`), with simulated numbers."""
         self._count()
         per_model = {}
         for name in self.models:
             n = int(self._inferences.get(name, 0.0))
-            per_model[name] = {
-                "inferences": n,
-                "errors": 0,
-                "nan_outputs": 0,
-                "p50_ms": round(self._p50, 3),
-                "p99_ms": round(self._p99, 3),
-                "error_rate": 0.0,
-                "slo_attainment": 1.0,
-                "offload_share": 0.0,
-                "results": n,
-                "deadline_met": n,
-            }
-        total = sum(m["inferences"] for m in per_model.values())
-        return {
-            "agent_id": self.agent_id,
-            "site": self.site,
-            "online": True,
-            "ts": time.time(),
-            "models": {
-                name: {"version": v, "state": "serving", "topics": None, "metrics": per_model[name]}
+            per_model[name] = Metrics(
+                inferences=n,
+                p50_ms=round(self._p50, 3),
+                p99_ms=round(self._p99, 3),
+                results=n,
+                deadline_met=n,
+            )
+        total = sum(m.inferences for m in per_model.values())
+        return Heartbeat(
+            agent_id=self.agent_id,
+            site=self.site,
+            online=True,
+            ts=time.time(),
+            models={
+                name: ServedModel(version=v, state="serving", metrics=per_model[name])
                 for name, v in self.models.items()
             },
-            "update": dict(self.update_state),
-            "health": {"ready": True, "broker": True, "cloud": "none"},
-            "metrics": {
-                "inferences": total,
-                "errors": 0,
-                "nan_outputs": 0,
-                "p50_ms": round(self._p50, 3) if per_model else 0.0,
-                "p99_ms": round(self._p99, 3) if per_model else 0.0,
-                "error_rate": 0.0,
-                "slo_attainment": 1.0,
-                "results": total,
-                "deadline_met": total,
-                "offload_share": 0.0,
-            },
-            "cloud": {"configured": False, "target": None, "breaker": "none"},
-        }
+            update=dict(self.update_state),
+            health=Health(ready=True, broker=True, cloud="none"),
+            metrics=Metrics(
+                inferences=total,
+                p50_ms=round(self._p50, 3) if per_model else 0.0,
+                p99_ms=round(self._p99, 3) if per_model else 0.0,
+                results=total,
+                deadline_met=total,
+            ),
+            cloud={"configured": False, "target": None, "breaker": "none"},
+        ).model_dump(mode="json")
 
     def heartbeat(self) -> None:
         session = self.session

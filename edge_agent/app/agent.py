@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bus.broker import BrokerUrl
-from bus.readings import dead_letter_json
+from bus.deadletters import dead_letter_json
 from edge_agent.app.config_twin import ConfigTwin
 from edge_agent.app.pipeline import Pipeline
 from edge_agent.app.settings import EdgeSettings
@@ -412,10 +412,9 @@ class EdgeAgent:
     def heartbeat(self) -> dict[str, Any]:
         from edge_agent.ops.http import dashboard_url
 
-        return heartbeat_doc(self) | {
-            "config": self.twin.report(),
-            "dashboard_url": dashboard_url(self),
-        }
+        return heartbeat_doc(
+            self, config=self.twin.report(), dashboard_url=dashboard_url(self)
+        ).as_dict()
 
     def send_heartbeat(self) -> None:
         if self.link is not None and self.link.connected:

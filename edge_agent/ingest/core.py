@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bus.readings import PayloadError, dead_letter_json, decode
+from bus.deadletters import dead_letter_json
+from bus.readings import PayloadError, decode
 from bus.topics import StreamId, Topics
 from edge_agent.ingest.deadlines import DeadlineFrom, LatencyClock
 from edge_agent.ingest.windows import StreamWindow

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from typing import Any, Protocol
 
+from bus.heartbeat import Health, Heartbeat, Metrics, ServedModel
 from edge_agent.app.pipeline import Pipeline
 from edge_agent.app.settings import EdgeSettings
 from edge_agent.durability.store import Store
@@ -222,65 +223,63 @@ def status_doc(agent: EdgeAgent) -> dict[str, Any]:
     }
 
 
-def _metrics(p: Pipeline) -> dict[str, Any]:
+def _metrics(p: Pipeline) -> Metrics:
     """The rollout gates' inputs for one model."""
     st = p.stats
     q = st.quantiles_ms()
-    return {
-        "inferences": st.inferences,
-        "errors": st.errors,
-        "nan_outputs": st.nan_outputs,
-        "p50_ms": q["p50"],
-        "p99_ms": q["p99"],
-        "error_rate": round(st.error_rate, 6),
-        "slo_attainment": round(st.slo_attainment, 6),
-        "offload_share": round(st.offload_share, 6),
-        "results": st.results,
-        "deadline_met": st.deadline_met,
-    }
+    return Metrics(
+        inferences=st.inferences,
+        errors=st.errors,
+        nan_outputs=st.nan_outputs,
+        p50_ms=q["p50"],
+        p99_ms=q["p99"],
+        error_rate=round(st.error_rate, 6),
+        slo_attainment=round(st.slo_attainment, 6),
+        offload_share=round(st.offload_share, 6),
+        results=st.results,
+        deadline_met=st.deadline_met,
+    )
 
 
-def heartbeat_doc(agent: EdgeAgent) -> dict[str, Any]:
+def heartbeat_doc(
+    agent: EdgeAgent, config: dict[str, Any] | None = None, **extra: Any
+) -> Heartbeat:
+    """The ``fleet/{agent}/status`` document (contract: :mod:`bus.heartbeat`)."""
     s = agent.settings
     pipes = [p for p in agent.pipelines.values() if p.models.loaded is not None]
     per_model = {p.name: _metrics(p) for p in pipes}
     models = {
-        p.name: {
-            "version": p.version,
-            "state": "serving",
-            "topics": p.core_topics,
-            "metrics": per_model[p.name],
-        }
+        p.name: ServedModel(
+            version=p.version, state="serving", topics=p.core_topics, metrics=per_model[p.name]
+        )
         for p in pipes
     }
     results = _sum(pipes, "results")
     errors = _sum(pipes, "errors")
     offloaded = _sum(pipes, "offloaded")
-    metrics = {
-        "inferences": _sum(pipes, "inferences"),
-        "errors": errors,
-        "nan_outputs": _sum(pipes, "nan_outputs"),
-        "p50_ms": max((m["p50_ms"] for m in per_model.values()), default=0.0),
-        "p99_ms": max((m["p99_ms"] for m in per_model.values()), default=0.0),
-        "error_rate": round(errors / results, 6) if results else 0.0,
-        "slo_attainment": round(_sum(pipes, "deadline_met") / results, 6) if results else 1.0,
+    metrics = Metrics(
+        inferences=_sum(pipes, "inferences"),
+        errors=errors,
+        nan_outputs=_sum(pipes, "nan_outputs"),
+        p50_ms=max((m.p50_ms for m in per_model.values()), default=0.0),
+        p99_ms=max((m.p99_ms for m in per_model.values()), default=0.0),
+        error_rate=round(errors / results, 6) if results else 0.0,
+        slo_attainment=round(_sum(pipes, "deadline_met") / results, 6) if results else 1.0,
         # Counters, so the gateway's SLO gate can judge the window since an update.
-        "results": results,
-        "deadline_met": _sum(pipes, "deadline_met"),
-        "offload_share": round(offloaded / results, 6) if results else 0.0,
-    }
-    return {
-        "agent_id": s.agent_id,
-        "site": s.site,
-        "online": True,
-        "ts": time.time(),
-        "models": models,
-        "update": dict(agent.update_state),
-        "health": {
-            "ready": agent.ready,
-            "broker": agent.broker_connected,
-            "cloud": _cloud_state(agent),
-        },
-        "metrics": metrics,
-        "cloud": cloud_doc(agent),
-    }
+        results=results,
+        deadline_met=_sum(pipes, "deadline_met"),
+        offload_share=round(offloaded / results, 6) if results else 0.0,
+    )
+    return Heartbeat(
+        agent_id=s.agent_id,
+        site=s.site,
+        online=True,
+        ts=time.time(),
+        models=models,
+        update=dict(agent.update_state),
+        health=Health(ready=agent.ready, broker=agent.broker_connected, cloud=_cloud_state(agent)),
+        metrics=metrics,
+        cloud=cloud_doc(agent),
+        config=config,
+        **extra,
+    )

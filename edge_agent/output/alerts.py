@@ -1,4 +1,4 @@
-"""Alert messages an operator can route: the typed model and the firing/resolved rule.
+"""The firing/resolved rule of alerts (the message itself: :mod:`bus.alerts`).
 
 An alert is published on ``alerts/{site}/{device}`` (QoS 1, see
 :mod:`edge_agent.output.completion`). Besides the original fields (``ts, site, device, stream,
@@ -28,38 +28,12 @@ fields, so consumers that read ``kind``/``detail`` keep working.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from bus.alerts import State
 
 RESOLVE_AFTER = 3  # consecutive windows at or below the threshold that end an anomaly
 MAX_FIRING = 10_000  # streams with an anomaly firing at once (oldest forgotten beyond)
-
-Severity = Literal["info", "warning", "critical"]
-State = Literal["firing", "resolved"]
-Kind = Literal["class-change", "anomaly"]
-SEVERITY: dict[str, Severity] = {"class-change": "info", "anomaly": "warning"}
-
-
-class Alert(BaseModel):
-    """One message on ``alerts/{site}/{device}`` (JSON; unknown fields kept when parsing)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    ts: float = Field(description="when the agent raised it, Unix seconds")
-    site: str
-    device: str
-    stream: str
-    kind: Kind
-    detail: str | None = Field(default=None, description="human text, e.g. 'Standing -> Running'")
-    seq: int = Field(description="sequence number of the window's last reading")
-    agent: str = Field(description="the agent that raised it")
-    key: str = Field(description="stable per condition: {kind}:{site}/{device}/{stream}")
-    severity: Severity
-    state: State
-    starts_at: float = Field(description="when the condition began (equals ts when firing)")
-    value: float | None = Field(default=None, description="the anomaly score, if any")
-    label: str | None = Field(default=None, description="the new class, for class changes")
 
 
 def alert_key(kind: str, site: str, device: str, stream: str) -> str:

@@ -1,13 +1,8 @@
 """Turning model outputs into result messages and alerts (one JSON object per request).
 
-Result JSON (contract): ``{"site","device","stream","seq","ts","model","version",
-"output": {"label","scores"} | {"score","anomaly"}, "route": "edge"|"cloud", "reason",
-"latency_ms": {"total","queue","compute","network","transit"}, "deadline_met", "agent"}``.
-``total`` runs from the latency clock's origin (the sensor ``ts`` by default, see
-:mod:`edge_agent.ingest.deadlines`) to publish; ``transit`` is the part before the agent read
-the reading (broker backlog, network), so ``total ~= transit + queue + compute + network``.
-``model``/``version`` name the model that answered (for cloud answers, what the offload
-server reports).
+The result JSON is the contract :class:`bus.results.Result` (fields, meaning of the
+latency parts; ``tests/bus/test_contracts.py`` holds these strings to it). The latency
+clock's origin is the sensor ``ts`` by default, see :mod:`edge_agent.ingest.deadlines`.
 Strings are assembled with cached per-stream prefixes because ``json.dumps`` of a fresh
 dict per result is a measurable share of the agent's CPU at tens of thousands/s.
 """
@@ -20,15 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.output.alerts import (
-    EPISODES,
-    SEVERITY,
-    Alert,
-    AnomalyEpisodes,
-    Kind,
-    State,
-    alert_key,
-)
+from bus.alerts import SEVERITY, Alert, Kind, State
+from edge_agent.output.alerts import EPISODES, AnomalyEpisodes, alert_key
 from models.manifest import Manifest
 
 

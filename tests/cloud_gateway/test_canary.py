@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from bus.desired import UpdateState
+from bus.heartbeat import Metrics
 from cloud_gateway import canary
 from cloud_gateway.canary import Fail, Issue, MarkConverged, Plan, Succeed
 from cloud_gateway.gates import Baseline, GateState, Observation
@@ -15,7 +16,9 @@ AGENTS = [f"a{i:02d}" for i in range(20)]
 
 
 def _obs(version: int, **metrics: float) -> Observation:
-    return Observation(online=True, version=version, update=None, metrics=dict(metrics))
+    return Observation(
+        online=True, version=version, update=None, metrics=Metrics.model_validate(dict(metrics))
+    )
 
 
 def _plan(**kw: object) -> Plan:
@@ -140,7 +143,9 @@ def test_min_inferences_holds_the_bake() -> None:
 
 def _busy(version: int, p99_ms: float, **metrics: Any) -> Observation:
     m = {"inferences": 500, "errors": 0, "nan_outputs": 0, "p99_ms": p99_ms} | metrics
-    return Observation(online=True, version=version, metrics=m, seen_at=10.0)
+    return Observation(
+        online=True, version=version, metrics=Metrics.model_validate(m), seen_at=10.0
+    )
 
 
 # Wave 1 = "a" (converged at t=6, settled with 4 ms p99), "b" and "c" still on v1.
@@ -203,7 +208,7 @@ def test_last_wave_has_no_control_group_and_uses_each_baseline() -> None:
 def test_failed_updates_up_to_the_limit_are_tolerated() -> None:
     def failed(reason: str) -> Observation:
         upd = UpdateState(rollout_id="r", model="m", version=2, state="failed", reason=reason)
-        return Observation(True, 1, upd, {"p99_ms": 4.0}, 0.0)
+        return Observation(True, 1, upd, Metrics(p99_ms=4.0), 0.0)
 
     p = _plan(current_wave=1, wave_started_at=0.0, gates=Gates(max_failed_updates=1))
     one = {"a": _busy(2, 4.0), "b": failed("disk full"), "c": _busy(2, 4.0)}
@@ -223,7 +228,7 @@ def test_failed_updates_up_to_the_limit_are_tolerated() -> None:
 
 def test_a_tolerated_failed_update_neither_blocks_convergence_nor_the_bake() -> None:
     upd = UpdateState(rollout_id="r", model="m", version=2, state="failed", reason="disk full")
-    failed = Observation(True, 1, upd, {"p99_ms": 4.0}, 0.0)
+    failed = Observation(True, 1, upd, Metrics(p99_ms=4.0), 0.0)
     obs = {"a": _busy(2, 4.0), "b": failed, "c": _busy(2, 4.0)}
     bases = {k: Baseline(p99_ms=4.0, inferences=100, settled_from=100) for k in "abc"}
     lenient = Gates(max_failed_updates=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bus.heartbeat import Metrics
 from cloud_gateway import canary, config, gates
 from cloud_gateway.schemas import Gates
 
@@ -48,7 +49,8 @@ def test_a_refused_config_fails_the_update_gate() -> None:
 
 def _verdict(g: Gates, **now: Any) -> gates.Verdict:
     before = {"inferences": 1000, "errors": 0, "results": 1000, "deadline_met": 990}
-    base = gates.Baseline.of(before).settle(before)
+    known = Metrics.model_validate(before)
+    base = gates.Baseline.of(known).settle(known)
     obs = config.observation(_row({"version": 9, "state": "ok"}, p99_ms=5.0, **now), "ro-1", 9)
     return gates.evaluate(obs, base, g, 9, "ro-1", None)
 

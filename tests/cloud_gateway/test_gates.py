@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from bus.desired import UpdatePhase, UpdateState
+from bus.heartbeat import Metrics
 from cloud_gateway.gates import (
     Baseline,
     Control,
@@ -27,7 +28,9 @@ G = Gates()  # ratio 3x, +5 ms slack, excess 0.02, ceiling 0.05, min_samples 20
 
 def obs(version: int = NEW, *, seen_at: float | None = NOW, **metrics: Any) -> Observation:
     m = {"inferences": 100, "errors": 0, "nan_outputs": 0, "p99_ms": 4.0} | metrics
-    return Observation(online=True, version=version, metrics=m, seen_at=seen_at)
+    return Observation(
+        online=True, version=version, metrics=Metrics.model_validate(m), seen_at=seen_at
+    )
 
 
 SETTLED = Baseline(p99_ms=4.0, inferences=0, settled_from=0, settled_errors=0)
@@ -160,10 +163,10 @@ def test_control_group_membership() -> None:
         "ok": obs(OLD, p99_ms=4.0),
         "older": obs(0 + 1, p99_ms=6.0),
         "stale": obs(OLD, p99_ms=100.0, seen_at=NOW - 16.0),
-        "offline": Observation(False, OLD, metrics={"p99_ms": 100.0}),
+        "offline": Observation(False, OLD, metrics=Metrics(p99_ms=100.0)),
         "idle": obs(OLD, p99_ms=0.0),
         "on-new": obs(NEW, p99_ms=100.0),
-        "swapping": Observation(True, OLD, busy, {"p99_ms": 100.0}, NOW),
+        "swapping": Observation(True, OLD, busy, Metrics(p99_ms=100.0), NOW),
         "no-model": obs(None, p99_ms=100.0),  # type: ignore[arg-type]
     }
     pending = [*observations, "never-reported"]

@@ -10,8 +10,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
+from bus.alerts import Alert
 from bus.readings import encode_binary
-from edge_agent.output.alerts import RESOLVE_AFTER, Alert
+from edge_agent.output.alerts import RESOLVE_AFTER
 from models import vibration
 from models.repository import ModelRepository
 from simulators.alert_bridge import BridgeSettings, run
