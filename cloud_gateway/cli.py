@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,53 +25,15 @@ from cloud_gateway.schemas import Gates, RolloutRequest
 from cloud_gateway.settings import GatewaySettings
 from models.bundle_cli import add_install_parser, add_pack_parser
 from models.errors import EdgecloudError
-from shell.cli import DefaultsHelpFormatter, annotate_settings_help
+from shell.cli import DefaultsHelpFormatter, add_settings_arguments
 from shell.logs import setup_logging
 from shell.settings_errors import describe
 
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-_SERVE_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
-    ("host", str, "address to listen on"),
-    ("port", int, "port to listen on (0: any free port)"),
-    ("public-url", str, "base URL agents download bundles from"),
-    ("db-path", Path, "SQLite database file"),
-    ("blob-dir", Path, "bundle blob directory"),
-    ("broker", str, "MQTT broker URL"),
-    ("mqtt-ca-file", str, "CA bundle for mqtts://"),
-    ("topic-prefix", str, "prefix of the fleet topic root"),
-    ("cloud", str, "cloud tier HOST:PORT to load rolled-out versions into"),
-    ("cloud-repository", Path, "model repository of the cloud tier (shared volume)"),
-    ("cloud-tls-ca", Path, "CA of the cloud tier's certificate (turns on TLS)"),
-    ("cloud-tls-cert", Path, "client certificate for mutual TLS with the cloud tier"),
-    ("cloud-tls-key", Path, "private key of --cloud-tls-cert"),
-    ("cloud-admin-token-file", Path, "bearer token the cloud tier accepts for model load"),
-    ("trusted-keys", Path, "signer public key file or directory of *.pub"),
-    ("tokens-file", Path, "token file: 'ROLE TOKEN' per line (or GATEWAY_ADMIN_TOKEN)"),
-    ("desired-signing-key", Path, "ed25519 key signing desired state (created when missing)"),
-    (
-        "require-enrolment",
-        _bool,
-        "accept status only from enrolled agents: true/false (default: once any is enrolled)",
-    ),
-    ("heartbeat-timeout-s", float, "mark agents offline after this much silence"),
-    ("tick-s", float, "rollout engine period"),
-    ("wave-timeout-s", float, "default canary wave convergence timeout"),
-    ("max-bundle-bytes", int, "largest accepted upload"),
-    ("log-level", str, "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
-    ("log-format", str, "text or json (one object per line)"),
-)
-
-
-def _flag(p: argparse.ArgumentParser, name: str, typ: Callable[[str], Any], help_: str) -> None:
-    p.add_argument(f"--{name}", type=typ, default=argparse.SUPPRESS, help=help_)
+#: Settings that are never flags: secrets come from the environment or a mounted file
+#: (GATEWAY_SECRETS_DIR), not from a command line that ``ps`` shows.
+_SECRETS = ("admin_token", "agent_token", "viewer_token")
+#: Settings of the client commands (top level), not of ``serve``.
+_CLIENT = ("url", "token")
 
 
 def _doc(name: str) -> str:
@@ -111,15 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="cloud-gateway", description="edgecloud model registry and rollout service"
     )
-    _flag(parser, "url", str, "gateway URL for client commands")
-    _flag(parser, "token", str, "bearer token for client commands")
-    annotate_settings_help(parser, GatewaySettings)
+    # Every settings flag is generated from GatewaySettings (shell/cli.py), as for the
+    # other three programs; the subcommands' own flags (not settings) are written below.
+    add_settings_arguments(parser, GatewaySettings, only=_CLIENT)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
-    for name, typ, help_ in _SERVE_FLAGS:
-        _flag(serve, name, typ, help_)
-    annotate_settings_help(serve, GatewaySettings, required=("tokens_file", "trusted_keys"))
+    add_settings_arguments(serve, GatewaySettings, skip=(*_SECRETS, *_CLIENT))
 
     models = sub.add_parser("models", help="build, push and list model versions")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -260,17 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let anonymous clients publish sensors/# and read results, alerts and status",
     )
-    for f in (enrol, revoke, fsub.choices["list-enrolled"], bconf):
-        _flag(f, "db-path", Path, "SQLite database of the gateway")
-    _flag(bconf, "topic-prefix", str, "prefix of every topic root (the agents' --topic-prefix)")
-    for f in (enrol, revoke, fsub.choices["list-enrolled"], bconf):
-        annotate_settings_help(f, GatewaySettings)
+    for f in (enrol, revoke, fsub.choices["list-enrolled"]):
+        add_settings_arguments(f, GatewaySettings, only=("db_path",))
+    add_settings_arguments(bconf, GatewaySettings, only=("db_path", "topic_prefix"))
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> GatewaySettings:
     fields = set(GatewaySettings.model_fields)
-    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k in fields}
+    overrides: dict[str, Any] = {
+        k: v for k, v in vars(args).items() if k in fields and v is not None
+    }
     # Kubernetes secrets mounted as files (gateway_admin_token, ...) in this directory.
     secrets_dir = os.environ.get("GATEWAY_SECRETS_DIR") or None
     return GatewaySettings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[call-arg]

@@ -99,35 +99,22 @@ def settings_help(
     return f"{text} ({tail})".strip().replace("%", "%%")
 
 
-def annotate_settings_help(
+def add_settings_arguments(
     parser: argparse.ArgumentParser,
     settings: type[BaseSettings],
-    required: Container[str] = (),
+    skip: Container[str] = (),
+    only: Container[str] | None = None,
 ) -> None:
-    """For a hand-built parser: append default and env to every flag whose dest is a field
-    of ``settings``, and refuse abbreviated flags (``--slo`` must not mean ``--slo-ms``)."""
-    parser.allow_abbrev = False
-    for action in parser._actions:
-        if action.dest in settings.model_fields and action.option_strings:
-            action.help = settings_help(
-                settings,
-                action.dest,
-                (action.help or "").replace("%%", "%") or None,
-                required=action.dest in required,
-            )
-
-
-def add_settings_arguments(
-    parser: argparse.ArgumentParser, settings: type[BaseSettings], skip: Container[str] = ()
-) -> None:
-    """Add ``--foo-bar`` for every field of ``settings`` (default None = "not given").
+    """Add ``--foo-bar`` for every field of ``settings`` (default None = "not given"),
+    or for the fields in ``only`` (a subcommand that needs a few of the process's
+    settings, e.g. the database of ``cloud-gateway fleet enrol``).
 
     Each help line shows the field's default and environment variable, and the parser
     stops accepting abbreviations: a prefix of one flag must not silently mean it.
     """
     parser.allow_abbrev = False
     for name, field in settings.model_fields.items():
-        if name in skip:
+        if name in skip or (only is not None and name not in only):
             continue
         parser.add_argument(
             f"--{name.replace('_', '-')}",
