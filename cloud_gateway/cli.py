@@ -79,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
-    add_settings_arguments(serve, GatewaySettings, skip=(*_SECRETS, *_CLIENT))
+    add_settings_arguments(
+        serve,
+        GatewaySettings,
+        skip=(*_SECRETS, *_CLIENT),
+        required=("tokens_file", "trusted_keys"),  # serve refuses to start without them
+    )
 
     models = sub.add_parser("models", help="build, push and list model versions")
     msub = models.add_subparsers(dest="models_command", required=True)

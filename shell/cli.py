@@ -104,10 +104,12 @@ def add_settings_arguments(
     settings: type[BaseSettings],
     skip: Container[str] = (),
     only: Container[str] | None = None,
+    required: Container[str] = (),
 ) -> None:
     """Add ``--foo-bar`` for every field of ``settings`` (default None = "not given"),
     or for the fields in ``only`` (a subcommand that needs a few of the process's
-    settings, e.g. the database of ``cloud-gateway fleet enrol``).
+    settings, e.g. the database of ``cloud-gateway fleet enrol``). ``required`` names
+    fields the program checks itself (the help says "required" instead of a default).
 
     Each help line shows the field's default and environment variable, and the parser
     stops accepting abbreviations: a prefix of one flag must not silently mean it.
@@ -120,7 +122,7 @@ def add_settings_arguments(
             f"--{name.replace('_', '-')}",
             dest=name,
             default=None,
-            help=settings_help(settings, name),
+            help=settings_help(settings, name, required=name in required),
             **_arg_kwargs(field.annotation),
         )
 
