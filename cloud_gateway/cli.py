@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         serve,
         GatewaySettings,
         skip=(*_SECRETS, *_CLIENT),
-        required=("tokens_file", "trusted_keys"),  # serve refuses to start without them
+        # serve refuses to start without keys, and without tokens (file or GATEWAY_*_TOKEN)
+        required=("tokens_file", "trusted_keys"),
     )
 
     models = sub.add_parser("models", help="build, push and list model versions")
