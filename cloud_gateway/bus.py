@@ -31,8 +31,14 @@ class Bus:
         on_status: Callable[[str, bytes], None],
         *,
         ca_file: str | None = None,
+        share_group: str | None = None,
     ) -> None:
         self.url = BrokerUrl.parse(broker)
+        # A shared subscription: the broker hands each heartbeat to one replica of the
+        # group (retained ones to none: the database already holds what they said).
+        self._status_filter = topics.status_filter()
+        if share_group:
+            self._status_filter = f"$share/{share_group}/{self._status_filter}"
         self.topics = topics
         self.on_status = on_status
         #: Called on the event loop after every (re)connect.
@@ -88,7 +94,7 @@ class Bus:
             self._outage.failed(f"connection refused: {rc}")
             return
         self.connected = True
-        client.subscribe(self.topics.status_filter(), qos=1)
+        client.subscribe(self._status_filter, qos=1)
         self._outage.recovered()
         log.info("connected to %s", self.url)
         if self._loop is not None:

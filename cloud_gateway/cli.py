@@ -227,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="let anonymous clients publish sensors/# and read results, alerts and status",
     )
     for f in (enrol, revoke, fsub.choices["list-enrolled"]):
-        add_settings_arguments(f, GatewaySettings, only=("db_path",))
-    add_settings_arguments(bconf, GatewaySettings, only=("db_path", "topic_prefix"))
+        add_settings_arguments(f, GatewaySettings, only=("db_path", "database_url"))
+    add_settings_arguments(bconf, GatewaySettings, only=("db_path", "database_url", "topic_prefix"))
     return parser
 
 

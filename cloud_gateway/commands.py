@@ -225,10 +225,10 @@ def _fleet_local(args: argparse.Namespace, settings: GatewaySettings) -> int:
     """Identity commands: straight on the gateway database (they mint secrets, so they
     run on the gateway's host, not over the API)."""
     from cloud_gateway.brokerconf import write_broker_config
-    from cloud_gateway.db import open_db
+    from cloud_gateway.db import open_database
     from cloud_gateway.enrolment import Enrolments
 
-    enrolments = Enrolments(open_db(settings.db_path))
+    enrolments = Enrolments(open_database(settings.resolved_database_url()))
     if args.fleet_command == "enrol":
         token = enrolments.enrol(args.agent_id, args.site)
         print(token)

@@ -19,10 +19,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-import sqlite_utils
-
 from bus.desired import UpdatePhase, UpdateState, WantedConfig, check_live
-from cloud_gateway.db import dumps, loads, next_counter
+from cloud_gateway.db import Database, dumps, loads, next_counter
 from cloud_gateway.gates import Observation, stored_metrics
 from models.errors import Conflict, InvalidInput
 
@@ -34,7 +32,7 @@ VERSION = "config-version"
 TABLE = "agent_config"
 
 
-def wanted_config(db: sqlite_utils.Database, agent_id: str) -> WantedConfig | None:
+def wanted_config(db: Database, agent_id: str) -> WantedConfig | None:
     """The config section of ``agent_id``'s desired state (None: flags only)."""
     row = db.execute(
         f'select version, rollout_id, "values" from {TABLE} where agent_id = ?', [agent_id]
@@ -44,7 +42,7 @@ def wanted_config(db: sqlite_utils.Database, agent_id: str) -> WantedConfig | No
     return WantedConfig(version=row[0], rollout_id=row[1], values=loads(row[2], {}))
 
 
-def configured_agents(db: sqlite_utils.Database) -> list[str]:
+def configured_agents(db: Database) -> list[str]:
     return [r[0] for r in db.execute(f"select agent_id from {TABLE}").fetchall()]
 
 
@@ -108,7 +106,7 @@ class ConfigTwins:
 
     def __init__(
         self,
-        db: sqlite_utils.Database,
+        db: Database,
         fleet: Fleet,
         desired: Publisher,
         clock: Callable[[], float] = time.time,
@@ -167,8 +165,7 @@ class ConfigTwins:
                     "values": dumps(values),
                     "rollout_id": rollout_id,
                     "set_at": now,
-                },
-                pk="agent_id",
+                }
             )
         self.desired.publish_agent(agent_id, rollout_id, now)
 

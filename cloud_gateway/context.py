@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-import sqlite_utils
-
 from cloud_gateway.auth import TokenStore
 from cloud_gateway.bus import Bus
 from cloud_gateway.config import ConfigTwins
+from cloud_gateway.db import Database
 from cloud_gateway.fleet import Fleet
+from cloud_gateway.leader import Leadership
 from cloud_gateway.metrics import GatewayMetrics
 from cloud_gateway.registry import Registry
 from cloud_gateway.rollouts import RolloutEngine
@@ -24,7 +24,8 @@ class Gateway(Protocol):
     """A running gateway (``cloud_gateway.service.Gateway``), as its API uses it."""
 
     settings: GatewaySettings
-    db: sqlite_utils.Database
+    db: Database
+    leadership: Leadership
     tokens: TokenStore
     registry: Registry
     fleet: Fleet

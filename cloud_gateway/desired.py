@@ -15,13 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bus.desired import Desired, WantedModel, sign_desired
 from bus.topics import Topics
 from cloud_gateway.config import configured_agents, wanted_config
-from cloud_gateway.db import next_counter, transaction
+from cloud_gateway.db import Database, next_counter, transaction
 
 Publish = Callable[[str, bytes], None]
 
@@ -48,7 +47,7 @@ _UPSERT = (
 )
 
 
-def next_sequence(db: sqlite_utils.Database) -> int:
+def next_sequence(db: Database) -> int:
     """The next desired-state sequence number: the persisted counter plus one, but never
     below the wall clock in milliseconds, so a gateway whose database was restored from
     a backup (or replaced) still signs documents newer than those its agents accepted."""
@@ -58,7 +57,7 @@ def next_sequence(db: sqlite_utils.Database) -> int:
 class DesiredState:
     def __init__(
         self,
-        db: sqlite_utils.Database,
+        db: Database,
         topics: Topics,
         publish: Publish,
         base_url: Callable[[], str],

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from bus.topics import check_segment
 from cloud_gateway.auth import token_digest
+from cloud_gateway.db import Database
 from models.errors import ConfigError, NotFound
 
 #: MQTT user names that are not agents (cloud_gateway.brokerconf).
@@ -71,7 +70,7 @@ def mosquitto_hashes(passwords: dict[str, str]) -> dict[str, str]:
 class Enrolments:
     """The ``enrolments`` table; safe to use from the CLI while the server runs (SQLite)."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def enrol(self, agent_id: str, site: str) -> str:
@@ -89,8 +88,7 @@ class Enrolments:
                 "token_sha256": token_digest(token),
                 "mqtt_hash": mqtt_hash,
                 "enrolled_at": time.time(),
-            },
-            pk="agent_id",
+            }
         )
         return token
 

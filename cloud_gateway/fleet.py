@@ -13,11 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import sqlite_utils
 from pydantic import ValidationError
 
 from bus.topics import check_segment
-from cloud_gateway.db import dumps, loads, transaction
+from cloud_gateway.db import Database, dumps, loads, transaction
 from cloud_gateway.enrolment import Enrolments, Identity
 from cloud_gateway.heartbeats import HeartbeatHistory
 from cloud_gateway.schemas import Selector, StatusReport
@@ -54,7 +53,7 @@ class Fleet:
 
     def __init__(
         self,
-        db: sqlite_utils.Database,
+        db: Database,
         heartbeat_timeout_s: float,
         clock: Callable[[], float] = time.time,
         *,

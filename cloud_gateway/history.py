@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlite_utils
-
-from cloud_gateway.db import dumps, loads
+from cloud_gateway.db import Database, dumps, loads
 from cloud_gateway.schemas import Gates, Selector
 from models.errors import NotFound
 
@@ -21,14 +19,14 @@ _AGENT_FIELDS = (
 )
 
 
-def rollout_row(db: sqlite_utils.Database, rid: str) -> dict[str, Any]:
+def rollout_row(db: Database, rid: str) -> dict[str, Any]:
     rows = list(db.table("rollouts").rows_where("id = ?", [rid], limit=1))
     if not rows:
         raise NotFound(f"no rollout {rid!r}")
     return rows[0]
 
 
-def rollout_view(db: sqlite_utils.Database, rid: str, *, detail: bool = True) -> dict[str, Any]:
+def rollout_view(db: Database, rid: str, *, detail: bool = True) -> dict[str, Any]:
     """A rollout as the API shows it (waves and agent waves counted from 1)."""
     row = rollout_row(db, rid)
     wave_count = db.execute(
@@ -68,7 +66,7 @@ def rollout_view(db: sqlite_utils.Database, rid: str, *, detail: bool = True) ->
     return out
 
 
-def list_rollouts(db: sqlite_utils.Database, model: str | None = None) -> list[dict[str, Any]]:
+def list_rollouts(db: Database, model: str | None = None) -> list[dict[str, Any]]:
     where, args = ("model = ?", [model]) if model else (None, [])
     return [
         rollout_view(db, r["id"], detail=False)
@@ -77,14 +75,12 @@ def list_rollouts(db: sqlite_utils.Database, model: str | None = None) -> list[d
 
 
 def record_event(
-    db: sqlite_utils.Database, ts: float, rid: str | None, kind: str, detail: dict[str, Any]
+    db: Database, ts: float, rid: str | None, kind: str, detail: dict[str, Any]
 ) -> None:
     db.table("events").insert({"ts": ts, "rollout_id": rid, "kind": kind, "detail": dumps(detail)})
 
 
-def with_gate(
-    db: sqlite_utils.Database, view: dict[str, Any], live: dict[str, Any] | None
-) -> dict[str, Any]:
+def with_gate(db: Database, view: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
     """Add the gate evaluation to a rollout view: the live one of a running rollout, else
     the one recorded when the last wave passed or the rollout was rolled back."""
     gate = live

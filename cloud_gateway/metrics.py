@@ -5,7 +5,7 @@ never share counters; the standard ``process_*``, ``python_gc_*`` and ``python_i
 series are registered on it explicitly, as the global registry would have them.
 
 Counters are counted where the event happens (heartbeats, HTTP requests, engine ticks);
-fleet and rollout gauges are read from SQLite at scrape time, so they are never stale
+fleet and rollout gauges are read from the database at scrape time, so they are never stale
 and cost nothing between scrapes. Scrapes run on the event loop thread, the only thread
 that touches the database.
 """
@@ -31,16 +31,17 @@ from prometheus_client.registry import Collector
 from shell.http import Handler
 
 if TYPE_CHECKING:
-    import sqlite_utils
-
     from cloud_gateway.bus import Bus
+    from cloud_gateway.db import Database
+    from cloud_gateway.leader import Leadership
 
 
 class Source(Protocol):
     """What the scrape-time gauges read of the gateway."""
 
-    db: sqlite_utils.Database
+    db: Database
     bus: Bus | None
+    leadership: Leadership
 
 
 #: States a rollout row can be in (rollouts.py); each is exported even at 0 so a
@@ -86,6 +87,11 @@ class _FleetCollector(Collector):
             "gateway_broker_connected",
             "1 while the gateway's MQTT connection is up",
             value=int(bool(gw.bus and gw.bus.connected)),
+        )
+        yield GaugeMetricFamily(
+            "gateway_leader",
+            "1 while this replica runs the rollout engine (always 1 on SQLite)",
+            value=int(gw.leadership.leading),
         )
 
 

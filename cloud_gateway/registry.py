@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import sqlite3
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -22,9 +21,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
-from cloud_gateway.db import loads
+from cloud_gateway.db import Database, IntegrityConflict, loads
 from models.errors import BundleTooLarge, Conflict, InvalidInput, NotFound, Status
 from models.manifest import Manifest, validate_model_name
 from models.servable import check_servable
@@ -57,7 +54,7 @@ class Registry:
 
     def __init__(
         self,
-        db: sqlite_utils.Database,
+        db: Database,
         blob_dir: Path,
         trusted_keys: dict[str, Any],
         *,
@@ -118,7 +115,7 @@ class Registry:
             }
             try:
                 self.db.table("versions").insert(row)
-            except sqlite3.IntegrityError:  # a concurrent upload of the same version won
+            except IntegrityConflict:  # a concurrent upload of the same version won
                 raise VersionExists(f"{manifest.ref} was uploaded concurrently") from None
             return row, True
         finally:

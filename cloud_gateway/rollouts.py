@@ -18,13 +18,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bus.topics import Topics
 from cloud_gateway import canary, gates, history
 from cloud_gateway import config as twin
-from cloud_gateway.db import dumps, loads, next_counter
+from cloud_gateway.db import Database, dumps, loads, next_counter
 from cloud_gateway.desired import DesiredState
 from cloud_gateway.fleet import Fleet, serving_version
 from cloud_gateway.registry import Registry
@@ -39,7 +38,7 @@ class RolloutEngine:
 
     def __init__(
         self,
-        db: sqlite_utils.Database,
+        db: Database,
         registry: Registry,
         fleet: Fleet,
         topics: Topics,
@@ -264,6 +263,20 @@ class RolloutEngine:
         report = canary.judge(plan, observations, baselines, now)
         gate = self._gates[rid] = report.as_dict(now)
         action = canary.step(plan, observations, baselines, now, report)
+        # One transaction per decision: its history event and its effect commit together
+        # (a replica taking over never sees one without the other).
+        with self.desired.batch():
+            self._act(row, plan, action, gate, now)
+
+    def _act(
+        self,
+        row: dict[str, Any],
+        plan: canary.Plan,
+        action: canary.Action | None,
+        gate: dict[str, Any],
+        now: float,
+    ) -> None:
+        rid = row["id"]
         if isinstance(action, canary.Issue | canary.Succeed) and plan.current_wave >= 0:
             self._event(rid, "wave-passed", {"wave": plan.current_wave + 1, "gate": gate})
         if isinstance(action, canary.Issue):
@@ -334,6 +347,12 @@ class RolloutEngine:
             out[a["agent_id"]] = hit[1]
         return out
 
+    def reset(self) -> None:
+        """Drop every cache (this replica just took over or lost the lead)."""
+        self._gates.clear()
+        self._obs_cache.clear()
+        self._base_cache.clear()
+
     def _forget(self, rid: str) -> None:
         self._gates.pop(rid, None)
         self._obs_cache.pop(rid, None)
@@ -388,6 +407,17 @@ class RolloutEngine:
 
     def _issue_wave(self, row: dict[str, Any], wave: int, agent_ids: list[str], now: float) -> None:
         rid = row["id"]
+        # First, inside the wave's transaction: move current_wave forward only from where
+        # this tick read it. A replica that lost the lead mid-tick (or any second writer)
+        # then changes nothing, so no wave is ever issued twice.
+        claimed = self.db.execute(
+            "update rollouts set current_wave = ?, wave_started_at = ?, "
+            "wave_converged_at = null, updated_at = ? "
+            "where id = ? and state = 'running' and current_wave = ?",
+            [wave, now, self.clock(), rid, row["current_wave"]],
+        )
+        if claimed.rowcount != 1:
+            raise Conflict(f"rollout {rid}: wave {wave + 1} was issued by another writer")
         is_config = row.get("kind") == "config"
         version = None if is_config else self.registry.get(row["model"], row["version"])
         # The agents not issued yet are the control group of this wave: their counters
@@ -402,7 +432,7 @@ class RolloutEngine:
                 [rid, wave, dumps(agent_ids)],
             )
         }
-        self.db.conn.executemany(
+        self.db.executemany(
             "update rollout_agents set baseline = ? where rollout_id = ? and agent_id = ?",
             [
                 (_dump(gates.Baseline.of(gates.stored_metrics(text))), rid, agent_id)
@@ -421,7 +451,6 @@ class RolloutEngine:
                 self.desired.set(
                     agent_id, row["model"], version, rid, now, topics=row.get("topics")
                 )
-        self._update(rid, current_wave=wave, wave_started_at=now, wave_converged_at=None)
         self._event(rid, "wave-issued", {"wave": wave + 1, "agents": agent_ids})
 
     def _rollback(

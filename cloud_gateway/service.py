@@ -20,8 +20,9 @@ from cloud_gateway.auth import Role, TokenStore
 from cloud_gateway.bus import Bus
 from cloud_gateway.cloud import CloudTier
 from cloud_gateway.config import ConfigTwins
-from cloud_gateway.db import open_db
+from cloud_gateway.db import open_database, redact
 from cloud_gateway.fleet import Fleet
+from cloud_gateway.leader import Leadership
 from cloud_gateway.metrics import GatewayMetrics
 from cloud_gateway.openapi import build_openapi
 from cloud_gateway.registry import Registry
@@ -66,7 +67,15 @@ class Gateway:
         self.settings = settings
         self.tokens = load_tokens(settings)
         self.trusted_keys = load_keys(settings)
-        self.db = open_db(settings.db_path)
+        url = settings.resolved_database_url()
+        if url.startswith("postgres") and settings.desired_signing_key is None:
+            raise ConfigError(
+                "with a PostgreSQL database every replica must sign desired state with the "
+                "same key: pass --desired-signing-key (a Secret mounted in every replica)"
+            )
+        self.db = open_database(url)
+        log.info("database %s (%s)", redact(url), self.db.dialect)
+        self.leadership = Leadership(self.db)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gw-verify")
         self.registry = Registry(
             self.db,
@@ -139,10 +148,14 @@ class Gateway:
 
     def _on_connected(self) -> None:
         # A broker restarted without persistence has lost the retained desired state;
-        # re-assert it (agents ignore a desired state they already satisfy).
-        if not self._closed:
-            count = self.engine.republish_all()
-            log.info("desired state re-published for %d agents", count)
+        # re-assert it (agents ignore a desired state they already satisfy). The leader
+        # does; a replica that becomes leader later does it then (run_engine).
+        if not self._closed and self.leadership.leading:
+            self._republish()
+
+    def _republish(self) -> None:
+        count = self.engine.republish_all()
+        log.info("desired state re-published for %d agents", count)
 
     def _on_status(self, agent_id: str, payload: bytes) -> None:
         if not self._closed:  # paho may still hand over messages while we shut down
@@ -153,10 +166,19 @@ class Gateway:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
+            was_leading = self.leadership.leading
             try:
-                with self.metrics.engine_tick.time():
-                    self.fleet.sweep()
-                    await self.engine.tick()
+                if self.leadership.check():
+                    if not was_leading:
+                        # Taking over: nothing cached from an earlier term is trusted, and
+                        # documents the old leader committed but never sent go out now.
+                        self.engine.reset()
+                        self._republish()
+                    with self.metrics.engine_tick.time():
+                        self.fleet.sweep()
+                        await self.engine.tick()
+                elif was_leading:
+                    self.engine.reset()
             except Exception:  # keep the engine alive; the next tick retries
                 log.exception("engine tick failed")
             # A tick over thousands of agents can take a good part of tick_s: waiting
@@ -174,15 +196,22 @@ class Gateway:
 
     def close(self) -> None:
         self._closed = True
+        self.leadership.release()
         self.executor.shutdown(wait=False, cancel_futures=True)
-        self.db.conn.close()
+        self.db.close()
 
 
 @contextlib.asynccontextmanager
 async def serve(settings: GatewaySettings) -> AsyncIterator[Gateway]:
     """Run a gateway (HTTP + MQTT + rollout engine) for the duration of the block."""
     gw = Gateway(settings)
-    gw.bus = Bus(settings.broker, gw.topics, gw._on_status, ca_file=settings.mqtt_ca_file)
+    gw.bus = Bus(
+        settings.broker,
+        gw.topics,
+        gw._on_status,
+        ca_file=settings.mqtt_ca_file,
+        share_group=settings.mqtt_share_group,
+    )
     gw.bus.on_connected = gw._on_connected
     gw.bus.start()
     runner = web.AppRunner(make_app(gw), access_log=None)

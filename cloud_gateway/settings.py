@@ -29,13 +29,26 @@ class GatewaySettings(BaseSettings):
     db_path: Path = Field(
         default=Path("gateway.sqlite"), description="SQLite file for registry, fleet, rollouts."
     )
+    database_url: str | None = Field(
+        default=None,
+        description="sqlite:///PATH (one replica; default: sqlite:///DB_PATH) or "
+        "postgresql://USER@HOST:PORT/DB (several replicas: one leads the rollouts). "
+        "A password belongs in GATEWAY_DATABASE_URL or ~/.pgpass, not on a command line.",
+    )
     blob_dir: Path = Field(
-        default=Path("gateway-blobs"), description="Directory of bundle files (by sha256)."
+        default=Path("gateway-blobs"),
+        description="Directory of bundle files (by sha256); replicas share it (a "
+        "ReadWriteMany volume).",
     )
     broker: str = Field(
         default="mqtt://127.0.0.1:1883", description="MQTT broker URL (mqtt:// or mqtts://)."
     )
     mqtt_ca_file: str | None = Field(default=None, description="CA bundle for mqtts:// brokers.")
+    mqtt_share_group: str | None = Field(
+        default=None,
+        description="Subscribe to heartbeats as $share/GROUP/...: replicas split them "
+        "instead of each ingesting all (every replica still publishes desired state).",
+    )
     topic_prefix: str = Field(
         default="", description="Prefix prepended to the fleet topic root (multi-tenant brokers)."
     )
@@ -110,6 +123,9 @@ class GatewaySettings(BaseSettings):
     def topics(self) -> Topics:
         prefix = self.topic_prefix.strip("/")
         return Topics(fleet=f"{prefix}/fleet") if prefix else Topics()
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.db_path}"
 
     def signing_key_path(self) -> Path:
         return self.desired_signing_key or self.db_path.parent / "desired.key"

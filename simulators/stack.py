@@ -180,7 +180,7 @@ class Stack:
             )
             self.gateway_mqtt_password = (gw / "mqtt.password").read_text().strip()
         finally:
-            db.conn.close()
+            db.close()
         return f"password_file {passwd}\nacl_file {acl}\n"
 
     def _broker_url_for(self, user: str, password: str) -> str:

@@ -1,11 +1,18 @@
-"""Gateway fixtures: bundles, tokens, and a real gateway (HTTP + mosquitto + SQLite)."""
+"""Gateway fixtures: bundles, tokens, and a real gateway (HTTP + mosquitto + SQLite).
+
+``EDGECLOUD_TEST_DATABASE=postgresql`` runs every gateway of these tests on a real
+PostgreSQL server instead (one server per session, a fresh database per test):
+``EDGECLOUD_TEST_DATABASE=postgresql pytest tests/cloud_gateway``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +57,49 @@ def tokens_file(tmp_path: Path) -> Path:
 
 GatewayFactory = Callable[..., contextlib.AbstractAsyncContextManager[Gateway]]
 
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str | None]:
+    """A PostgreSQL server's URL when the suite runs on PostgreSQL, else None."""
+    if os.environ.get("EDGECLOUD_TEST_DATABASE", "sqlite") != "postgresql":
+        yield None
+        return
+    from tests.cloud_gateway.postgres import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def database_url(postgres_url: str | None) -> str | None:
+    """A fresh, empty database for one test (None: the SQLite file of db_path)."""
+    if postgres_url is None:
+        return None
+    import psycopg
+
+    name = f"gw{next(_databases)}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"create database {name}")
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+
 
 @pytest.fixture
 def gateway_settings(
-    tmp_path: Path, mosquitto: Any, topic_prefix: str, bundle_set: BundleSet, tokens_file: Path
+    tmp_path: Path,
+    mosquitto: Any,
+    topic_prefix: str,
+    bundle_set: BundleSet,
+    tokens_file: Path,
+    database_url: str | None,
 ) -> Callable[..., GatewaySettings]:
     def make(**overrides: Any) -> GatewaySettings:
         values: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": 0,
             "db_path": tmp_path / "gw" / "gateway.sqlite",
+            "database_url": database_url,
             "blob_dir": tmp_path / "gw" / "blobs",
             "desired_signing_key": tmp_path / "gw" / "desired.key",
             "broker": mosquitto.url,

@@ -22,6 +22,7 @@ EXPECTED = {
     "gateway_agents_online": "gauge",
     "gateway_rollouts": "gauge",
     "gateway_broker_connected": "gauge",
+    "gateway_leader": "gauge",
     "gateway_engine_tick_duration_seconds": "histogram",
     "gateway_http_requests": "counter",
     "gateway_http_request_duration_seconds": "histogram",
@@ -58,6 +59,8 @@ async def test_readyz_follows_db_broker_and_engine(
         "db_open": True,
         "broker_connected": True,
         "engine_running": True,
+        "leader": True,  # the only replica
+        "database": gateway.db.dialect,
     }
     # The engine task dies (a bug that escaped its loop): no longer ready, still alive.
     assert gateway.engine_task is not None
@@ -114,6 +117,7 @@ async def test_metrics_parse_with_names_types_and_counts(
     states = {s.labels["state"] for s in rollouts.samples}
     assert states == {"running", "succeeded", "rolled_back"}
     assert _value(families["gateway_broker_connected"], "gateway_broker_connected") == 1
+    assert _value(families["gateway_leader"], "gateway_leader") == 1
     ticks = families["gateway_engine_tick_duration_seconds"]
     assert _value(ticks, "gateway_engine_tick_duration_seconds_count") >= 1
 
