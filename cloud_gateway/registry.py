@@ -1,9 +1,11 @@
-"""The model registry: verified bundles in a content-addressed blob dir, metadata in SQLite.
+"""The model registry: verified bundles in a content-addressed blob store, metadata in the
+gateway database.
 
 An upload is streamed to a temporary file (with a size cap), then fully verified in a
 worker thread with :func:`models.bundle.unpack_bundle` (safe extraction, sha256 of every
 file, signature against the trusted keys, the ONNX graph loads and matches the manifest,
-the test vectors pass). Only then is it moved into ``blobs/<sha[:2]>/<sha>.bundle``.
+the test vectors pass). Only then is it committed to the blob store
+(:mod:`cloud_gateway.blobs`) under its sha256.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
+from cloud_gateway.blobs import BlobStore
 from cloud_gateway.db import Database, IntegrityConflict, loads
 from models.errors import BundleTooLarge, Conflict, InvalidInput, NotFound, Status
 from models.manifest import Manifest, validate_model_name
@@ -55,26 +57,24 @@ class Registry:
     def __init__(
         self,
         db: Database,
-        blob_dir: Path,
+        blobs: BlobStore,
         trusted_keys: dict[str, Any],
         *,
         max_bytes: int,
         executor: Executor | None = None,
     ) -> None:
         self.db = db
-        self.blob_dir = blob_dir
+        self.blobs = blobs
         self.trusted_keys = trusted_keys
         self.max_bytes = max_bytes
         self.executor = executor
-        (blob_dir / "incoming").mkdir(parents=True, exist_ok=True)
 
     def blob_path(self, sha256: str) -> Path:
-        return self.blob_dir / sha256[:2] / f"{sha256}.bundle"
+        return self.blobs.path(sha256)
 
     async def upload(self, chunks: AsyncIterator[bytes]) -> tuple[dict[str, Any], bool]:
         """Store a verified bundle: (row, created). Re-uploading the same file is a no-op."""
-        fd, name = tempfile.mkstemp(suffix=".bundle", dir=self.blob_dir / "incoming")
-        tmp = Path(name)
+        fd, tmp = self.blobs.new_upload()
         try:
             digest = hashlib.sha256()
             size = 0
@@ -101,9 +101,7 @@ class Registry:
                 raise VersionExists(
                     f"{manifest.ref} already exists with a different bundle; bump the version"
                 )
-            dest = self.blob_path(sha)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, dest)
+            self.blobs.commit(tmp, sha)
             row = {
                 "name": manifest.name,
                 "version": manifest.version,
@@ -182,12 +180,11 @@ class Registry:
             "select count(*) from versions where sha256 = ?", [row["sha256"]]
         ).fetchone()[0]
         if not others:
-            self.blob_path(row["sha256"]).unlink(missing_ok=True)
+            self.blobs.delete(row["sha256"])
 
     def cleanup_incoming(self) -> None:
         """Remove partial uploads left by a crash."""
-        shutil.rmtree(self.blob_dir / "incoming", ignore_errors=True)
-        (self.blob_dir / "incoming").mkdir(parents=True, exist_ok=True)
+        self.blobs.cleanup()
 
 
 def validate_name(name: str) -> str:

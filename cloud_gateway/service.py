@@ -17,6 +17,7 @@ from aiohttp import web
 
 from cloud_gateway.app import make_app
 from cloud_gateway.auth import Role, TokenStore
+from cloud_gateway.blobs import DirectoryBlobStore
 from cloud_gateway.bus import Bus
 from cloud_gateway.cloud import CloudTier
 from cloud_gateway.config import ConfigTwins
@@ -79,7 +80,7 @@ class Gateway:
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gw-verify")
         self.registry = Registry(
             self.db,
-            settings.blob_dir,
+            DirectoryBlobStore(settings.blob_dir, shared=self.db.dialect != "sqlite"),
             self.trusted_keys,
             max_bytes=settings.max_bundle_bytes,
             executor=self.executor,

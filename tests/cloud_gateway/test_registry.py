@@ -69,7 +69,8 @@ async def test_bad_push_refused_with_specific_error(
     assert body["error"] == BAD_REASONS[kind], body
     assert body["status"] == "INVALID_ARGUMENT" and body["message"]
     assert gateway.registry.models() == {}
-    assert not list((gateway.settings.blob_dir / "incoming").iterdir())
+    incoming = gateway.settings.blob_dir / "incoming"
+    assert not [p for p in incoming.rglob("*") if p.is_file()]
 
 
 async def test_size_limit_and_empty_upload(

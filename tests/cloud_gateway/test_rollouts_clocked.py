@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from bus.topics import Topics
+from cloud_gateway.blobs import DirectoryBlobStore
 from cloud_gateway.db import open_db
 from cloud_gateway.fleet import Fleet as FleetState
 from cloud_gateway.registry import Registry
@@ -33,7 +34,7 @@ class _Clock:
 async def clocked(tmp_path: Path, bundle_set: BundleSet) -> tuple[RolloutEngine, _Clock, list]:
     db = open_db(tmp_path / "gw.sqlite")
     keys = signing.load_trusted_keys(bundle_set.trusted_dir)
-    registry = Registry(db, tmp_path / "blobs", keys, max_bytes=1 << 28)
+    registry = Registry(db, DirectoryBlobStore(tmp_path / "blobs"), keys, max_bytes=1 << 28)
     for version in (1, 2):
         data = bundle_set.good[version].read_bytes()
 
