@@ -8,6 +8,10 @@
 #   docker buildx build --platform linux/amd64,linux/arm64 -f docker/edge-cpu.Dockerfile \
 #     -t ghcr.io/edgecloud/edge-agent:0.1.0 -t ghcr.io/edgecloud/cloud-gateway:0.1.0 \
 #     -t ghcr.io/edgecloud/offload-server:0.1.0-cpu --push .
+# The gateway for several replicas on PostgreSQL (manifests/cloud-postgres) adds the
+# [postgres] extra (psycopg 3 with its libpq, ~10 MB; outside the edge image's budget):
+#   docker buildx build --platform linux/amd64,linux/arm64 -f docker/edge-cpu.Dockerfile \
+#     --build-arg EXTRAS=postgres -t ghcr.io/edgecloud/cloud-gateway:0.1.0-postgres --push .
 
 ARG PYTHON_IMAGE=docker.io/library/python:3.11.11-slim-bookworm
 
@@ -18,6 +22,8 @@ LABEL org.edgecloud.project=edgecloud
 # Optional: a directory of wheels mounted into the build (docker/images.py passes the host's
 # wheelhouse with `podman build -v`); pip then installs offline from it, no index needed.
 ARG WHEELHOUSE=
+# Optional extras of the distribution to install, e.g. "postgres".
+ARG EXTRAS=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # A runtime-only Python base (docker/images.py makes one) lacks venv: add it here.
 RUN (python3 -m ensurepip --version >/dev/null 2>&1 || (apt-get update \
@@ -29,7 +35,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN for p in bus shell models offload edge_agent cloud_gateway simulators; do \
         mkdir -p "$p" && touch "$p/__init__.py"; done \
-    && /opt/edgecloud/bin/pip install ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} . \
+    && /opt/edgecloud/bin/pip install ${WHEELHOUSE:+--no-index --find-links "$WHEELHOUSE"} \
+        ".${EXTRAS:+[$EXTRAS]}" \
     && /opt/edgecloud/bin/pip uninstall -y edgecloud
 COPY models ./models
 COPY bus ./bus

@@ -25,6 +25,8 @@ TARGETS: dict[str, Path] = {
     "edge-cpu": MANIFESTS / "edge" / "overlays" / "cpu",
     "edge-jetson": MANIFESTS / "edge" / "overlays" / "jetson",
     "cloud": MANIFESTS / "cloud",
+    # The gateway on PostgreSQL with two replicas (issue 15 part 4).
+    "cloud-postgres": MANIFESTS / "cloud-postgres",
 }
 
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet", "Job"}

@@ -60,6 +60,7 @@ RUNTIME_VALUES: dict[str, str] = {
     "EDGE_AGENT_ID": "jetson-01",
     "EDGE_BROKER": "mqtt://edge-agent:secret@mosquitto.edgecloud.svc:1883",
     "GATEWAY_BROKER": "mqtt://cloud-gateway:secret@mosquitto.edgecloud.svc:1883",
+    "GATEWAY_DATABASE_URL": "postgresql://cloud_gateway:secret@postgres.example.internal/edgecloud",
 }
 
 
