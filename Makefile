@@ -24,6 +24,10 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+	# The gateway's tests once more, every gateway on a real PostgreSQL server (skipped
+	# without Debian's postgresql package outside CI; .ci/run installs it).
+	EDGECLOUD_TEST_DATABASE=postgresql $(BIN)/python -m pytest -q tests/cloud_gateway \
+		--ignore=tests/cloud_gateway/test_postgres_failover.py
 
 # Container images with podman (docker/images.py; needs podman, runc, and debootstrap
 # when the official base images cannot be pulled). Prints sizes and build times.

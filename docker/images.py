@@ -60,6 +60,7 @@ class Image:
     tags: tuple[str, ...]
     base_arg: str  # the Dockerfile's build argument naming the base image
     python: bool  # installs the project from the wheelhouse
+    extras: str = ""  # the distribution's extras to install (the EXTRAS build argument)
 
 
 EDGE = Image(
@@ -73,6 +74,16 @@ EDGE = Image(
     "PYTHON_IMAGE",
     python=True,
 )
+# The same Dockerfile with the [postgres] extra: the gateway of manifests/cloud-postgres
+# (psycopg's ~10 MB would not fit the edge image's 300 MB budget).
+GATEWAY_POSTGRES = Image(
+    "cloud-gateway-postgres",
+    "edge-cpu.Dockerfile",
+    (f"ghcr.io/edgecloud/cloud-gateway:{VERSION}-postgres",),
+    "PYTHON_IMAGE",
+    python=True,
+    extras="postgres",
+)
 MOSQUITTO = Image(
     "mosquitto",
     "mosquitto.Dockerfile",
@@ -80,7 +91,7 @@ MOSQUITTO = Image(
     "DEBIAN_IMAGE",
     python=False,
 )
-IMAGES = (EDGE, MOSQUITTO)
+IMAGES = (EDGE, GATEWAY_POSTGRES, MOSQUITTO)
 #: Dockerfiles kept but not buildable on a machine without NVIDIA's registry.
 NOT_BUILT = {
     "edge-jetson.Dockerfile": "L4T base (nvcr.io) unreachable; needs an arm64 Jetson",
@@ -237,7 +248,12 @@ def wheelhouse() -> Path:
     """Wheels of the project's dependencies and build requirements for this Python,
     cached under a key of both (pip resolves them once per key)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    reqs = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
+    extras = project["project"]["optional-dependencies"]
+    reqs = [
+        *project["project"]["dependencies"],
+        *(req for image in IMAGES if image.extras for req in extras[image.extras]),
+        *project["build-system"]["requires"],
+    ]
     py = f"cp{sys.version_info.major}{sys.version_info.minor}"
     key = hashlib.sha256("\n".join([py, *reqs]).encode()).hexdigest()[:16]
     out = cache_dir() / f"wheelhouse-{py}-{key}"
@@ -261,6 +277,8 @@ def build(image: Image, args: dict[str, str], wheels: Path | None) -> float:
     cmd += ["--build-arg", f"{image.base_arg}={args[image.base_arg]}"]
     if image.python and wheels is not None:
         cmd += ["--build-arg", "WHEELHOUSE=/wheels", "-v", f"{wheels}:/wheels:ro"]
+    if image.extras:
+        cmd += ["--build-arg", f"EXTRAS={image.extras}"]
     for tag in image.tags:
         cmd += ["-t", tag]
     start = time.monotonic()
