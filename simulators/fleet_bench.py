@@ -1,12 +1,15 @@
 """The control-plane benchmark: a real ``cloud-gateway serve`` against N lite agents.
 
 One run per fleet size: a fresh mosquitto (``max_connections -1``) and a fresh gateway
-process (SQLite in a temporary directory), N :class:`simulators.lite_agent.LiteAgent`
+process (SQLite in a temporary directory; or ``--database postgresql``: a fresh
+PostgreSQL server with fsync on and ``--replicas`` gateway processes sharing it, the
+heartbeats split by a shared subscription), N :class:`simulators.lite_agent.LiteAgent`
 sessions in this process, then three phases:
 
 1. **steady**: ``--steady-s`` seconds of heartbeats; the gateway's ingest rate (its own
-   ``gateway_heartbeats_total`` counter), CPU (psutil, user+system over wall time: 1.0 is
-   one full core) and RSS.
+   ``gateway_heartbeats_total`` counter, summed over replicas), CPU (psutil, user+system
+   over wall time: 1.0 is one full core; all replicas together, and PostgreSQL's own
+   processes separately) and RSS.
 2. **canary**: a rollout of v2 in waves 1 %, 10 %, 100 % with ``--bake-s``; per wave the
    time from issue to every agent of the wave serving v2 (the agents' own swap times),
    and the rollout total; "after the last bake" is the time from the last wave's issue
@@ -67,6 +70,8 @@ class FleetBenchConfig:
     download_requests: int = 2000
     download_concurrency: int = 50
     rollout_timeout_s: float = 600.0
+    database: str = "sqlite"  # or "postgresql"
+    replicas: int = 1
     json_out: Path | None = None
     workdir: Path | None = None
 
@@ -113,18 +118,36 @@ def _online(url: str) -> float:
 
 
 class GatewayProbe:
-    """CPU and RSS of a child process (the gateway, the broker), sampled by psutil."""
+    """CPU and RSS of child processes (the gateway replicas, the broker, PostgreSQL with
+    its backends: ``children``), sampled by psutil. CPU is summed; RSS is the largest
+    process's (per replica, which is what a pod's memory limit is about)."""
 
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
+    def __init__(self, *pids: int, children: bool = False) -> None:
+        self.procs = [psutil.Process(pid) for pid in pids]
+        self.children = children
         self.peak_rss = 0
+        self._done: dict[int, float] = {}  # pid -> last CPU seen (backends that exited)
+
+    def _all(self) -> list[psutil.Process]:
+        out = list(self.procs)
+        if self.children:
+            for proc in self.procs:
+                with contextlib.suppress(psutil.Error):
+                    out += proc.children(recursive=True)
+        return out
 
     def cpu(self) -> float:
-        t = self.proc.cpu_times()
-        return t.user + t.system
+        for proc in self._all():
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                self._done[proc.pid] = t.user + t.system
+        return sum(self._done.values())
 
     def rss(self) -> int:
-        rss = self.proc.memory_info().rss
+        rss = 0
+        for proc in self.procs:
+            with contextlib.suppress(psutil.Error):
+                rss = max(rss, proc.memory_info().rss)
         self.peak_rss = max(self.peak_rss, rss)
         return rss
 
@@ -176,91 +199,117 @@ async def run_size(
     work = root / f"n{n}"
     work.mkdir(parents=True)
     procs = ProcessSet(work / "logs")
-    result: dict[str, Any] = {"agents": n, "heartbeat_s": cfg.heartbeat_s}
+    result: dict[str, Any] = {
+        "agents": n,
+        "heartbeat_s": cfg.heartbeat_s,
+        "database": cfg.database,
+        "replicas": cfg.replicas,
+    }
     fleet: LiteFleet | None = None
-    try:
-        broker, bport = start_broker(procs, work, "mosquitto", extra_conf="max_connections -1\n")
-        await wait_broker(broker, bport, 10.0)
-        gport = free_port()
-        tokens = work / "tokens"
-        tokens.write_text(f"admin {ADMIN}\nagent {AGENT}\n")
-        dkey = work / "gw" / "desired.key"
-        signing.ensure_key(dkey)
-        gw = procs.spawn(
-            "cloud-gateway",
-            [
-                sys.executable,
-                "-m",
-                "cloud_gateway",
-                "serve",
-                "--port",
-                str(gport),
-                "--db-path",
-                str(work / "gw" / "gateway.sqlite"),
-                "--blob-dir",
-                str(work / "gw" / "blobs"),
-                "--broker",
-                f"mqtt://127.0.0.1:{bport}",
-                "--trusted-keys",
-                str(trusted),
-                "--tokens-file",
-                str(tokens),
-                "--desired-signing-key",
-                str(dkey),
-                "--heartbeat-timeout-s",
-                str(cfg.heartbeat_s * 3),
-                "--tick-s",
-                str(cfg.tick_s),
-                "--log-level",
-                "WARNING",
-            ],
-        )
-        url = f"http://127.0.0.1:{gport}"
-        await _wait_http(gw, url)
-        client = GatewayClient(url, ADMIN)
-        for b in bundles.values():
-            client.push(b)
-        probe = GatewayProbe(gw.pid)
-        broker_probe = GatewayProbe(broker.pid)
-        lite = LiteConfig(
-            heartbeat_s=cfg.heartbeat_s,
-            update_s=cfg.update_s,
-            failing_versions={3: cfg.bad_rate},
-        )
-        fleet = LiteFleet(
-            "127.0.0.1",
-            bport,
-            n,
-            gateway_url=url,
-            gateway_keys=signing.load_trusted_keys(signing.public_key_path(dkey)),
-            token=AGENT,
-            config=lite,
-            models={MODEL: 1},
-        )
-        result["connect_s"] = round(
-            await fleet.start(cfg.connect_concurrency, lambda d: log.info("%d connected", d)), 2
-        )
-        await _until(lambda: _online(url) >= n, 120, f"{n} agents online", 1.0)
-        result["steady"] = await _steady(url, probe, broker_probe, fleet, cfg.steady_s)
-        result["canary"] = await _canary(url, probe, fleet, cfg)
-        result["rollback"] = await _rollback(url, probe, fleet, cfg, "canary")
-        # The worst case: the failing wave is the whole fleet (all-at-once).
-        result["rollback_all"] = await _rollback(url, probe, fleet, cfg, "all-at-once")
-        cache = fleet.cache
-        result["bundles"] = {
-            "downloads": cache.downloads,
-            "agent_downloads": cache.served,
-            "bytes": cache.bytes,
-        } | await _downloads(url, probe, min(n, cfg.download_requests), cfg.download_concurrency)
-        result["sim"] = {
-            k: v for k, v in asdict(fleet.stats).items() if k not in ("swapped_at", "failed_at")
-        }
-        result["gateway_peak_rss_mb"] = round(probe.peak_rss / 2**20, 1)
-        return result
-    finally:
-        if fleet is not None:
-            await fleet.stop()
-        procs.stop()
+    with contextlib.ExitStack() as stack:
+        database = None
+        if cfg.database == "postgresql":
+            from simulators.postgres import postgres_server
+
+            database = stack.enter_context(postgres_server(durable=True))
+        try:
+            broker, bport = start_broker(
+                procs, work, "mosquitto", extra_conf="max_connections -1\n"
+            )
+            await wait_broker(broker, bport, 10.0)
+            tokens = work / "tokens"
+            tokens.write_text(f"admin {ADMIN}\nagent {AGENT}\n")
+            dkey = work / "gw" / "desired.key"
+            signing.ensure_key(dkey)
+            ports = [free_port() for _ in range(cfg.replicas)]
+            urls = [f"http://127.0.0.1:{p}" for p in ports]
+            url = urls[0]  # the API and bundle URL (a Service would front them all)
+            gateways = []
+            for i, gport in enumerate(ports):
+                argv = [
+                    sys.executable, "-m", "cloud_gateway", "serve",
+                    "--port", str(gport), "--public-url", url,
+                    "--db-path", str(work / "gw" / "gateway.sqlite"),
+                    "--blob-dir", str(work / "gw" / "blobs"),
+                    "--broker", f"mqtt://127.0.0.1:{bport}",
+                    "--trusted-keys", str(trusted), "--tokens-file", str(tokens),
+                    "--desired-signing-key", str(dkey),
+                    "--heartbeat-timeout-s", str(cfg.heartbeat_s * 3),
+                    "--tick-s", str(cfg.tick_s), "--log-level", "WARNING",
+                ]  # fmt: skip
+                if database is not None:
+                    argv += ["--database-url", database]
+                if cfg.replicas > 1:
+                    argv += ["--mqtt-share-group", "gateways"]
+                gw = procs.spawn(f"cloud-gateway-{i}", argv)
+                await _wait_http(gw, urls[i])
+                gateways.append(gw)
+            client = GatewayClient(url, ADMIN)
+            for b in bundles.values():
+                client.push(b)
+            probe = GatewayProbe(*(g.pid for g in gateways))
+            broker_probe = GatewayProbe(broker.pid)
+            db_probe = _database_probe(database)
+            lite = LiteConfig(
+                heartbeat_s=cfg.heartbeat_s,
+                update_s=cfg.update_s,
+                failing_versions={3: cfg.bad_rate},
+            )
+            fleet = LiteFleet(
+                "127.0.0.1",
+                bport,
+                n,
+                gateway_url=url,
+                gateway_keys=signing.load_trusted_keys(signing.public_key_path(dkey)),
+                token=AGENT,
+                config=lite,
+                models={MODEL: 1},
+            )
+            result["connect_s"] = round(
+                await fleet.start(cfg.connect_concurrency, lambda d: log.info("%d connected", d)),
+                2,
+            )
+            await _until(lambda: _online(url) >= n, 120, f"{n} agents online", 1.0)
+            result["steady"] = await _steady(
+                urls, probe, broker_probe, db_probe, fleet, cfg.steady_s
+            )
+            result["canary"] = await _canary(url, probe, fleet, cfg)
+            result["rollback"] = await _rollback(url, probe, fleet, cfg, "canary")
+            # The worst case: the failing wave is the whole fleet (all-at-once).
+            result["rollback_all"] = await _rollback(url, probe, fleet, cfg, "all-at-once")
+            cache = fleet.cache
+            result["bundles"] = {
+                "downloads": cache.downloads,
+                "agent_downloads": cache.served,
+                "bytes": cache.bytes,
+            } | await _downloads(
+                url, probe, min(n, cfg.download_requests), cfg.download_concurrency
+            )
+            result["sim"] = {
+                k: v for k, v in asdict(fleet.stats).items() if k not in ("swapped_at", "failed_at")
+            }
+            result["gateway_peak_rss_mb"] = round(probe.peak_rss / 2**20, 1)
+            return result
+        finally:
+            if fleet is not None:
+                await fleet.stop()
+            procs.stop()
+
+
+def _database_probe(url: str | None) -> GatewayProbe | None:
+    """PostgreSQL's postmaster and backends (found by the port in ``url``)."""
+    if url is None:
+        return None
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if (
+            proc.info["name"] == "postgres"
+            and "-p" in cmd
+            and cmd[cmd.index("-p") + 1] == str(port)
+        ):
+            return GatewayProbe(proc.pid, children=True)
+    return None
 
 
 async def _wait_http(proc: Managed, url: str) -> None:
@@ -277,16 +326,26 @@ async def _wait_http(proc: Managed, url: str) -> None:
 
 
 async def _steady(
-    url: str, probe: GatewayProbe, broker: GatewayProbe, fleet: LiteFleet, seconds: float
+    urls: list[str],
+    probe: GatewayProbe,
+    broker: GatewayProbe,
+    database: GatewayProbe | None,
+    fleet: LiteFleet,
+    seconds: float,
 ) -> dict[str, Any]:
     key = 'gateway_heartbeats_total{outcome="ingested",transport="mqtt"}'
-    before, cpu0, t0 = _scrape(url).get(key, 0.0), probe.cpu(), time.monotonic()
+
+    def ingested() -> float:
+        return sum(_scrape(u).get(key, 0.0) for u in urls)
+
+    before, cpu0, t0 = ingested(), probe.cpu(), time.monotonic()
     bcpu0, scpu0 = broker.cpu(), time.process_time()
+    dcpu0 = database.cpu() if database is not None else 0.0
     sent0 = fleet.stats.heartbeats
     await asyncio.sleep(seconds)
-    after, cpu1, t1 = _scrape(url).get(key, 0.0), probe.cpu(), time.monotonic()
+    after, cpu1, t1 = ingested(), probe.cpu(), time.monotonic()
     wall = t1 - t0
-    return {
+    out = {
         "seconds": round(wall, 1),
         "sent_per_s": round((fleet.stats.heartbeats - sent0) / wall, 1),
         "ingested_per_s": round((after - before) / wall, 1),
@@ -297,6 +356,9 @@ async def _steady(
         "simulator_cpu": round((time.process_time() - scpu0) / wall, 3),
         "simulator_rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
     }
+    if database is not None:
+        out["database_cpu"] = round((database.cpu() - dcpu0) / wall, 3)
+    return out
 
 
 async def _start(url: str, version: int, cfg: FleetBenchConfig, strategy: str = "canary") -> str:
@@ -427,11 +489,13 @@ async def _downloads(
 def table(results: list[dict[str, Any]]) -> str:
     cols = [("agents", lambda r: r["agents"])]
     rows = [
+        ("database, gateway replicas", lambda r: f"{r['database']} x{r['replicas']}"),
         ("connect s", lambda r: r["connect_s"]),
         ("heartbeats sent/s", lambda r: r["steady"]["sent_per_s"]),
         ("heartbeats ingested/s", lambda r: r["steady"]["ingested_per_s"]),
         ("gateway CPU steady (cores)", lambda r: r["steady"]["gateway_cpu"]),
-        ("gateway RSS steady MB", lambda r: r["steady"]["gateway_rss_mb"]),
+        ("gateway RSS steady MB (largest replica)", lambda r: r["steady"]["gateway_rss_mb"]),
+        ("PostgreSQL CPU steady (cores)", lambda r: r["steady"]["database_cpu"]),
         ("mosquitto CPU steady (cores)", lambda r: r["steady"]["broker_cpu"]),
         ("mosquitto RSS MB", lambda r: r["steady"]["broker_rss_mb"]),
         ("simulator CPU steady (cores)", lambda r: r["steady"]["simulator_cpu"]),

@@ -98,6 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the results as JSON to this file",
     )
     p.add_argument(
+        "--database",
+        choices=["sqlite", "postgresql"],
+        default=d.database,
+        help="the gateway's database: an SQLite file, or a PostgreSQL server this "
+        "benchmark starts (Debian's postgresql package, fsync on) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=d.replicas,
+        help="gateway processes (more than 1 needs --database postgresql; they split the "
+        "heartbeats with a shared subscription, one leads the rollouts) (default: %(default)s)",
+    )
+    p.add_argument(
         "--workdir",
         type=Path,
         default=None,
@@ -108,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.replicas < 1 or (args.replicas > 1 and args.database != "postgresql"):
+        parser.error("--replicas above 1 needs --database postgresql")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
     fields = {k: v for k, v in vars(args).items() if k != "log_level"}
     asyncio.run(run(FleetBenchConfig(**fields)))

@@ -1,118 +1,26 @@
-"""A real PostgreSQL server for one test module: Debian's ``postgresql`` package
-(``.ci/run`` installs it), ``initdb`` in a temporary directory, started with ``pg_ctl``
-on a free loopback port, stopped by its own PID afterwards.
-
-``initdb`` refuses to run as root, so as root both run as the ``postgres`` user the
-package creates (``subprocess``'s ``user=``, so the server is our child and its PID the
-one to stop) in a directory chowned to it. Without the package the
-tests that need it are skipped locally with the reason, and fail under CI (``CI`` set),
-where a missing server means a broken ``.ci/run``.
-"""
+"""The tests' PostgreSQL server (simulators/postgres.py). Without Debian's ``postgresql``
+package the tests that need it are skipped locally with the reason, and fail under CI
+(``CI`` set), where a missing server means a broken ``.ci/run``."""
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
-import pwd
-import shutil
-import signal
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-
-
-def pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-def require_postgres() -> Path:
-    bindir = pg_bin()
-    if bindir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed: .ci/run must install 'postgresql'")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    return bindir
+from simulators import postgres
 
 
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
-    """Yield the URL of a fresh PostgreSQL server (database ``postgres``, trust auth on
-    loopback only)."""
-    bindir = require_postgres()
-    root = Path(tempfile.mkdtemp(prefix="edgecloud-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    as_user: dict[str, object] = {}
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
-        os.chmod(root, 0o755)
-        for path in (root, sock):
-            os.chown(path, user.pw_uid, user.pw_gid)
-        as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-    port = free_port()
-    log = root / "server.log"
-    subprocess.run(
-        [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-        cwd=root,
-        **as_user,  # type: ignore[arg-type]
-    )
-    # postgres itself, not pg_ctl: its PID is the one to stop, and it logs to our file.
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                str(bindir / "postgres"),
-                "-D",
-                str(data),
-                "-p",
-                str(port),
-                "-k",
-                str(sock),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",  # a test server: durability across a host crash is not tested
-                "-c",
-                "max_connections=50",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=root,
-            **as_user,  # type: ignore[arg-type]
-        )
-    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    """Yield the URL of a fresh PostgreSQL server (database ``postgres``)."""
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            ready = subprocess.run(
-                [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                capture_output=True,
-            )
-            if ready.returncode == 0:
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"PostgreSQL did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+        postgres.require_postgres()
+    except postgres.PostgresMissing as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc}: .ci/run must install 'postgresql'")
+        pytest.skip(str(exc))
+    with postgres.postgres_server() as url:
         yield url
-    finally:
-        # SIGINT is PostgreSQL's "fast" shutdown (SIGTERM, "smart", waits for clients).
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(root, ignore_errors=True)
