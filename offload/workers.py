@@ -7,8 +7,9 @@ so a restarted worker never serves a model the others have unloaded.
 
 A load/unload this worker receives is authorised here, exactly as in a single process,
 and then relayed to the supervisor, which applies it to every worker (this one included)
-before the call returns. The worker stops on SIGTERM/SIGINT, or when the supervisor goes
+before the call returns. The worker stops on SIGTERM, or when the supervisor goes
 away (its control connection closes): an orphan must not keep half a port.
+SIGINT is ignored: the supervisor turns it into SIGTERM for every worker.
 """
 
 from __future__ import annotations
@@ -76,9 +77,10 @@ class Worker:
         channel = await ControlChannel.connect(self._path, self._handle)
         reading = asyncio.create_task(channel.serve(), name="control-channel")
         reading.add_done_callback(lambda _: self._stop.set())  # the supervisor is gone
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        # Only SIGTERM, from the supervisor: Ctrl-C reaches the whole process group, and a
+        # worker that stopped on its own SIGINT would look like a crash to be restarted.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._stop.set)
         hello = {"op": "hello", "index": self._index, "pid": os.getpid()}
         spec = await channel.call(hello, timeout_s=60)
         settings = OffloadSettings.model_validate(spec["settings"])
