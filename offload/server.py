@@ -181,8 +181,20 @@ class OffloadServer:
                 headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
             )
 
+        async def readyz(request: web.Request) -> web.Response:
+            if not self.core.accepting:
+                return web.json_response({"status": "draining"}, status=503)
+            return web.json_response({"status": "ready", "workers": 1})
+
+        async def healthz(request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        # Readiness here too, in plain HTTP: the same probe works whether this port belongs
+        # to one process or to the --processes supervisor (ready when all workers are).
         app = web.Application()
         app.router.add_get("/metrics", metrics)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/healthz", healthz)
         return app
 
     async def stop(self, grace: float | None = None) -> None:
