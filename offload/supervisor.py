@@ -289,11 +289,15 @@ class Supervisor:
         op = body.get("op")
         if op == "hello":
             slot = self._slots[int(body["index"])]
-            # Under the lock: the worker gets every change made so far, and every later one
-            # is sent to it (it applies them once started), never one twice or none.
+            # Under the lock: the worker gets the state as of now, and every later change is
+            # sent to it (it applies them once started), never one twice or none.
             async with self._control_lock:
                 slot.attach(channel)
-                return {"settings": self._worker_settings, "replay": list(self._history)}
+                return {
+                    "settings": self._worker_settings,
+                    "replay": list(self._history),
+                    "mirror": await self._loaded_elsewhere(slot),
+                }
         if op == "ready":
             slot = self._slots[int(body["index"])]
             slot.mark_ready()
@@ -303,6 +307,21 @@ class Supervisor:
         if op in OPS:
             return await self._apply_everywhere(body)
         raise EdgecloudError(f"unknown control call {op!r}", status=Status.INVALID_ARGUMENT)
+
+    async def _loaded_elsewhere(self, joining: WorkerSlot) -> list[object] | None:
+        """What a ready sibling serves (None when none is ready: the worker replays the
+        history instead). A sibling's list beats the history: it also leaves out models
+        put on disk since the start but never loaded through the repository API."""
+        for slot in self._slots:
+            if slot is joining or not slot.ready:
+                continue
+            try:
+                reply = await slot.call({"op": "loaded"}, SCRAPE_TIMEOUT_S)
+            except (EdgecloudError, TimeoutError) as exc:
+                log.warning("worker %d did not list its models: %s", slot.index, exc)
+                continue
+            return list(reply["models"])
+        return None
 
     async def _apply_everywhere(self, body: Message) -> Message:
         """Apply one load/unload to every connected worker; any one's failure is the call's."""

@@ -1,9 +1,12 @@
 """One worker process of ``offload-server --processes N`` (``python -m offload.workers``).
 
 The supervisor (offload/supervisor.py) starts it with the path of its control socket. The
-worker says hello, receives its settings and the repository changes made so far, loads
-the repository, replays those changes, and only then binds the shared ports (SO_REUSEPORT),
-so a restarted worker never serves a model the others have unloaded.
+worker says hello, receives its settings and what the others serve, loads the repository,
+makes its loaded versions match theirs, and only then binds the shared ports
+(SO_REUSEPORT): a restarted worker never serves a model the others have unloaded, nor one
+that was put on disk but not (yet) loaded through the repository API. What the others
+serve is a live sibling's list of loaded versions; when no sibling is alive, it is every
+load/unload made so far, replayed in order.
 
 A load/unload this worker receives is authorised here, exactly as in a single process,
 and then relayed to the supervisor, which applies it to every worker (this one included)
@@ -35,6 +38,18 @@ lifecycle_log = logging.getLogger("offload.lifecycle")
 
 #: Repository changes travel as {"op": "load"|"unload", "name": str, "version": int|None}.
 OPS = ("load", "unload")
+
+
+async def mirror(store: ModelStore, wanted: set[tuple[str, int]]) -> None:
+    """Make ``store`` serve exactly the ``(name, version)`` pairs of ``wanted``."""
+    have = {(m.name, m.version) for m in store.loaded()}
+    for name, version in sorted(have - wanted):
+        await store.unload(name, version)
+    for name, version in sorted(wanted - have):
+        try:
+            await store.load(name, version)
+        except EdgecloudError as exc:  # gone from disk meanwhile: the others keep serving it
+            log.warning("cannot load %s:%d like the other workers: %s", name, version, exc.message)
 
 
 async def apply(store: ModelStore, op: Message) -> list[int]:
@@ -85,8 +100,12 @@ class Worker:
         spec = await channel.call(hello, timeout_s=60)
         settings = OffloadSettings.model_validate(spec["settings"])
         replay: list[Message] = spec["replay"]
+        siblings: list[tuple[str, int]] | None = spec.get("mirror")
 
         async def catch_up(store: ModelStore) -> None:
+            if siblings is not None:
+                await mirror(store, {(str(n), int(v)) for n, v in siblings})
+                return
             for op in replay:
                 try:
                     await apply(store, op)
@@ -122,6 +141,9 @@ class Worker:
             await self._started.wait()  # a change sent while this worker was still loading
             server = self._running()
             return {"versions": await apply(server.store, body)}
+        if op == "loaded":
+            models = self._running().store.loaded()
+            return {"models": [[m.name, m.version] for m in models]}
         if op == "metrics":
             return {"text": self._running().metrics.exposition().decode()}
         raise InvalidInput(f"unknown control call {op!r}")

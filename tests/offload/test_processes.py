@@ -172,6 +172,10 @@ def gone(pid: int, timeout: float = 10.0) -> None:
 
 def test_a_killed_worker_is_restarted_and_calls_keep_succeeding(pool: ServerProcess) -> None:
     pids = worker_pids(pool)
+    # On disk but never loaded through the API: the restarted worker must not serve it
+    # either, although it loads the repository from disk like any worker at start.
+    repo: Path = pool.repository  # type: ignore[attr-defined]
+    affine_model(repo / "unannounced" / "1" / "model.onnx", 1)
 
     async def before_and_after() -> None:
         # Clients connected before the crash, to either worker: their next call reconnects.
@@ -199,7 +203,8 @@ def test_a_killed_worker_is_restarted_and_calls_keep_succeeding(pool: ServerProc
         pytest.fail("worker 1 was not restarted:\n" + pool.log[-3000:])
     assert worker_pids(pool)["1"] != pids["1"]
     assert f"worker 1 pid={pids['1']} exited unasked" in pool.log
-    # The restarted worker serves, and replayed the unload: it does not serve 'fresh'.
+    # The restarted worker serves, and serves what its sibling does: not the unloaded
+    # 'fresh', not the unannounced model.
     delta = spread(pool, "affine")
     assert all(v > 0 for v in delta.values()) and len(delta) == 2, delta
 
@@ -207,8 +212,34 @@ def test_a_killed_worker_is_restarted_and_calls_keep_succeeding(pool: ServerProc
         for _ in range(12):
             with pytest.raises(NotFound):
                 await infer_fresh(pool, "fresh")
+            with pytest.raises(NotFound):
+                await infer_fresh(pool, "unannounced")
 
     asyncio.run(fresh_everywhere_gone())
+
+
+def test_when_every_worker_dies_the_history_is_replayed(pool: ServerProcess) -> None:
+    pids = worker_pids(pool)
+    for pid in pids.values():
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = worker_pids(pool)
+        if readyz(pool) == 200 and all(now[w] != pids[w] for w in pids):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the workers were not restarted:\n" + pool.log[-3000:])
+    # No sibling to copy from: each loaded the repository and replayed load + unload.
+    delta = spread(pool, "affine")
+    assert all(v > 0 for v in delta.values()) and len(delta) == 2, delta
+
+    async def fresh_gone() -> None:
+        for _ in range(8):
+            with pytest.raises(NotFound):
+                await infer_fresh(pool, "fresh")
+
+    asyncio.run(fresh_gone())
 
 
 def test_sigterm_stops_every_process(pool: ServerProcess) -> None:
