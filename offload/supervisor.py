@@ -133,6 +133,7 @@ class Supervisor:
         self._history: list[Message] = []
         self._control_lock = asyncio.Lock()
         self._stopping = False
+        self._stop_requested = asyncio.Event()
         self._reserved: list[socket.socket] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="offload-supervisor-")
         self._socket_path = str(Path(self._tmp.name) / "control.sock")
@@ -198,6 +199,7 @@ class Supervisor:
         """SIGTERM every worker (each drains within --grace-s), SIGKILL the late ones."""
         grace = self.settings.grace_s if grace is None else grace
         self._stopping = True
+        self._stop_requested.set()
         self._update_ready()
         for slot in self._slots:
             slot.signal(signal.SIGTERM)
@@ -227,6 +229,8 @@ class Supervisor:
         while not self._stopping:
             process = await asyncio.create_subprocess_exec(*self._command(slot.index))
             slot.started(process)
+            if self._stopping:  # stop() signalled the slots while this one was spawning
+                slot.signal(signal.SIGTERM)
             log.info("worker %d started pid=%d", slot.index, process.pid)
             began = time.monotonic()
             rc = await process.wait()
@@ -250,7 +254,9 @@ class Supervisor:
                 rc,
                 pause,
             )
-            await asyncio.sleep(pause)
+            # Wake up early for stop(): it should not wait out a crash loop's backoff.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), pause)
 
     async def _all_ready(self) -> None:
         for slot in self._slots:

@@ -91,7 +91,7 @@ class Worker:
     async def run(self) -> int:
         channel = await ControlChannel.connect(self._path, self._handle)
         reading = asyncio.create_task(channel.serve(), name="control-channel")
-        reading.add_done_callback(lambda _: self._stop.set())  # the supervisor is gone
+        reading.add_done_callback(self._supervisor_gone)
         # Only SIGTERM, from the supervisor: Ctrl-C reaches the whole process group, and a
         # worker that stopped on its own SIGINT would look like a crash to be restarted.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -134,6 +134,11 @@ class Worker:
                 await reading
         return 0
 
+    def _supervisor_gone(self, reading: asyncio.Task[None]) -> None:
+        if not self._stop.is_set():
+            log.warning("worker %d: the supervisor went away; stopping", self._index)
+        self._stop.set()
+
     async def _handle(self, body: Message) -> Message:
         """A call from the supervisor."""
         op = body.get("op")
@@ -154,6 +159,19 @@ class Worker:
         return self._server
 
 
+class _WorkerTag(logging.Filter):
+    """Appends ``[wN]`` to each record's logger name."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self._suffix = f"[w{index}]"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.endswith(self._suffix):
+            record.name += self._suffix
+        return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m offload.workers",
@@ -170,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format, stream=sys.stdout)
     logging.getLogger("offload.lifecycle").setLevel(logging.INFO)
+    # N workers write to the same stream: every line names its worker (the logger field).
+    tag = _WorkerTag(args.index)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(tag)
     try:
         return asyncio.run(Worker(args.index, args.control).run())
     except EdgecloudError as exc:

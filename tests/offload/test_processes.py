@@ -163,8 +163,10 @@ def gone(pid: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            return
+        if state == "Z":  # exited, sockets closed; an orphan waits for init to reap it
             return
         time.sleep(0.01)
     pytest.fail(f"pid {pid} still exists")
@@ -267,3 +269,16 @@ def test_a_taken_port_fails_the_start_with_one_line(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert f"cannot bind 127.0.0.1:{port}" in output
     assert "Traceback" not in output
+
+
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    affine_model(tmp_path / "affine" / "1" / "model.onnx", 1)
+    proc = ServerProcess(tmp_path, "--processes", "2", "--grace-s", "1")
+    try:
+        pids = list(worker_pids(proc).values())
+        assert len(pids) == 2
+        proc.kill()  # SIGKILL: no chance to stop its workers
+        for pid in pids:
+            gone(pid)  # they notice the closed control channel and drain
+    finally:
+        proc.kill()
