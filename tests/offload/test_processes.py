@@ -157,6 +157,30 @@ def test_an_unload_reaches_every_worker(pool: ServerProcess) -> None:
     assert pool.metric("offload_models_ready") == 1
 
 
+def test_the_http_repository_api_reaches_every_worker_too(pool: ServerProcess) -> None:
+    def post(path: str) -> int:
+        request = urllib.request.Request(
+            f"http://{pool.http_target}{path}",
+            data=b"{}",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+
+    assert post("/v2/repository/models/fresh/load") == 200
+    delta = spread(pool, "fresh")
+    assert sorted(delta) == ["0", "1"] and all(v > 0 for v in delta.values()), delta
+    assert post("/v2/repository/models/fresh/unload") == 200
+
+    async def gone_everywhere() -> None:
+        for _ in range(8):
+            with pytest.raises(NotFound):
+                await infer_fresh(pool, "fresh")
+
+    asyncio.run(gone_everywhere())
+
+
 def gone(pid: int, timeout: float = 10.0) -> None:
     """Wait until ``pid`` is reaped: until then its listening socket may still take (and
     reset) a new connection, the one moment a crash costs a caller (its retry gets in)."""
