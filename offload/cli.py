@@ -44,9 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format, stream=sys.stdout)
     # Lifecycle lines (the ready line a parent waits for) survive --log-level WARNING.
     logging.getLogger("offload.lifecycle").setLevel(logging.INFO)
-    from offload.server import run
-
+    processes = settings.process_count()
     try:
+        if processes > 1:
+            from offload.supervisor import run as supervise
+
+            return asyncio.run(supervise(settings, processes))
+        from offload.server import run
+
         return asyncio.run(run(settings))
     except EdgecloudError as exc:
         logging.getLogger("offload").error("%s", exc.message)

@@ -60,8 +60,13 @@ class OffloadClient:
         max_message_bytes: int = 64 * 1024 * 1024,
         admin_token: str | None = None,
         server_name: str | None = None,
+        own_connection: bool = False,
     ) -> None:
         self.target = target
+        # gRPC shares one connection among channels to the same target with the same
+        # options; a client that must reach another of the server's SO_REUSEPORT worker
+        # processes (tests, load generators) needs a connection of its own.
+        self._own_connection = own_connection
         # The name the TLS certificate carries when ``target`` is one replica's address
         # (offload/replicas.py dials pod IPs that a headless Service's name resolved to).
         self._server_name = server_name
@@ -95,6 +100,8 @@ class OffloadClient:
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.min_reconnect_backoff_ms", 100),
         ]
+        if self._own_connection:
+            options.append(("grpc.use_local_subchannel_pool", 1))
         if self._server_name is not None:
             options += [
                 ("grpc.ssl_target_name_override", self._server_name),

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -73,6 +73,15 @@ class InferResult:
     outputs: list[OutputTensor]
 
 
+class RepositoryControl(Protocol):
+    """Where an authorised load/unload goes: the store itself, or (``--processes`` > 1)
+    the supervisor, which applies it to every worker process's store."""
+
+    async def load(self, name: str, version: int | None = None) -> list[int]: ...
+
+    async def unload(self, name: str, version: int | None = None) -> None: ...
+
+
 class InferenceCore:
     """One server's models, limits and policies, behind every transport."""
 
@@ -82,8 +91,10 @@ class InferenceCore:
         metrics: ServerMetrics,
         admission: BytesInFlight,
         admin: AdminPolicy,
+        control: RepositoryControl | None = None,
     ) -> None:
         self.store = store
+        self._control: RepositoryControl = store if control is None else control
         self._metrics = metrics
         self._admission = admission
         self._admin = admin
@@ -259,7 +270,7 @@ class InferenceCore:
         """
         who = self.authorize_admin(authorization, subject)
         number = self._control_args(name, version)
-        versions = await self.store.load(name, number)
+        versions = await self._control.load(name, number)
         log.info("load %s%s by %s", name, "" if number is None else f":{number}", who)
         return versions
 
@@ -268,7 +279,7 @@ class InferenceCore:
     ) -> None:
         who = self.authorize_admin(authorization, subject)
         number = self._control_args(name, version)
-        await self.store.unload(name, number)
+        await self._control.unload(name, number)
         log.info("unload %s%s by %s", name, "" if number is None else f":{number}", who)
 
     @staticmethod

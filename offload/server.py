@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -21,7 +21,7 @@ from grpc_health.v1._async import HealthServicer
 from models.backends import BackendOptions
 from offload.admin import AdminPolicy
 from offload.admission import BytesInFlight
-from offload.core import InferenceCore
+from offload.core import InferenceCore, RepositoryControl
 from offload.http import V2Routes, server_ssl_context
 from offload.metrics import ServerMetrics
 from offload.model_config import ServingDefaults
@@ -39,10 +39,27 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 
 
 class OffloadServer:
-    """One running server; ``port``, ``http_port`` and ``metrics_port`` are the bound ports."""
+    """One running server; ``port``, ``http_port`` and ``metrics_port`` are the bound ports.
 
-    def __init__(self, settings: OffloadSettings) -> None:
+    One worker of ``--processes N`` (offload/workers.py) passes ``reuse_port`` (its siblings
+    bind the same ports), ``control`` (load/unload go to the supervisor, which applies them
+    to every worker) and ``after_load`` (catch up on the repository changes made while it
+    was not running, before it binds a port and gets connections).
+    """
+
+    def __init__(
+        self,
+        settings: OffloadSettings,
+        *,
+        name: str = "offload-server",
+        reuse_port: bool = False,
+        control: RepositoryControl | None = None,
+        after_load: Callable[[ModelStore], Awaitable[None]] | None = None,
+    ) -> None:
         self.settings = settings
+        self.name = name
+        self._reuse_port = reuse_port
+        self._after_load = after_load
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="offload-infer")
         self.metrics = ServerMetrics()
         self.store = ModelStore(
@@ -67,6 +84,7 @@ class OffloadServer:
             AdminPolicy.from_settings(
                 settings.admin_token_file, settings.admin_subjects, settings.tls_ca is not None
             ),
+            control,
         )
         if settings.otlp_endpoint:
             self.core.tracer = Tracer(settings.otlp_endpoint, "offload-server")
@@ -84,7 +102,13 @@ class OffloadServer:
         )
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.settings.host, port, ssl_context=ssl_context)  # type: ignore[arg-type]
+        site = web.TCPSite(
+            runner,
+            self.settings.host,
+            port,
+            ssl_context=ssl_context,  # type: ignore[arg-type]
+            reuse_port=self._reuse_port or None,
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -105,11 +129,15 @@ class OffloadServer:
         credentials = server_credentials(tls)
         http_ssl = server_ssl_context(tls)
         await self.store.load_all()
+        if self._after_load is not None:
+            await self._after_load(self.store)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                # Off unless a supervisor runs siblings on this port: a second server
+                # started by mistake must fail to bind, not silently take half the calls.
+                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
                 # Bursts of thousands of calls must reach the batcher (which bounds them with
                 # RESOURCE_EXHAUSTED), not be cancelled by gRPC core's default of 1,000.
                 ("grpc.server.max_pending_requests", max(10_000, 2 * s.max_queue)),
@@ -136,7 +164,8 @@ class OffloadServer:
             self.metrics_port = await self._serve_http(self._metrics_app(), s.metrics_port)
         models = ",".join(f"{m.name}:{m.version}" for m in self.store.loaded()) or "-"
         lifecycle_log.info(
-            "offload-server ready grpc=%s:%d http=%d metrics=%d tls=%s models=%s",
+            "%s ready grpc=%s:%d http=%d metrics=%d tls=%s models=%s",
+            self.name,
             s.host,
             self.port,
             self.http_port,
@@ -152,8 +181,20 @@ class OffloadServer:
                 headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
             )
 
+        async def readyz(request: web.Request) -> web.Response:
+            if not self.core.accepting:
+                return web.json_response({"status": "draining"}, status=503)
+            return web.json_response({"status": "ready", "workers": 1})
+
+        async def healthz(request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        # Readiness here too, in plain HTTP: the same probe works whether this port belongs
+        # to one process or to the --processes supervisor (ready when all workers are).
         app = web.Application()
         app.router.add_get("/metrics", metrics)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/healthz", healthz)
         return app
 
     async def stop(self, grace: float | None = None) -> None:
@@ -173,7 +214,7 @@ class OffloadServer:
         self.executor.shutdown(wait=True)
         if self.core.tracer is not None:
             self.core.tracer.close()  # exports what is left
-        lifecycle_log.info("offload-server stopped")
+        lifecycle_log.info("%s stopped", self.name)
 
 
 @contextlib.asynccontextmanager

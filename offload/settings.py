@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +58,13 @@ class OffloadSettings(BaseSettings):
     workers: int = Field(
         default=2, ge=1, description="inference threads; also concurrent batches per model version"
     )
+    processes: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default=1,
+        description="server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each "
+        "with its own batcher and models, under one supervisor that owns /metrics; auto = "
+        "the CPUs this process may use (affinity, capped by a cgroup CPU limit); 1 = one "
+        "process, no supervisor",
+    )
     inline_max_us: int = Field(
         default=200,
         ge=0,
@@ -104,3 +113,26 @@ class OffloadSettings(BaseSettings):
     )
     log_level: LogLevel = Field(default="INFO", description=LOG_LEVEL_HELP)
     log_format: LogFormat = Field(default="text", description=LOG_FORMAT_HELP)
+
+    def process_count(self) -> int:
+        """``processes`` as a number (``auto`` resolved on this machine, at least 1)."""
+        if self.processes != "auto":
+            return self.processes
+        cpus = len(os.sched_getaffinity(0))
+        limit = _cgroup_cpu_limit()
+        return max(1, cpus if limit is None else min(cpus, limit))
+
+
+def _cgroup_cpu_limit() -> int | None:
+    """CPUs a cgroup v2 quota allows (``cpu.max``, rounded up), None when unlimited.
+
+    Kubernetes CPU limits are a CFS quota, not an affinity mask: without this, ``auto`` in
+    a 4-CPU pod on a 64-core node would start 64 processes sharing 4 CPUs of time.
+    """
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))

@@ -50,6 +50,10 @@ def parse_bool(text: str) -> bool:
 def _arg_kwargs(annotation: Any) -> dict[str, Any]:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     optional = typing.get_origin(annotation) in (typing.Union, type(int | None))
+    if optional and len(args) > 1:
+        # A choice of types (``int | Literal["auto"]``): the text goes to pydantic as is,
+        # which validates it exactly as it does the environment variable.
+        return {"type": str}
     base = args[0] if optional and args else annotation
     if typing.get_origin(base) is list:
         return {"action": "append", "type": str}  # repeatable flag

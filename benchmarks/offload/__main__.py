@@ -36,7 +36,15 @@ from benchmarks.offload.servers import (
 )
 from offload.codec import build_request, response_arrays
 
-SERVERS = ("offload", "offload-executor", "mlserver-pw1", "mlserver-pw0", "pytriton", "ceiling")
+SERVERS = (
+    "offload",
+    "offload-p2",
+    "offload-executor",
+    "mlserver-pw1",
+    "mlserver-pw0",
+    "pytriton",
+    "ceiling",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", default="1,8", help="requests in flight")
     p.add_argument("--servers", default=",".join(SERVERS), help=f"subset of {SERVERS}")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (median is kept)")
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        help="gRPC connections per cell (servers of several processes get at least one per "
+        "call in flight: the kernel spreads connections over them, not calls)",
+    )
     p.add_argument("--workers", type=int, default=2, help="offload-server --workers")
     p.add_argument("--delay-us", type=int, default=0, help="offload-server --max-queue-delay-us")
     p.add_argument("--inline-us", type=int, default=200, help="offload's --inline-max-us")
@@ -73,6 +88,10 @@ def _check_outputs(launched: Launched, model_file: Path) -> None:
 def _start(name: str, args: argparse.Namespace, repo: Path, model_file: Path) -> Launched:
     if name == "offload":
         return start_offload(repo, args.workdir, args.workers, args.delay_us, args.inline_us)
+    if name == "offload-p2":  # the same, as two processes on one port (--processes 2)
+        return start_offload(
+            repo, args.workdir, args.workers, args.delay_us, args.inline_us, processes=2
+        )
     if name == "offload-executor":  # every batch on a worker thread (as before --inline-max-us)
         return start_offload(repo, args.workdir, args.workers, args.delay_us, 0)
     if name.startswith("mlserver-pw"):
@@ -92,7 +111,8 @@ CEILING_SHARE = 0.6  # of the no-op handler's req/s at batch 1 x 8
 def _targets(results: list[CellResult]) -> tuple[list[str], list[dict[str, object]]]:
     """offload vs every other server on the issue's two target cells."""
     by = {(r.server, r.batch, r.concurrency): r for r in results}
-    others = [s for s in dict.fromkeys(r.server for r in results) if s != "offload"]
+    # offload-p2 / offload-executor are variants of ours, compared in the table, not here.
+    others = [s for s in dict.fromkeys(r.server for r in results) if not s.startswith("offload")]
     lines, rows = [], []
     for batch, conc, metric, target in TARGETS:
         ours = by.get(("offload", batch, conc))
@@ -130,7 +150,8 @@ def _table(results: list[CellResult], baseline_prefix: str = "mlserver") -> list
     servers = list(dict.fromkeys(r.server for r in results))
     by = {(r.server, r.batch, r.concurrency): r for r in results}
     head = f"{'server':<14} {'batch':>5} {'inflight':>8} {'req/s':>9} {'samples/s':>10} "
-    head += f"{'p50 ms':>8} {'p99 ms':>8} {'err':>4} {'vs best MLServer':>17}"
+    head += f"{'p50 ms':>8} {'p99 ms':>8} {'err':>4} {'conns':>5} {'cpu ms/req':>10} "
+    head += f"{'vs best MLServer':>17}"
     lines = [head, "-" * len(head)]
     for batch, conc in cells:
         base = [
@@ -146,7 +167,8 @@ def _table(results: list[CellResult], baseline_prefix: str = "mlserver") -> list
             ratio = f"{r.req_per_s / best.req_per_s:.2f}x" if best and best.req_per_s else "-"
             lines.append(
                 f"{server:<14} {batch:>5} {conc:>8} {r.req_per_s:>9.0f} {r.samples_per_s:>10.0f} "
-                f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>4} {ratio:>17}"
+                f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>4} {r.channels:>5} "
+                f"{r.server_cpu_ms_per_req:>10.3f} {ratio:>17}"
             )
         lines.append("")
     return lines
@@ -165,6 +187,9 @@ async def _run_rounds(
         for batch in payloads:
             for conc in (int(c) for c in args.concurrency.split(",")):
                 for launched in servers:
+                    channels = args.channels
+                    if launched.processes > 1:
+                        channels = max(channels, conc)
                     result = await run_cell(
                         launched.target,
                         launched.name,
@@ -173,10 +198,13 @@ async def _run_rounds(
                         conc,
                         args.seconds,
                         args.warmup,
+                        channels=channels,
+                        server_cpu=launched.cpu_seconds,
                     )
                     print(
                         f"  round {round_no} {launched.name:<14} batch {batch:>3} x {conc:>2}: "
-                        f"{result.req_per_s:8.0f} req/s  p50 {result.p50_ms:.2f} ms",
+                        f"{result.req_per_s:8.0f} req/s  p50 {result.p50_ms:.2f} ms  "
+                        f"cpu {result.server_cpu_ms_per_req:.3f} ms/req",
                         flush=True,
                     )
                     out.append(result)

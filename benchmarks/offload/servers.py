@@ -39,6 +39,13 @@ class Launched:
     note: str = ""
     log: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    #: Worker processes sharing the port: the load generator opens a connection per call
+    #: in flight so the kernel can spread them (it balances connections, not calls).
+    processes: int = 1
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds of every process of the server (its session: workers included)."""
+        return session_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -48,6 +55,28 @@ class Launched:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
+
+
+def session_cpu_seconds(sid: int) -> float:
+    """User + system CPU seconds of the live processes of session ``sid`` (Linux /proc).
+
+    Every server is started in a session of its own (``start_new_session``), so this is
+    the server with all its worker processes, and nothing else.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited meanwhile
+        # after the command: state ppid pgrp session ... utime(12) stime(13)
+        if int(fields[3]) == sid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def wait_ready(launched: Launched, model: str, timeout: float = 120.0) -> None:
@@ -80,7 +109,12 @@ def _spawn(cmd: list[str], log: Path, cwd: Path | None = None, env: dict[str, st
 
 
 def start_offload(
-    repository: Path, workdir: Path, workers: int, delay_us: int, inline_us: int
+    repository: Path,
+    workdir: Path,
+    workers: int,
+    delay_us: int,
+    inline_us: int,
+    processes: int = 1,
 ) -> Launched:
     port, http_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "offload", "--repository", str(repository)]
@@ -88,11 +122,16 @@ def start_offload(
     cmd += ["--http-port", str(http_port)]
     cmd += ["--workers", str(workers), "--max-queue-delay-us", str(delay_us)]
     cmd += ["--inline-max-us", str(inline_us), "--log-level", "WARNING"]
+    cmd += ["--processes", str(processes)]
     name = "offload" if inline_us else "offload-executor"
+    if processes > 1:
+        name += f"-p{processes}"
     log = workdir / f"{name}.log"
     note = f"--workers {workers} --max-queue-delay-us {delay_us} (dynamic batching, max 64)"
     note += f" --inline-max-us {inline_us}"
-    launched = Launched(name, f"127.0.0.1:{port}", _spawn(cmd, log), note, log)
+    if processes > 1:
+        note += f" --processes {processes} (one connection per call in flight)"
+    launched = Launched(name, f"127.0.0.1:{port}", _spawn(cmd, log), note, log, processes=processes)
     launched.extra["http"] = f"127.0.0.1:{http_port}"
     return launched
 

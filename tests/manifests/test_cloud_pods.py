@@ -53,6 +53,9 @@ async def test_offload_server_runs_as_deployed_with_mutual_tls(tmp_path: Path) -
                 url = f"https://127.0.0.1:{http_port}{path}"
                 async with http.get(url, ssl=probe) as response:
                     assert response.status == 200, await response.text()
+            # Readiness: the supervisor of OFFLOAD_PROCESSES=auto answers for all workers.
+            async with http.get(f"http://127.0.0.1:{metrics_port}/readyz") as response:
+                assert response.status == 200, await response.text()
         # An edge agent with its edge-grpc-tls files (same CA) gets answers.
         client_tls = TlsFiles(cert=tls / "tls.crt", key=tls / "tls.key", ca=tls / "ca.crt")
         client = OffloadClient(f"127.0.0.1:{grpc_port}", tls=client_tls, max_retries=0)
