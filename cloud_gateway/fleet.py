@@ -39,13 +39,22 @@ _AGENT_COLUMNS = (
     "first_seen",
 )
 _SELECT = f"select {', '.join(_AGENT_COLUMNS)} from agents"
-# An upsert that leaves columns it does not name (added by other modules) alone.
+# One statement per heartbeat (a round trip each on PostgreSQL): the upsert keeps what the
+# heartbeat does not own (labels: the admin's; first_seen; the site when the report has
+# none), bumps ``beat``, leaves columns it does not name (added by other modules) alone,
+# and returns the stored row.
 _UPSERT = (
     f"insert into agents ({', '.join(_AGENT_COLUMNS)}, beat) "
     f"values ({', '.join('?' * len(_AGENT_COLUMNS))}, 1) on conflict(agent_id) do update set "
-    + ", ".join(f"{c} = excluded.{c}" for c in _AGENT_COLUMNS[1:])
+    "site = coalesce(nullif(excluded.site, ''), agents.site), "
+    + ", ".join(
+        f"{c} = excluded.{c}"
+        for c in ("online", "models", "update_state", "health", "metrics", "config", "last_seen")
+    )
     + ", beat = coalesce(agents.beat, 0) + 1"
+    + f" returning {', '.join(_AGENT_COLUMNS)}"
 )
+_OFFLINE = f"update agents set online = 0 where agent_id = ? returning {', '.join(_AGENT_COLUMNS)}"
 
 
 class Fleet:
@@ -117,33 +126,32 @@ class Fleet:
         ``labels`` are ignored: labels are the admin's (:meth:`set_labels`)."""
         check_segment(report.agent_id, "agent")
         now = self.clock()
-        old = self.find(report.agent_id)
-        if not report.online and old is not None and not report.models:
+        if not report.online and not report.models:
             # A last will carries only the id: keep what we knew, flip the flag.
-            self.db.execute("update agents set online = 0 where agent_id = ?", [report.agent_id])
-            return old | {"online": 0}
-        site = identity.site if identity else report.site or (old["site"] if old else "")
+            found = self.db.execute(_OFFLINE, [report.agent_id]).fetchone()
+            if found is not None:
+                return dict(zip(_AGENT_COLUMNS, found, strict=True))
         # As the agent sent them (no defaults filled in): a gate can tell a counter the
         # agent does not report from one at zero.
         sections = report.model_dump(
             mode="json", include={"models", "health", "metrics"}, exclude_unset=True
         )
-        row = {
-            "agent_id": report.agent_id,
-            "site": site,
-            "labels": old["labels"] if old else "{}",
-            "online": int(report.online),
-            "models": dumps(sections.get("models", {})),
-            "update_state": dumps(report.update),
-            "health": dumps(sections.get("health", {})),
-            "metrics": dumps(sections.get("metrics", {})),
-            "config": dumps(report.config),
-            "last_seen": now,
-            "first_seen": old["first_seen"] if old else now,
-        }
-        # Plain SQL: sqlite-utils' upsert introspects the table on every call, which was
+        values = [
+            report.agent_id,
+            identity.site if identity else report.site or "",
+            "{}",  # labels of a new agent; an existing agent's are kept
+            int(report.online),
+            dumps(sections.get("models", {})),
+            dumps(report.update),
+            dumps(sections.get("health", {})),
+            dumps(sections.get("metrics", {})),
+            dumps(report.config),
+            now,
+            now,  # first_seen of a new agent; an existing agent's is kept
+        ]
+        # Plain SQL: sqlite-utils' upsert introspected the table on every call, which was
         # most of a heartbeat's cost at thousands of agents (docs/benchmarks.md).
-        self.db.execute(_UPSERT, [row[c] for c in _AGENT_COLUMNS])
+        row = dict(zip(_AGENT_COLUMNS, self.db.execute(_UPSERT, values).fetchone(), strict=True))
         self.history.record(report, now)
         return row
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 
 from cloud_gateway.service import Gateway, serve
@@ -107,3 +109,32 @@ def test_selector_by_site_label_and_id(tmp_path) -> None:
     assert ids(labels={"ring": "main"}) == ["b", "c"]
     assert ids(sites=["s1"], labels={"ring": "main"}) == ["b"]
     assert ids(agents=["c", "d"]) == ["c"]
+
+
+def test_a_heartbeat_keeps_what_it_does_not_own(tmp_path, database_url) -> None:
+    """One upsert per heartbeat: labels (the admin's), first_seen and a site the report
+    does not name survive it; a last will flips only the online flag. Runs on PostgreSQL
+    too (EDGECLOUD_TEST_DATABASE=postgresql)."""
+    from cloud_gateway.db import open_database
+    from cloud_gateway.fleet import Fleet
+    from cloud_gateway.schemas import StatusReport
+
+    now = [1000.0]
+    db = open_database(database_url or f"sqlite:///{tmp_path / 'f.sqlite'}")
+    fleet = Fleet(db, heartbeat_timeout_s=5, clock=lambda: now[0])
+    models = {"m": {"version": 2}}
+    first = fleet.apply(StatusReport(agent_id="a", site="s1", models=models))
+    assert (first["site"], first["first_seen"], first["labels"]) == ("s1", 1000.0, "{}")
+    fleet.set_labels("a", {"ring": "canary"})
+    now[0] = 1010.0
+    row = fleet.apply(StatusReport(agent_id="a", models=models))  # no site this time
+    assert (row["site"], row["first_seen"], row["last_seen"]) == ("s1", 1000.0, 1010.0)
+    assert json.loads(row["labels"]) == {"ring": "canary"} and row["online"] == 1
+    will = fleet.apply(StatusReport(agent_id="a", online=False))
+    assert will["online"] == 0 and json.loads(will["models"]) == models
+    assert fleet.get("a")["online"] == 0 and json.loads(fleet.get("a")["labels"])
+    beat = db.execute("select beat from agents where agent_id = 'a'").fetchone()[0]
+    assert beat == 2  # two heartbeats written; the will changed only the flag
+    unknown = fleet.apply(StatusReport(agent_id="z", online=False))  # a will of a stranger
+    assert unknown["online"] == 0 and unknown["first_seen"] == 1010.0
+    db.close()
