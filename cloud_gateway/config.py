@@ -42,6 +42,16 @@ def wanted_config(db: Database, agent_id: str) -> WantedConfig | None:
     return WantedConfig(version=row[0], rollout_id=row[1], values=loads(row[2], {}))
 
 
+def wanted_configs(db: Database, agent_ids: list[str]) -> dict[str, WantedConfig]:
+    """The config sections of ``agent_ids`` (at most a few thousand: one query)."""
+    rows = db.execute(
+        f'select agent_id, version, rollout_id, "values" from {TABLE} '
+        "where agent_id in (select value from json_each(?))",
+        [dumps(agent_ids)],
+    ).fetchall()
+    return {r[0]: WantedConfig(version=r[1], rollout_id=r[2], values=loads(r[3], {})) for r in rows}
+
+
 def configured_agents(db: Database) -> list[str]:
     return [r[0] for r in db.execute(f"select agent_id from {TABLE}").fetchall()]
 

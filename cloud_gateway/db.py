@@ -101,18 +101,20 @@ class Database:
             raise ConfigError(f"no table {name!r}")
         return Table(self, name, TABLES[name].pk)
 
-    def next_counter(self, name: str, floor: int = 0) -> int:
-        """Increase the persisted counter ``name`` to at least ``floor`` and by at least
-        one; returns the new value. One statement: two processes (the CLI and a server,
-        or two gateway replicas) incrementing at once still get distinct values."""
+    def next_counter(self, name: str, floor: int = 0, count: int = 1) -> int:
+        """Increase the persisted counter ``name`` by ``count`` (a block of values for
+        ``count`` documents), its first new value at least ``floor``; returns the last
+        value of the block. One statement: two processes (the CLI and a server, or two
+        gateway replicas) incrementing at once still get disjoint blocks."""
         self.execute(
             "insert into counters (name, value) values (?, 0) on conflict (name) do nothing",
             [name],
         )
+        top = floor + count - 1
         row = self.execute(
-            "update counters set value = case when value + 1 > ? then value + 1 else ? end "
+            "update counters set value = case when value + ? > ? then value + ? else ? end "
             "where name = ? returning value",
-            [floor, floor, name],
+            [count, top, count, top, name],
         ).fetchone()
         return int(row[0])
 
@@ -417,8 +419,14 @@ def redact(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def next_counter(db: Database, name: str, floor: int = 0) -> int:
-    return db.next_counter(name, floor)
+def next_counter(db: Database, name: str, floor: int = 0, count: int = 1) -> int:
+    return db.next_counter(name, floor, count)
+
+
+def chunks(items: list[str], size: int = 5000) -> Iterator[list[str]]:
+    """``items`` in slices for ``... in (select value from json_each(?))`` queries."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 @contextlib.contextmanager

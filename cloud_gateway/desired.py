@@ -17,10 +17,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bus.desired import Desired, WantedModel, sign_desired
+from bus.desired import Desired, WantedConfig, WantedModel, sign_desired
 from bus.topics import Topics
-from cloud_gateway.config import configured_agents, wanted_config
-from cloud_gateway.db import Database, next_counter, transaction
+from cloud_gateway.config import configured_agents, wanted_configs
+from cloud_gateway.db import Database, chunks, dumps, next_counter, transaction
 
 Publish = Callable[[str, bytes], None]
 
@@ -47,14 +47,24 @@ _UPSERT = (
 )
 
 
-def next_sequence(db: Database) -> int:
-    """The next desired-state sequence number: the persisted counter plus one, but never
-    below the wall clock in milliseconds, so a gateway whose database was restored from
-    a backup (or replaced) still signs documents newer than those its agents accepted."""
-    return next_counter(db, SEQUENCE, floor=int(time.time() * 1000))
+def next_sequence(db: Database, count: int = 1) -> int:
+    """The last of ``count`` new desired-state sequence numbers: the persisted counter plus
+    ``count``, the first never below the wall clock in milliseconds, so a gateway whose
+    database was restored from a backup (or replaced) still signs documents newer than
+    those its agents accepted."""
+    return next_counter(db, SEQUENCE, floor=int(time.time() * 1000), count=count)
+
+
+_IN = "agent_id in (select value from json_each(?))"
 
 
 class DesiredState:
+    """The ``desired`` rows and their documents. Inside :meth:`batch` every write is one
+    transaction and each touched agent gets one document, built for all of them at once
+    when the batch ends (a block of sequence numbers, one query for the rows, one for
+    the configs): a wave of 10,000 agents is a few statements, not tens of thousands of
+    round trips to PostgreSQL."""
+
     def __init__(
         self,
         db: Database,
@@ -70,6 +80,8 @@ class DesiredState:
         # None only where an engine is built without a gateway (unit tests): an ephemeral
         # key that no agent trusts.
         self.key = signing_key or Ed25519PrivateKey.generate()
+        # agent -> (rollout id, issued at) of the documents the open batch will send
+        self._pending: dict[str, tuple[str | None, float]] | None = None
 
     def set(
         self,
@@ -82,103 +94,156 @@ class DesiredState:
         rollback: bool = False,
         topics: str | None = None,
     ) -> None:
-        """Ask ``agent_id`` to run ``version`` (a registry row, or {"version": n}).
+        """Ask ``agent_id`` to run ``version`` (a registry row, or {"version": n})."""
+        self.set_many([agent_id], model, version, rid, now, rollback=rollback, topics=topics)
 
-        A version below the one desired before is marked as a rollback (agents refuse
-        an unmarked downgrade)."""
+    def set_many(
+        self,
+        agent_ids: list[str],
+        model: str,
+        version: dict[str, Any],
+        rid: str | None,
+        now: float,
+        *,
+        rollback: bool = False,
+        topics: str | None = None,
+    ) -> None:
+        """Ask every agent of ``agent_ids`` to run ``version``. A version below the one
+        desired before is marked as a rollback (agents refuse an unmarked downgrade)."""
         url = None
         if version.get("sha256"):
             url = f"{self.base_url()}/api/v1/models/{model}/versions/{version['version']}/bundle"
-        before = self.db.execute(
-            "select version from desired where agent_id = ? and model = ?", [agent_id, model]
-        ).fetchone()
-        rollback = rollback or (before is not None and before[0] > version["version"])
-        values = [
-            agent_id,
-            model,
-            version["version"],
-            version.get("sha256"),
-            url,
-            int(rollback),
-            topics,
-            "serving",
-            rid,
-            now,
-        ]
-        self.db.execute(_UPSERT, values)
-        self.publish_agent(agent_id, rid, now)
+        before: dict[str, int] = {}
+        for part in chunks(agent_ids):
+            before.update(
+                self.db.execute(
+                    f"select agent_id, version from desired where model = ? and {_IN}",
+                    [model, dumps(part)],
+                ).fetchall()
+            )
+        with self.batch():
+            self.db.executemany(
+                _UPSERT,
+                [
+                    [
+                        agent_id,
+                        model,
+                        version["version"],
+                        version.get("sha256"),
+                        url,
+                        int(rollback or before.get(agent_id, -1) > version["version"]),
+                        topics,
+                        "serving",
+                        rid,
+                        now,
+                    ]
+                    for agent_id in agent_ids
+                ],
+            )
+            for agent_id in agent_ids:
+                self.publish_agent(agent_id, rid, now)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
-        """Many :meth:`set`/:meth:`remove` calls as one transaction, their messages sent
-        after it committed: a wave of thousands of agents is one commit, and no agent
-        ever acts on a document (or sequence number) the database then rolled back."""
-        queued: list[tuple[str, bytes]] = []
-        send, self.publish = self.publish, lambda topic, payload: queued.append((topic, payload))
+        """Many :meth:`set`/:meth:`remove` calls as one transaction, their documents built
+        inside it and sent after it committed: no agent ever acts on a document (or a
+        sequence number) the database then rolled back. Nested use joins the outer."""
+        if self._pending is not None:
+            yield
+            return
+        self._pending = {}
+        messages: list[tuple[str, bytes]] = []
         try:
             with transaction(self.db):
                 yield
+                messages = self._documents(self._pending)
         finally:
-            self.publish = send
-        for topic, payload in queued:
-            send(topic, payload)
+            self._pending = None
+        for topic, payload in messages:
+            self.publish(topic, payload)
 
     def remove(self, agent_id: str, model: str, rid: str | None, now: float) -> None:
-        """Ask ``agent_id`` to stop serving ``model`` (``state: absent``; an agent that no
-        longer serves it ignores that). The row stays so the retained message keeps saying
+        self.remove_many([agent_id], model, rid, now)
+
+    def remove_many(self, agent_ids: list[str], model: str, rid: str | None, now: float) -> None:
+        """Ask each agent to stop serving ``model`` (``state: absent``; an agent that no
+        longer serves it ignores that). The rows stay so the retained message keeps saying
         so after a broker restart."""
-        self.db.execute(
-            "update desired set state = 'absent', rollout_id = ?, issued_at = ? "
-            "where agent_id = ? and model = ?",
-            [rid, now, agent_id, model],
-        )
-        self.publish_agent(agent_id, rid, now)
+        with self.batch():
+            self.db.executemany(
+                "update desired set state = 'absent', rollout_id = ?, issued_at = ? "
+                "where agent_id = ? and model = ?",
+                [[rid, now, agent_id, model] for agent_id in agent_ids],
+            )
+            for agent_id in agent_ids:
+                self.publish_agent(agent_id, rid, now)
 
     def message(self, agent_id: str, rid: str | None, now: float) -> Desired:
         """The desired-state document of ``agent_id`` as its rows stand, with a new
         sequence number."""
-        rows = self.db.table("desired").rows_where("agent_id = ?", [agent_id])
-        models = {
-            r["model"]: WantedModel(
-                version=r["version"],
-                sha256=r["sha256"],
-                url=r["url"],
-                rollback=bool(r.get("rollback")),
-                topics=r.get("topics"),
-                state=r.get("state") or "serving",
+        return self._build({agent_id: (rid, now)})[0]
+
+    def _build(self, items: dict[str, tuple[str | None, float]]) -> list[Desired]:
+        ids = list(items)
+        if not ids:
+            return []
+        first = next_sequence(self.db, len(ids)) - len(ids) + 1
+        models: dict[str, dict[str, WantedModel]] = {a: {} for a in ids}
+        configs: dict[str, WantedConfig] = {}
+        for part in chunks(ids):
+            for r in self.db.query(f"select * from desired where {_IN}", [dumps(part)]):
+                models[r["agent_id"]][r["model"]] = WantedModel(
+                    version=r["version"],
+                    sha256=r["sha256"],
+                    url=r["url"],
+                    rollback=bool(r.get("rollback")),
+                    topics=r.get("topics"),
+                    state=r.get("state") or "serving",
+                )
+            configs.update(wanted_configs(self.db, part))
+        return [
+            Desired(
+                target=agent_id,
+                target_kind="agent",
+                sequence=first + i,
+                rollout_id=items[agent_id][0],
+                models=models[agent_id],
+                issued_at=float(items[agent_id][1]),
+                config=configs.get(agent_id),
             )
-            for r in rows
-        }
-        return Desired(
-            target=agent_id,
-            target_kind="agent",
-            sequence=next_sequence(self.db),
-            rollout_id=rid,
-            models=models,
-            issued_at=float(now),
-            config=wanted_config(self.db, agent_id),
-        )
+            for i, agent_id in enumerate(ids)
+        ]
+
+    def _documents(self, items: dict[str, tuple[str | None, float]]) -> list[tuple[str, bytes]]:
+        return [
+            (self.topics.desired(doc.target), sign_desired(doc, self.key))
+            for doc in self._build(items)
+        ]
 
     def publish_agent(self, agent_id: str, rid: str | None, now: float) -> None:
-        document = self.message(agent_id, rid, now)
-        self.publish(self.topics.desired(agent_id), sign_desired(document, self.key))
+        """Send ``agent_id`` its document as its rows stand (at the end of the open batch)."""
+        if self._pending is not None:
+            self._pending[agent_id] = (rid, now)
+            return
+        with self.batch():
+            self.publish_agent(agent_id, rid, now)
 
     def republish_all(self) -> int:
-        """Re-assert every agent's desired state (after a broker lost its retained store)."""
-        agents = [r["agent_id"] for r in self.db.query("select distinct agent_id from desired")]
-        for agent_id in agents:
-            last = self.db.execute(
-                "select rollout_id, issued_at from desired where agent_id = ?"
-                " order by issued_at desc limit 1",
-                [agent_id],
-            ).fetchone()
-            self.publish_agent(agent_id, last[0], last[1])
+        """Re-assert every agent's desired state (after a broker lost its retained store,
+        or when this replica takes over the rollout engine)."""
+        last: dict[str, tuple[str | None, float]] = {}
+        for agent_id, rid, issued_at in self.db.execute(
+            "select agent_id, rollout_id, issued_at from desired order by coalesce(issued_at, 0)"
+        ).fetchall():
+            last[agent_id] = (rid, issued_at)  # the newest row of each agent wins
         # Agents with a config twin and no model assigned by the gateway.
-        config_only = [a for a in configured_agents(self.db) if a not in set(agents)]
-        for agent_id in config_only:
-            self.publish_agent(agent_id, None, time.time())
-        agents += config_only
-        return len(agents)
+        now = time.time()
+        for agent_id in configured_agents(self.db):
+            last.setdefault(agent_id, (None, now))
+        with self.batch():
+            for agent_id, (rid, issued_at) in last.items():
+                self.publish_agent(agent_id, rid, issued_at)
+        return len(last)
 
     def versions(self, model: str) -> dict[str, int]:
         """agent -> desired version of ``model``."""

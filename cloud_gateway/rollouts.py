@@ -439,18 +439,19 @@ class RolloutEngine:
                 for agent_id, text in metrics.items()
             ],
         )
-        for agent_id in agent_ids:
-            self.db.execute(
-                "update rollout_agents set state = 'issued', issued_at = ? "
-                "where rollout_id = ? and agent_id = ?",
-                [now, rid, agent_id],
+        self.db.executemany(
+            "update rollout_agents set state = 'issued', issued_at = ? "
+            "where rollout_id = ? and agent_id = ?",
+            [(now, rid, agent_id) for agent_id in agent_ids],
+        )
+        if version is None:
+            values = loads(row["config"], {})
+            for agent_id in agent_ids:
+                self.config.put(agent_id, values, rid, version=row["version"])
+        else:
+            self.desired.set_many(
+                agent_ids, row["model"], version, rid, now, topics=row.get("topics")
             )
-            if version is None:
-                self.config.put(agent_id, loads(row["config"], {}), rid, version=row["version"])
-            else:
-                self.desired.set(
-                    agent_id, row["model"], version, rid, now, topics=row.get("topics")
-                )
         self._event(rid, "wave-issued", {"wave": wave + 1, "agents": agent_ids})
 
     def _rollback(
@@ -473,40 +474,33 @@ class RolloutEngine:
     ) -> None:
         rid, model, now = row["id"], row["model"], self.clock()
         previous, previous_config = {}, {}
-        found: dict[int, dict[str, Any] | None] = {}
         for agent_id, version, config in self.db.execute(
             "select agent_id, previous_version, previous_config from rollout_agents "
             "where rollout_id = ?",
             [rid],
         ):
             previous[agent_id], previous_config[agent_id] = version, config
-        for agent_id in agent_ids:
-            if row.get("kind") == "config":
-                # A new version (the agent may run this rollout's), the previous values.
+        if row.get("kind") == "config":
+            # A new version (the agent may run this rollout's), the previous values.
+            for agent_id in agent_ids:
                 self.config.put(agent_id, loads(previous_config[agent_id]), rid)
-                self.db.execute(
-                    "update rollout_agents set state = 'rolled_back', reason = ? "
-                    "where rollout_id = ? and agent_id = ?",
-                    [reason, rid, agent_id],
-                )
-                continue
-            prev = previous[agent_id]
-            if prev is not None and prev not in found:  # one registry read per version
-                found[prev] = self.registry.find(model, prev)
-            version = found.get(prev) if prev is not None else None
-            if prev is None:
-                self.desired.remove(agent_id, model, rid, now)
-            elif version is not None:
-                self.desired.set(agent_id, model, version, rid, now, rollback=True)
-            else:
+        else:
+            # One bulk write per previous version (a wave rolled back is usually one).
+            by_version: dict[int | None, list[str]] = {}
+            for agent_id in agent_ids:
+                by_version.setdefault(previous[agent_id], []).append(agent_id)
+            for prev, group in by_version.items():
+                if prev is None:
+                    self.desired.remove_many(group, model, rid, now)
+                    continue
                 # Not in the registry: the agent still has it locally (it keeps the last K).
-                prev_row = {"version": prev, "sha256": None}
-                self.desired.set(agent_id, model, prev_row, rid, now, rollback=True)
-            self.db.execute(
-                "update rollout_agents set state = 'rolled_back', reason = ? "
-                "where rollout_id = ? and agent_id = ?",
-                [reason, rid, agent_id],
-            )
+                target = self.registry.find(model, prev) or {"version": prev, "sha256": None}
+                self.desired.set_many(group, model, target, rid, now, rollback=True)
+        self.db.executemany(
+            "update rollout_agents set state = 'rolled_back', reason = ? "
+            "where rollout_id = ? and agent_id = ?",
+            [(reason, rid, agent_id) for agent_id in agent_ids],
+        )
         self._forget(rid)
         self._update(rid, state="rolled_back", reason=reason, finished_at=now)
         detail: dict[str, Any] = {"reason": reason, "agents": agent_ids}

@@ -173,8 +173,9 @@ async def _follow(http: aiohttp.ClientSession, gw: Gateway, rid: str, within_s: 
 async def test_config_rollout_that_breaks_the_slo_is_rolled_back(
     gateway: Gateway, bundle_set: BundleSet, mosquitto: Any, topic_prefix: str, tmp_path: Path
 ) -> None:
-    """Two agents under load; a canary config rollout sets an SLO of 0.5 ms, which no
-    result can meet (its clock starts at the sensor): the first wave's agent fails the
+    """Two agents under load; a canary config rollout sets an SLO of 10 us, which no
+    result can meet (its clock starts at the sensor; 0.5 ms was met by ~90 % of results on
+    a quiet machine: p50 0.46 ms over loopback): the first wave's agent fails the
     SLO-attainment gate and is put back on its previous config; the second never gets it.
     Then a sane SLO rolls out through both waves."""
     ids = [f"{topic_prefix}-cfg-a", f"{topic_prefix}-cfg-b"]
@@ -195,7 +196,7 @@ async def test_config_rollout_that_breaks_the_slo_is_rolled_back(
                 load.start()
             await asyncio.sleep(1.0)
             body = {
-                "values": {"slo_ms": 0.5},
+                "values": {"slo_ms": 0.01},
                 "waves": ["1", "100%"],
                 "selector": {"agents": ids},
                 "bake_s": 1.0,
@@ -206,13 +207,15 @@ async def test_config_rollout_that_breaks_the_slo_is_rolled_back(
             async with http.post(url, json=body, headers=auth("admin")) as r:
                 assert r.status == 201, await r.text()
                 started = await r.json()
-            assert started["kind"] == "config" and started["config"] == {"slo_ms": 0.5}
+            assert started["kind"] == "config" and started["config"] == {"slo_ms": 0.01}
             bad = await _follow(http, gateway, started["id"], 40.0)
             assert bad["state"] == "rolled_back", bad
             assert "SLO attainment" in bad["reason"] and ids[0] in bad["reason"], bad["reason"]
             assert bad["gate"]["verdicts"][ids[0]]["gate"] == "slo"
             touched = {a["agent_id"]: a["state"] for a in bad["agents"]}
-            assert touched == {ids[0]: "rolled_back", ids[1]: "pending"}
+            assert touched == {ids[0]: "rolled_back", ids[1]: "pending"}, json.dumps(bad, indent=1)[
+                :8000
+            ]
             back = await config_until(http, gateway, ids[0], "in-sync", 5.0)
             assert back["desired"] is None and back["reported"]["effective"]["slo_ms"] is None
             untouched = await get_config(http, gateway, ids[1])
