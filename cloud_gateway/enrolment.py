@@ -25,7 +25,7 @@ from typing import Any
 
 from bus.topics import check_segment
 from cloud_gateway.auth import token_digest
-from cloud_gateway.db import Database
+from cloud_gateway.db import Database, chunks, dumps
 from models.errors import ConfigError, NotFound
 
 #: MQTT user names that are not agents (cloud_gateway.brokerconf).
@@ -102,6 +102,18 @@ class Enrolments:
             "select agent_id, site from enrolments where agent_id = ?", [agent_id]
         ).fetchone()
         return Identity(row[0], row[1]) if row else None
+
+    def find_many(self, agent_ids: list[str]) -> dict[str, Identity]:
+        """The enrolled identities among ``agent_ids`` (one query per 5,000)."""
+        out: dict[str, Identity] = {}
+        for part in chunks(agent_ids):
+            for agent_id, site in self.db.execute(
+                "select agent_id, site from enrolments "
+                "where agent_id in (select value from json_each(?))",
+                [dumps(part)],
+            ).fetchall():
+                out[agent_id] = Identity(agent_id, site)
+        return out
 
     def by_token_digest(self, digest: str) -> Identity | None:
         row = self.db.execute(

@@ -39,7 +39,7 @@ _AGENT_COLUMNS = (
     "first_seen",
 )
 _SELECT = f"select {', '.join(_AGENT_COLUMNS)} from agents"
-# One statement per heartbeat (a round trip each on PostgreSQL): the upsert keeps what the
+# One statement per heartbeat (batched: Fleet.flush): the upsert keeps what the
 # heartbeat does not own (labels: the admin's; first_seen; the site when the report has
 # none), bumps ``beat``, leaves columns it does not name (added by other modules) alone,
 # and returns the stored row.
@@ -54,6 +54,8 @@ _UPSERT = (
     + ", beat = coalesce(agents.beat, 0) + 1"
     + f" returning {', '.join(_AGENT_COLUMNS)}"
 )
+# The same without ``returning``, for a batch of heartbeats (executemany).
+_UPSERT_MANY = _UPSERT[: _UPSERT.index(" returning ")]
 _OFFLINE = f"update agents set online = 0 where agent_id = ? returning {', '.join(_AGENT_COLUMNS)}"
 
 
@@ -78,6 +80,7 @@ class Fleet:
         self.unenrolled = 0  # status for agent ids that are not enrolled (dropped)
         self._warned: set[str] = set()
         self.history = HeartbeatHistory(clock=clock)  # last 10 min per agent (fleet page)
+        self._queue: list[tuple[StatusReport, float]] = []  # decoded, not yet written
 
     def enrolment_required(self) -> bool:
         if self.require_enrolment is not None:
@@ -95,10 +98,9 @@ class Fleet:
             )
         return found
 
-    def apply_payload(self, agent_id: str, payload: bytes) -> dict[str, Any] | None:
-        """Decode one ``fleet/{agent}/status`` message; bad ones are counted and dropped."""
-        if not payload:
-            return None  # a cleared retained message
+    def receive(self, agent_id: str, payload: bytes) -> bool:
+        """Decode one ``fleet/{agent}/status`` message and queue it for :meth:`flush`;
+        False for a malformed one (counted, logged, dropped)."""
         try:
             data = json.loads(payload)
             if not isinstance(data, dict):
@@ -107,19 +109,61 @@ class Fleet:
             if data["agent_id"] != agent_id:
                 raise InvalidInput(f"status for {data['agent_id']!r} on {agent_id!r}'s topic")
             report = StatusReport.model_validate(data)
+            check_segment(report.agent_id, "agent")
         except (ValueError, ValidationError, InvalidInput, RecursionError) as exc:
             self.rejected += 1
             log.warning("dropping malformed status from %s: %s", agent_id[:64], str(exc)[:200])
-            return None
-        try:
-            identity = self.identity(agent_id)
-        except PermissionDenied as exc:
-            self.unenrolled += 1
-            if len(self._warned) < 1000 and agent_id not in self._warned:
-                self._warned.add(agent_id)  # once per id: a flood must not flood the log
-                log.warning("dropping status: %s", exc.message)
-            return None
-        return self.apply(report, identity)
+            return False
+        self._queue.append((report, self.clock()))
+        return True
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def flush(self) -> tuple[int, int]:
+        """Write every queued heartbeat: one query for the senders' enrolments, one
+        transaction with one ``executemany`` (on PostgreSQL one commit, so one WAL flush,
+        for a burst of thousands, not one each). Returns (ingested, dropped: not enrolled).
+        """
+        queue, self._queue = self._queue, []
+        if not queue:
+            return 0, 0
+        ids = list(dict.fromkeys(report.agent_id for report, _ in queue))
+        known = self.enrolments.find_many(ids)
+        required = len(known) < len(ids) and self.enrolment_required()
+        rows: list[list[Any]] = []
+        ingested = dropped = 0
+        with transaction(self.db):
+            for report, at in queue:
+                identity = known.get(report.agent_id)
+                if identity is None and required:
+                    self._refuse(report.agent_id)
+                    dropped += 1
+                    continue
+                ingested += 1
+                if not report.online and not report.models:
+                    # A last will (rare): in its place in the order, after what came first.
+                    if rows:
+                        self.db.executemany(_UPSERT_MANY, rows)
+                        rows = []
+                    self.apply(report, identity)
+                    continue
+                rows.append(self._values(report, identity, at))
+                self.history.record(report, at)
+            if rows:
+                self.db.executemany(_UPSERT_MANY, rows)
+        return ingested, dropped
+
+    def _refuse(self, agent_id: str) -> None:
+        self.unenrolled += 1
+        if len(self._warned) < 1000 and agent_id not in self._warned:
+            self._warned.add(agent_id)  # once per id: a flood must not flood the log
+            log.warning(
+                "dropping status: agent %r is not enrolled (cloud-gateway fleet enrol); "
+                "its status is ignored",
+                agent_id[:64],
+            )
 
     def apply(self, report: StatusReport, identity: Identity | None = None) -> dict[str, Any]:
         """Record a heartbeat. ``identity`` (the enrolment) fixes the site; a heartbeat's
@@ -131,12 +175,22 @@ class Fleet:
             found = self.db.execute(_OFFLINE, [report.agent_id]).fetchone()
             if found is not None:
                 return dict(zip(_AGENT_COLUMNS, found, strict=True))
+        values = self._values(report, identity, now)
+        # Plain SQL: sqlite-utils' upsert introspected the table on every call, which was
+        # most of a heartbeat's cost at thousands of agents (docs/benchmarks.md).
+        row = dict(zip(_AGENT_COLUMNS, self.db.execute(_UPSERT, values).fetchone(), strict=True))
+        self.history.record(report, now)
+        return row
+
+    @staticmethod
+    def _values(report: StatusReport, identity: Identity | None, now: float) -> list[Any]:
+        """The upsert's parameters for one heartbeat."""
         # As the agent sent them (no defaults filled in): a gate can tell a counter the
         # agent does not report from one at zero.
         sections = report.model_dump(
             mode="json", include={"models", "health", "metrics"}, exclude_unset=True
         )
-        values = [
+        return [
             report.agent_id,
             identity.site if identity else report.site or "",
             "{}",  # labels of a new agent; an existing agent's are kept
@@ -149,11 +203,6 @@ class Fleet:
             now,
             now,  # first_seen of a new agent; an existing agent's is kept
         ]
-        # Plain SQL: sqlite-utils' upsert introspected the table on every call, which was
-        # most of a heartbeat's cost at thousands of agents (docs/benchmarks.md).
-        row = dict(zip(_AGENT_COLUMNS, self.db.execute(_UPSERT, values).fetchone(), strict=True))
-        self.history.record(report, now)
-        return row
 
     def sweep(self) -> list[str]:
         """Mark agents whose last heartbeat is older than the timeout offline."""

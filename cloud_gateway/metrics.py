@@ -134,9 +134,9 @@ class GatewayMetrics:
         )
         self.middleware = self._make_middleware()
 
-    def mqtt_heartbeat(self, payload: bytes, accepted: bool) -> None:
-        if payload:  # an empty payload clears a retained message: not a heartbeat
-            self.heartbeats.labels("mqtt", "ingested" if accepted else "rejected").inc()
+    def mqtt_heartbeat(self, accepted: bool, count: int = 1) -> None:
+        if count:
+            self.heartbeats.labels("mqtt", "ingested" if accepted else "rejected").inc(count)
 
     def _make_middleware(self) -> Any:
         @web.middleware

@@ -33,6 +33,11 @@ from models.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: Heartbeats arriving over MQTT are written together, at most this long after the first
+#: of a batch, or as soon as this many wait (one transaction each way).
+HEARTBEAT_BATCH_S = 0.02
+HEARTBEAT_BATCH = 1000
+
 
 def load_tokens(settings: GatewaySettings) -> TokenStore:
     store = TokenStore()
@@ -116,6 +121,7 @@ class Gateway:
         self.config: ConfigTwins = self.engine.config
         self._openapi: dict[str, Any] | None = None
         self._wake = asyncio.Event()
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._closed = False
 
     def base_url(self) -> str:
@@ -159,9 +165,32 @@ class Gateway:
         log.info("desired state re-published for %d agents", count)
 
     def _on_status(self, agent_id: str, payload: bytes) -> None:
-        if not self._closed:  # paho may still hand over messages while we shut down
-            row = self.fleet.apply_payload(agent_id, payload)
-            self.metrics.mqtt_heartbeat(payload, accepted=row is not None)
+        # paho may still hand over messages while we shut down; an empty payload clears
+        # a retained message: not a heartbeat.
+        if self._closed or not payload:
+            return
+        if not self.fleet.receive(agent_id, payload):
+            self.metrics.mqtt_heartbeat(accepted=False)
+            return
+        # Written in batches: at most HEARTBEAT_BATCH_S later, or at once when many wait
+        # (a rollout makes thousands of agents report within a second).
+        if self.fleet.queued >= HEARTBEAT_BATCH:
+            self._flush_heartbeats()
+        elif self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(HEARTBEAT_BATCH_S, self._flush_heartbeats)
+
+    def _flush_heartbeats(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        try:
+            ingested, dropped = self.fleet.flush()
+        except Exception:  # the database is down: agents report again next interval
+            log.exception("writing heartbeats failed")
+            return
+        self.metrics.mqtt_heartbeat(accepted=True, count=ingested)
+        self.metrics.mqtt_heartbeat(accepted=False, count=dropped)
 
     async def run_engine(self) -> None:
         loop = asyncio.get_running_loop()
@@ -197,6 +226,8 @@ class Gateway:
 
     def close(self) -> None:
         self._closed = True
+        with contextlib.suppress(Exception):
+            self._flush_heartbeats()  # what arrived before the shutdown is kept
         self.leadership.release()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.db.close()

@@ -138,3 +138,31 @@ def test_a_heartbeat_keeps_what_it_does_not_own(tmp_path, database_url) -> None:
     unknown = fleet.apply(StatusReport(agent_id="z", online=False))  # a will of a stranger
     assert unknown["online"] == 0 and unknown["first_seen"] == 1010.0
     db.close()
+
+
+def test_queued_heartbeats_are_written_in_their_order(tmp_path, database_url) -> None:
+    """MQTT heartbeats are written in batches (Fleet.flush): a last will and the heartbeat
+    of the agent's reconnect in one batch keep their order; with enrolment on, an
+    unenrolled sender is dropped and counted, the enrolled one kept."""
+    from cloud_gateway.db import open_database
+    from cloud_gateway.fleet import Fleet
+
+    db = open_database(database_url or f"sqlite:///{tmp_path / 'f.sqlite'}")
+    fleet = Fleet(db, heartbeat_timeout_s=5)
+    beat = json.dumps({"agent_id": "a", "site": "s", "models": {"m": {"version": 1}}})
+    will = json.dumps({"agent_id": "a", "online": False})
+    assert fleet.receive("a", beat.encode()) and fleet.receive("a", will.encode())
+    assert fleet.receive("a", beat.encode())  # back: online again, after its will
+    assert not fleet.receive("a", b"{not json") and fleet.rejected == 1
+    assert fleet.queued == 3 and fleet.find("a") is None  # nothing written yet
+    assert fleet.flush() == (3, 0) and fleet.queued == 0
+    assert fleet.get("a")["online"] == 1
+    assert fleet.receive("a", will.encode()) and fleet.flush() == (1, 0)
+    assert fleet.get("a")["online"] == 0
+
+    fleet.enrolments.enrol("b", "site-b")  # from now on only enrolled agents count
+    for agent in ("b", "c"):
+        assert fleet.receive(agent, json.dumps({"agent_id": agent, "site": "x"}).encode())
+    assert fleet.flush() == (1, 1) and fleet.unenrolled == 1
+    assert fleet.get("b")["site"] == "site-b" and fleet.find("c") is None
+    db.close()
