@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,16 +43,32 @@ _SELECT = f"select {', '.join(_AGENT_COLUMNS)} from agents"
 # One statement per heartbeat (batched: Fleet.flush): the upsert keeps what the
 # heartbeat does not own (labels: the admin's; first_seen; the site when the report has
 # none), bumps ``beat``, leaves columns it does not name (added by other modules) alone,
-# and returns the stored row.
+# and returns the stored row. It changes nothing when the stored heartbeat is newer by the
+# agent's own clock: with several replicas sharing the heartbeats (or two batches) an
+# agent's "installing" could otherwise overwrite its "serving v2" written a moment before.
+# Newer by more than STALE_S is a clock set back on the agent: the new one wins.
+STALE_S = 60.0
 _UPSERT = (
-    f"insert into agents ({', '.join(_AGENT_COLUMNS)}, beat) "
-    f"values ({', '.join('?' * len(_AGENT_COLUMNS))}, 1) on conflict(agent_id) do update set "
+    f"insert into agents ({', '.join(_AGENT_COLUMNS)}, reported_ts, beat) "
+    f"values ({', '.join('?' * len(_AGENT_COLUMNS))}, ?, 1) on conflict(agent_id) do update set "
     "site = coalesce(nullif(excluded.site, ''), agents.site), "
     + ", ".join(
         f"{c} = excluded.{c}"
-        for c in ("online", "models", "update_state", "health", "metrics", "config", "last_seen")
+        for c in (
+            "online",
+            "models",
+            "update_state",
+            "health",
+            "metrics",
+            "config",
+            "last_seen",
+            "reported_ts",
+        )
     )
     + ", beat = coalesce(agents.beat, 0) + 1"
+    + " where agents.reported_ts is null or excluded.reported_ts is null"
+    + " or excluded.reported_ts >= agents.reported_ts"
+    + f" or excluded.reported_ts < agents.reported_ts - {STALE_S}"
     + f" returning {', '.join(_AGENT_COLUMNS)}"
 )
 # The same without ``returning``, for a batch of heartbeats (executemany).
@@ -178,9 +195,11 @@ class Fleet:
         values = self._values(report, identity, now)
         # Plain SQL: sqlite-utils' upsert introspected the table on every call, which was
         # most of a heartbeat's cost at thousands of agents (docs/benchmarks.md).
-        row = dict(zip(_AGENT_COLUMNS, self.db.execute(_UPSERT, values).fetchone(), strict=True))
+        written = self.db.execute(_UPSERT, values).fetchone()
+        if written is None:  # an older heartbeat than the one stored: kept as it was
+            return self.get(report.agent_id)
         self.history.record(report, now)
-        return row
+        return dict(zip(_AGENT_COLUMNS, written, strict=True))
 
     @staticmethod
     def _values(report: StatusReport, identity: Identity | None, now: float) -> list[Any]:
@@ -202,6 +221,7 @@ class Fleet:
             dumps(report.config),
             now,
             now,  # first_seen of a new agent; an existing agent's is kept
+            report.ts if report.ts is not None and math.isfinite(report.ts) else None,
         ]
 
     def sweep(self) -> list[str]:

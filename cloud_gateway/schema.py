@@ -61,6 +61,9 @@ TABLES: dict[str, TableSpec] = {
             # Bumped by every heartbeat written: the rollout engine re-reads a row only
             # when it changed (cloud_gateway.rollouts), whatever the clock says.
             "beat": int,
+            # The agent's own timestamp of the heartbeat stored (migration 2): with several
+            # replicas (or a batch) an older heartbeat written after a newer one is ignored.
+            "reported_ts": float,
         },
         ("agent_id",),
     ),
@@ -202,8 +205,21 @@ def baseline(db: Database) -> None:
         db.execute(f"create {kind} if not exists {index} on {table} ({', '.join(cols)})")
 
 
+def add_columns(db: Database, table: str, columns: dict[str, type]) -> None:
+    present = _columns(db, table)
+    for col, typ in columns.items():
+        if col not in present:
+            db.execute(f'alter table {table} add column "{col}" {_TYPES[db.dialect][typ]}')
+
+
+def heartbeat_order(db: Database) -> None:
+    """Migration 2: ``agents.reported_ts`` (heartbeats from several replicas may be
+    written out of order; the newer one must win)."""
+    add_columns(db, "agents", {"reported_ts": float})
+
+
 #: Applied in order; the list index + 1 is the schema version. Append, never edit.
-MIGRATIONS: list[Callable[[Database], None]] = [baseline]
+MIGRATIONS: list[Callable[[Database], None]] = [baseline, heartbeat_order]
 
 
 def current_version(db: Database) -> int:

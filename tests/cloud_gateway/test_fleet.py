@@ -166,3 +166,32 @@ def test_queued_heartbeats_are_written_in_their_order(tmp_path, database_url) ->
     assert fleet.flush() == (1, 1) and fleet.unenrolled == 1
     assert fleet.get("b")["site"] == "site-b" and fleet.find("c") is None
     db.close()
+
+
+def test_an_older_heartbeat_never_overwrites_a_newer_one(tmp_path, database_url) -> None:
+    """Replicas sharing the heartbeats (or two batches) may write an agent's heartbeats
+    out of order: the agent's own ``ts`` decides; one more than STALE_S older is a clock
+    set back on the agent and wins."""
+    from cloud_gateway.db import open_database
+    from cloud_gateway.fleet import STALE_S, Fleet
+    from cloud_gateway.schemas import StatusReport
+
+    db = open_database(database_url or f"sqlite:///{tmp_path / 'f.sqlite'}")
+    fleet = Fleet(db, heartbeat_timeout_s=5)
+
+    def beat(version: int, ts: float) -> dict:
+        models = {"m": {"version": version}}
+        return fleet.apply(StatusReport(agent_id="a", site="s", models=models, ts=ts))
+
+    def serving() -> int:
+        return json.loads(fleet.get("a")["models"])["m"]["version"]
+
+    beat(1, 1000.0)
+    assert json.loads(beat(2, 1010.0)["models"])["m"]["version"] == 2
+    stale = beat(1, 1005.0)  # written late: ignored, the stored row is answered
+    assert json.loads(stale["models"])["m"]["version"] == 2 and serving() == 2
+    beat(3, 1010.0 - STALE_S - 1)  # the agent's clock was set back a lot: accepted
+    assert serving() == 3
+    beat(4, float("nan"))  # no usable ts: accepted, as from an agent without one
+    assert serving() == 4
+    db.close()
