@@ -43,6 +43,8 @@ from tests.conftest import free_port
 bundle_set = gateway_fixtures.bundle_set
 tokens_file = gateway_fixtures.tokens_file
 gateway_settings = gateway_fixtures.gateway_settings
+postgres_url = gateway_fixtures.postgres_url
+database_url = gateway_fixtures.database_url
 gateway = gateway_fixtures.gateway
 http = gateway_fixtures.http
 
