@@ -86,8 +86,11 @@ class Fleet:
         clock: Callable[[], float] = time.time,
         *,
         require_enrolment: bool | None = None,
+        on_flush: Callable[[int, int], None] | None = None,
     ) -> None:
         self.db = db
+        #: Told (ingested, dropped) after every write of queued heartbeats (the metrics).
+        self.on_flush = on_flush
         self.timeout_s = heartbeat_timeout_s
         self.clock = clock
         self.enrolments = Enrolments(db)
@@ -146,6 +149,12 @@ class Fleet:
         queue, self._queue = self._queue, []
         if not queue:
             return 0, 0
+        ingested, dropped = self._write(queue)
+        if self.on_flush is not None:
+            self.on_flush(ingested, dropped)
+        return ingested, dropped
+
+    def _write(self, queue: list[tuple[StatusReport, float]]) -> tuple[int, int]:
         ids = list(dict.fromkeys(report.agent_id for report, _ in queue))
         known = self.enrolments.find_many(ids)
         required = len(known) < len(ids) and self.enrolment_required()
@@ -240,6 +249,10 @@ class Fleet:
         return stale
 
     def find(self, agent_id: str) -> dict[str, Any] | None:
+        # Read your writes: what arrived before this call counts (an agent that just
+        # connected can be targeted at once, not 20 ms later).
+        if self._queue:
+            self.flush()
         cur = self.db.execute(_SELECT + " where agent_id = ?", [agent_id])
         found = cur.fetchone()
         return dict(zip(_AGENT_COLUMNS, found, strict=True)) if found else None
@@ -251,6 +264,8 @@ class Fleet:
         return row
 
     def all(self) -> list[dict[str, Any]]:
+        if self._queue:
+            self.flush()
         return list(self.db.table("agents").rows_where(order_by="agent_id"))
 
     def set_labels(self, agent_id: str, labels: dict[str, str]) -> dict[str, Any]:

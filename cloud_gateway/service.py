@@ -92,7 +92,10 @@ class Gateway:
         )
         self.registry.cleanup_incoming()
         self.fleet = Fleet(
-            self.db, settings.heartbeat_timeout_s, require_enrolment=settings.require_enrolment
+            self.db,
+            settings.heartbeat_timeout_s,
+            require_enrolment=settings.require_enrolment,
+            on_flush=self._count_heartbeats,
         )
         from models.signing import ensure_key
 
@@ -185,10 +188,11 @@ class Gateway:
             self._flush_timer.cancel()
             self._flush_timer = None
         try:
-            ingested, dropped = self.fleet.flush()
+            self.fleet.flush()
         except Exception:  # the database is down: agents report again next interval
             log.exception("writing heartbeats failed")
-            return
+
+    def _count_heartbeats(self, ingested: int, dropped: int) -> None:
         self.metrics.mqtt_heartbeat(accepted=True, count=ingested)
         self.metrics.mqtt_heartbeat(accepted=False, count=dropped)
 

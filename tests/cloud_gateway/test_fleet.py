@@ -154,9 +154,12 @@ def test_queued_heartbeats_are_written_in_their_order(tmp_path, database_url) ->
     assert fleet.receive("a", beat.encode()) and fleet.receive("a", will.encode())
     assert fleet.receive("a", beat.encode())  # back: online again, after its will
     assert not fleet.receive("a", b"{not json") and fleet.rejected == 1
-    assert fleet.queued == 3 and fleet.find("a") is None  # nothing written yet
+    written = "select count(*) from agents where agent_id = 'a'"
+    assert fleet.queued == 3 and db.execute(written).fetchone()[0] == 0  # not yet
     assert fleet.flush() == (3, 0) and fleet.queued == 0
     assert fleet.get("a")["online"] == 1
+    assert fleet.receive("a", beat.encode()) and fleet.queued == 1
+    assert fleet.find("a") is not None and fleet.queued == 0  # a read writes the queue
     assert fleet.receive("a", will.encode()) and fleet.flush() == (1, 0)
     assert fleet.get("a")["online"] == 0
 
