@@ -234,6 +234,7 @@ class EdgeAgent:
             on_connection=self._on_connection,
             end_of_burst=self.demux.end_of_burst,
             mid_burst=self.demux.mid_burst,
+            tick=self.demux.tick,
             loop=loop,
             will=(
                 self.topics.status(s.agent_id),

@@ -112,6 +112,7 @@ class Pipeline:
             hop=s.hop,
             deadline_from=s.deadline_from,
             max_clock_skew_s=s.max_clock_skew_s,
+            reorder_s=s.reorder_ms / 1000.0,
         )
         self.tracer = tracer
         self.core.tracer = tracer

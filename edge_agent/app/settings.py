@@ -188,6 +188,13 @@ class EdgeSettings(BaseSettings):
     stream_idle_s: float = Field(
         default=300.0, gt=0, description="A stream without readings this long may be evicted."
     )
+    reorder_ms: float = Field(
+        default=500.0,
+        ge=0,
+        description="An acknowledged (QoS>=1) reading that arrives ahead of missing ones is "
+        "held up to this long for them (brokers can redeliver a session's messages out of "
+        "order); 0 opens the gap at once. Windows after a real QoS-1 gap wait this long.",
+    )
     http_host: str = Field(default="127.0.0.1", description="HTTP bind address.")
     http_port: int = Field(default=8080, ge=0, le=65535, description="HTTP port (0: any free).")
     heartbeat_s: float = Field(default=5.0, gt=0, description="Heartbeat period.")

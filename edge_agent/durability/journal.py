@@ -23,8 +23,9 @@ segment (a crash can only tear the tail). Bodies:
 * ``M`` answered marks: JSON ``{topic: seq}``, every window of the topic with a seq up
   to it has been answered (a low-water mark: windows may finish out of order).
 * ``S`` snapshot, always a segment's first record: JSON header (model layout signature,
-  per stream its last ``window`` rows and sequence state, the windows still unanswered)
-  followed by their float32 data.
+  per stream its last ``window`` rows and sequence state, the windows still unanswered,
+  the readings held for missing ones (:mod:`edge_agent.ingest.reorder`)) followed by the
+  rows' and windows' float32 data and the held readings' raw payloads.
 
 Answered marks trail the results on purpose: a result is taken as out when it was handed
 to the MQTT client at least one tick (``lag_s``) earlier while the broker was connected,
@@ -286,6 +287,8 @@ class Journal:
         streams: list[list[Any]] = []
         windows: list[list[Any]] = []
         blobs: list[bytes] = []
+        held: list[list[Any]] = []
+        held_blobs: list[bytes] = []
         for topic, pending in list(self._topics.items()):
             st = core.streams.get(topic)
             if st is not None and st.pending is pending and st.generation == core.generation:
@@ -299,15 +302,20 @@ class Journal:
                 win = np.ascontiguousarray(req.window, dtype="<f4")
                 windows.append([topic, seq, req.ts, *win.shape])
                 blobs.append(win.tobytes())
+            if st is not None and st.pending is pending:
+                for h in st.held():  # acknowledged, waiting for missing readings
+                    held.append([topic, len(h.payload)])
+                    held_blobs.append(h.payload)
         header = json.dumps(
             {
                 "signature": core.signature(),
                 "clean": clean,  # written by close(): nothing follows it
                 "streams": streams,
                 "windows": windows,
+                "held": held,  # raw payloads, after the windows' data
             }
         ).encode()
-        return SNAP.pack(b"S", len(header)) + header + b"".join(blobs)
+        return SNAP.pack(b"S", len(header)) + header + b"".join(blobs) + b"".join(held_blobs)
 
     # -- start and stop (the MQTT thread is not running) -------------------------------
     def open(self, core: JournaledCore) -> dict[str, int]:

@@ -33,7 +33,9 @@ class ReplayTarget(Protocol):
 
     def stream_for(self, topic: str) -> StreamWindow | None: ...
 
-    def ingest(self, topic: str, payload: bytes, arrival: float) -> StreamWindow | None: ...
+    def ingest(
+        self, topic: str, payload: bytes, arrival: float, *, hold: bool = ...
+    ) -> StreamWindow | None: ...
 
     def capturing(
         self,
@@ -134,6 +136,10 @@ def replay(
         off += r * c * 4
     marks: dict[str, int] = {}
     with core.capturing() as captured:
+        for topic, n in header.get("held", []):  # older snapshots have none
+            core.ingest(topic, blob[off : off + n], now, hold=True)  # held again
+            off += n
+            report["readings"] += 1
         for body in bodies[1:]:
             if body[:1] == b"M":
                 for t, m in json.loads(body[1:]).items():
@@ -175,5 +181,5 @@ def _replay_reading(core: ReplayTarget, body: bytes, track: Callable[[StreamWind
     if r.seq is None:  # pin the seq it was given then
         ts = math.nan if r.ts is None else r.ts
         payload = encode_binary(np.asarray(r.values, dtype=np.float32), seq, ts)
-    core.ingest(topic, payload, time.monotonic())
+    core.ingest(topic, payload, time.monotonic(), hold=True)  # journaled: acknowledged
     return 1

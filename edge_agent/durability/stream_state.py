@@ -2,7 +2,8 @@
 
 A QoS-1 reading is acknowledged once it is in a window. On SIGTERM the agent stops
 reading, answers everything queued, and saves each stream's last ``window`` rows with its
-``next_seq``; on start it restores them, so windows spanning the restart are still
+``next_seq`` (and the readings held for missing ones, :mod:`edge_agent.ingest.reorder`);
+on start it restores them, so windows spanning the restart are still
 produced and a missing ``seq`` after the restart is detected as a gap. A crash skips all
 of this; for QoS-1 readings :mod:`edge_agent.durability.journal` covers it (restored after
 this file, so its newer state wins for the streams it journals).
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +31,16 @@ def save_streams(core: AgentCore, path: Path) -> int:
     topics: list[str] = []
     meta: list[list[int]] = []
     arrays: dict[str, Any] = {}
+    held: list[list[int]] = []
     for i, (topic, st) in enumerate(core.streams.items()):
         rows, nxt, run_start, since, fill = st.export()
         topics.append(topic)
         meta.append([nxt, run_start, since, fill])
         arrays[f"r{i}"] = rows
-    header = {"topics": topics, "meta": meta, "signature": core.signature()}
+        for h in st.held():  # acknowledged readings still waiting for missing ones
+            arrays[f"h{len(held)}"] = np.frombuffer(h.payload, dtype=np.uint8)
+            held.append([i])
+    header = {"topics": topics, "meta": meta, "held": held, "signature": core.signature()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -57,6 +63,9 @@ def load_streams(core: AgentCore, path: Path) -> int:
                 st = core.stream_for(topic)
                 if st is not None:
                     st.restore(data[f"r{i}"], *header["meta"][i])
+            now = time.monotonic()
+            for k, (i,) in enumerate(header.get("held", [])):
+                core.ingest(header["topics"][i], data[f"h{k}"].tobytes(), now, hold=True)
     except (OSError, ValueError, KeyError) as exc:
         log.warning("cannot restore stream state from %s: %s", path, exc)
         return 0

@@ -25,6 +25,7 @@ from bus.deadletters import dead_letter_json
 from bus.readings import PayloadError, decode
 from bus.topics import StreamId, Topics
 from edge_agent.ingest.deadlines import DeadlineFrom, LatencyClock
+from edge_agent.ingest.reorder import HeldReading
 from edge_agent.ingest.windows import StreamWindow
 from edge_agent.ops.stats import Stats
 from edge_agent.output.completion import Publisher
@@ -61,6 +62,8 @@ class AgentCore:
         hop: int | None = None,
         deadline_from: DeadlineFrom = "sensor",
         max_clock_skew_s: float = 300.0,
+        reorder_s: float = 0.5,
+        reorder_rows: int = 4096,
     ) -> None:
         self.agent_id = agent_id
         self.site = site
@@ -77,6 +80,9 @@ class AgentCore:
         self.result_qos = result_qos
         self.threshold = anomaly_threshold
         self.hop_override = hop
+        self.reorder_s = reorder_s  # 0: an acknowledged reading past a gap opens it at once
+        self.reorder_rows = reorder_rows
+        self._holding: set[StreamWindow] = set()  # streams with held readings
         self.inline = False  # set by the agent when the dispatcher may run batches inline
         self.flush_after_s = 0.001  # mid-burst: run inline batches whose oldest waited this
         self.dispatcher: Dispatcher | None = None
@@ -176,13 +182,18 @@ class AgentCore:
         return st
 
     def _evict_idle(self) -> bool:
-        """Drop streams idle for ``stream_idle_s`` (none with unanswered journaled windows).
+        """Drop streams idle for ``stream_idle_s`` (none with unanswered journaled windows or
+        held readings).
 
         Runs only when the table is full, so the hot path pays one float store per reading
         (``last_seen``) and no LRU bookkeeping; one pass frees every idle stream at once.
         """
         cutoff = time.monotonic() - self.stream_idle_s
-        idle = [t for t, st in self._streams.items() if st.last_seen < cutoff and not st.pending]
+        idle = [
+            t
+            for t, st in self._streams.items()
+            if st.last_seen < cutoff and not st.pending and not st.holding()
+        ]
         for t in idle:
             del self._streams[t]
         if idle:
@@ -194,12 +205,12 @@ class AgentCore:
         return), with its resolved ``seq``. Dropped readings are not journaled."""
         journal = self.journal
         if journal is None or not self._window:
-            self.ingest(topic, payload, arrival)
+            self.ingest(topic, payload, arrival, hold=True)
             return
         st = self._streams.get(topic)
         if st is not None and st.generation == self._gen and st.pending is None:
             journal.track(st)  # before ingest: the windows this reading completes count
-        st = self.ingest(topic, payload, arrival, track=journal.track)
+        st = self.ingest(topic, payload, arrival, track=journal.track, hold=True)
         if st is not None:
             journal.append(st, payload, arrival)
 
@@ -209,10 +220,13 @@ class AgentCore:
         payload: bytes,
         arrival: float,
         track: Callable[[StreamWindow], None] | None = None,
+        hold: bool = False,
     ) -> StreamWindow | None:
         """Hot path, on the MQTT network thread for every reading message; returns the
-        reading's stream when it added rows (None: rejected or dropped). ``track`` sees a
-        stream created here before the reading's windows are emitted (the journal)."""
+        reading's stream when it added or held rows (None: rejected or dropped). ``track``
+        sees a stream created here before the reading's windows are emitted (the journal).
+        ``hold``: an acknowledged reading, held when it arrives ahead of missing ones
+        (:mod:`edge_agent.ingest.reorder`)."""
         if not self._window:
             self.dead_letter(topic, payload, "no-model", "no model loaded yet")
             return None
@@ -233,40 +247,87 @@ class AgentCore:
             if track is not None:
                 track(st)
         st.last_seen = arrival
-        stats = self.stats
-        stats.readings += r.rows
+        self.stats.readings += r.rows
         seq = r.seq
-        kind, missing = st.classify(seq, r.rows)
-        values = r.values
+        if (
+            hold
+            and seq is not None
+            and st.next_seq is not None
+            and seq - r.rows + 1 > st.next_seq
+            and r.rows < self._window  # a whole window needs no earlier rows
+            and self.reorder_s > 0
+        ):
+            reading = HeldReading(seq - r.rows + 1, seq, r.values, r.rows, r.ts, arrival, payload)
+            if not st.hold(reading):
+                self.stats.duplicates += r.rows  # a redelivery of a held reading
+                return None
+            self.stats.held += r.rows
+            self._holding.add(st)
+            self._release(st, arrival)  # only if waiting has expired or too much is held
+            return st
+        kind = self._accept(st, seq, r.rows, r.values, r.ts, arrival)
+        if st.holding():
+            if kind == "ok":
+                self.stats.reordered += r.rows  # a missing reading came: no gap, not late
+            self._release(st, arrival)
+        return None if kind == "dup" or kind == "late" else st
+
+    def _accept(
+        self,
+        st: StreamWindow,
+        seq: int | None,
+        rows: int,
+        values: Any,
+        ts: float | None,
+        arrival: float,
+    ) -> str:
+        """Window one decoded reading; returns how it fell (ok/gap/dup/late/partial)."""
+        stats = self.stats
+        kind, missing = st.classify(seq, rows)
         if kind == "gap":
             stats.gaps += 1
             stats.missing += missing
-            st.reset(seq, r.rows)
+            st.reset(seq, rows)
         elif kind == "dup" or kind == "late":
-            if seq is not None and seq >= (st.next_seq or 0) and r.rows > 1:
+            if seq is not None and seq >= (st.next_seq or 0) and rows > 1:
                 # overlaps what we have but brings new rows: keep only the new ones
-                skip = r.rows - (seq - st.next_seq + 1)  # type: ignore[operator]
+                skip = rows - (seq - st.next_seq + 1)  # type: ignore[operator]
                 values = values[skip:]
+                kind = "partial"
             elif kind == "dup":
-                stats.duplicates += r.rows
-                return None
+                stats.duplicates += rows
+                return kind
             else:
-                stats.late += r.rows
-                return None
+                stats.late += rows
+                return kind
         elif st.next_seq is None:
-            st.reset(seq, r.rows)
-        ts = r.ts
-        if r.rows == 1:
-            win = st.push_row(values, seq)  # type: ignore[arg-type]
+            st.reset(seq, rows)
+        if rows == 1:
+            win = st.push_row(values, seq)
             if win is not None:
                 self._emit(st, win, st.next_seq - 1, ts, arrival)  # type: ignore[operator]
-            return st
-        if r.rows == self._window:
-            st.reset(seq, r.rows)  # a whole window is one request on its own
+            return kind
+        if rows == self._window:
+            st.reset(seq, rows)  # a whole window is one request on its own
         last = seq if seq is not None else (st.next_seq or 0) + len(values) - 1
-        for win, i in st.push_rows(values, seq):  # type: ignore[arg-type]
+        for win, i in st.push_rows(values, seq):
             self._emit(st, win, last - (len(values) - 1 - i), ts, arrival)
-        return st
+        return kind
+
+    def _release(self, st: StreamWindow, now: float) -> None:
+        """Feed the held readings that now follow the run (all of them once waiting for
+        the missing ones has expired)."""
+        while (h := st.release(now, self.reorder_s, self.reorder_rows)) is not None:
+            self._accept(st, h.seq, h.rows, h.values, h.ts, h.arrival)
+        if not st.holding():
+            self._holding.discard(st)
+
+    def release_expired(self, now: float) -> None:
+        """MQTT thread, a few times a second: stop waiting for readings that never came
+        (a stream that went quiet after a gap would otherwise hold its last readings)."""
+        if self._holding:
+            for st in list(self._holding):
+                self._release(st, now)
 
     def _emit(
         self,

@@ -79,6 +79,10 @@ class Demux:
         for core in self._cores.values():
             core.mid_burst()
 
+    def tick(self, now: float) -> None:
+        for core in self._cores.values():
+            core.release_expired(now)
+
     def _no_model(self, topic: str, payload: bytes) -> None:
         model = self.bindings.resolve(topic)
         detail = (

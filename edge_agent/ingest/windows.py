@@ -8,6 +8,10 @@ Sequence rules (per stream; a "run" is a stretch of consecutive seqs):
 * ``run_start <= seq < next``: already received in this run: a duplicate, dropped.
 * ``seq < run_start``: older than the current run: late (out of order), counted and dropped.
 
+An acknowledged (QoS >= 1) reading that would open a gap is first held in the stream's
+:class:`~edge_agent.ingest.reorder.ReorderBuffer`, so missing readings delivered after it
+still fill the run in order (see that module).
+
 Windows are emitted when the run holds ``window`` samples, then every ``hop`` samples.
 The buffer is linear with room for several windows; when full, the last ``window`` rows
 are moved to the front, so each reading costs a single row assignment.
@@ -20,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bus.topics import StreamId
+from edge_agent.ingest.reorder import HeldReading, ReorderBuffer
 
 
 class StreamWindow:
@@ -39,6 +44,7 @@ class StreamWindow:
         "next_seq",
         "pending",
         "prefix",
+        "reorder",
         "result_topic",
         "run_start",
         "sid",
@@ -68,6 +74,28 @@ class StreamWindow:
         self.topic = ""
         # Emitted, not yet answered windows by seq; None: not journaled (see journal.py).
         self.pending: dict[int, Any] | None = None
+        self.reorder: ReorderBuffer | None = None  # created at the first hold
+
+    # -- readings held for missing ones (edge_agent.ingest.reorder) ----------------------
+    def hold(self, reading: HeldReading) -> bool:
+        """Hold a reading that arrived ahead of missing ones; False: already held."""
+        if self.reorder is None:
+            self.reorder = ReorderBuffer()
+        return self.reorder.add(reading)
+
+    def holding(self) -> bool:
+        return bool(self.reorder)
+
+    def release(self, now: float, wait_s: float, max_rows: int) -> HeldReading | None:
+        """The next held reading to feed: the one that now follows the run, or the lowest
+        once waiting has expired; None when the rest must keep waiting (or none is held)."""
+        buf = self.reorder
+        if not buf or self.next_seq is None:
+            return None
+        return buf.pop(self.next_seq, now, force=buf.expired(now, wait_s, max_rows))
+
+    def held(self) -> list[HeldReading]:
+        return self.reorder.readings() if self.reorder else []
 
     def classify(self, seq: int | None, rows: int) -> tuple[str, int]:
         """Where a payload whose last row is ``seq`` falls: ok/gap/dup/late and missing count."""
@@ -139,3 +167,5 @@ class StreamWindow:
         self.since = since
         self.next_seq = None if next_seq < 0 else next_seq
         self.run_start = run_start
+        if self.reorder is not None:
+            self.reorder.clear()  # the restored state's own held readings are fed after it

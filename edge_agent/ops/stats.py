@@ -282,6 +282,8 @@ class Stats:
         self.requests = 0
         self.duplicates = 0
         self.late = 0
+        self.held = 0  # acknowledged readings that arrived ahead of missing ones
+        self.reordered = 0  # missing readings that came while later ones were held
         self.gaps = 0
         self.missing = 0
         self.evicted = 0

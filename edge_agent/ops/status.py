@@ -206,6 +206,8 @@ def status_doc(agent: EdgeAgent) -> dict[str, Any]:
         "streams": {
             "duplicates": _sum(pipes, "duplicates"),
             "late": _sum(pipes, "late"),
+            "held": _sum(pipes, "held"),
+            "reordered": _sum(pipes, "reordered"),
             "gaps": _sum(pipes, "gaps"),
             "missing": _sum(pipes, "missing"),
             "evicted": _sum(pipes, "evicted"),

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 RECENT_UP_S = 60.0  # a broker up this recently is restarting: reconnect quickly
 RECENT_CAP_S = 1.0
 MAX_BACKOFF_S = 10.0
+TICK_S = 0.1  # the tick hook's period (held readings give up waiting on it) and select()'s
 
 
 def _tls_pending(sock: Any) -> bool:
@@ -76,6 +77,7 @@ class MqttLink:
         keepalive: int = 30,
         end_of_burst: Callable[[], None] | None = None,
         mid_burst: Callable[[], None] | None = None,
+        tick: Callable[[float], None] | None = None,
         ingest_acked: Callable[[str, bytes, float], None] | None = None,
     ) -> None:
         self.url = url
@@ -91,6 +93,7 @@ class MqttLink:
         self._keepalive = keepalive
         self._end_of_burst = end_of_burst or (lambda: None)
         self._mid_burst = mid_burst or (lambda: None)
+        self._tick = tick or (lambda now: None)
         self.connected = False
         self._last_up = -RECENT_UP_S  # monotonic time the session was last up
         self.reading = True
@@ -216,7 +219,7 @@ class MqttLink:
             c.loop_write()
 
     def _serve(self, c: FastClient) -> None:
-        next_misc = 0.0
+        next_misc = next_tick = 0.0
         tls = getattr(c.socket(), "pending", None) is not None
         while not self._stop.is_set():
             sock = c.socket()
@@ -228,7 +231,7 @@ class MqttLink:
                 # Bytes already buffered must not wait for the socket to become readable.
                 # So must TLS records OpenSSL has already pulled off the socket.
                 ready = self.reading and (c.buffered() or (tls and _tls_pending(sock)))
-                readable, _, _ = select.select(rlist, wlist, [], 0.0 if ready else 0.5)
+                readable, _, _ = select.select(rlist, wlist, [], 0.0 if ready else TICK_S)
             except (OSError, ValueError, TypeError):
                 return
             if self._wake_r in readable:
@@ -255,6 +258,12 @@ class MqttLink:
             ):
                 return
             now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_S
+                try:
+                    self._tick(now)
+                except Exception:  # never let a bug stop the network thread
+                    log.exception("tick hook failed")
             if now >= next_misc:
                 next_misc = now + 0.5
                 if c.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
