@@ -232,14 +232,9 @@ class RolloutEngine:
             raise Conflict(f"rollout {rollout_id} is of {row['model']}, not {model}")
         if row["state"] == "rolled_back":
             raise Conflict(f"rollout {rollout_id} is already rolled back")
-        touched = [
-            a["agent_id"]
-            for a in self.db.query(
-                "select agent_id from rollout_agents where rollout_id = ? and state != 'pending'",
-                [rollout_id],
-            )
-        ]
-        self._rollback(row, touched, f"manual rollback: {reason}" if reason != "manual" else reason)
+        # The agents it touched are read inside the rollback's transaction, after it has
+        # claimed the rollout: a wave the leader issued meanwhile is rolled back too.
+        self._rollback(row, None, f"manual rollback: {reason}" if reason != "manual" else reason)
         return self.get(rollout_id)
 
     # -- the engine loop -------------------------------------------------------------
@@ -248,6 +243,8 @@ class RolloutEngine:
         for row in list(self.db.query("select * from rollouts where state = 'running'")):
             try:
                 await self._advance(row)
+            except Conflict as exc:  # e.g. rolled back through another replica meanwhile
+                log.info("rollout %s: decision dropped: %s", row["id"], exc)
             except Exception:
                 log.exception("rollout %s: tick failed; will retry", row["id"])
 
@@ -289,14 +286,14 @@ class RolloutEngine:
                 task.add_done_callback(self._background.discard)
             self._issue(row, action.wave, action.agents, now)
         elif isinstance(action, canary.MarkConverged):
-            self._update(rid, wave_converged_at=now)
+            self._update(rid, "running", wave_converged_at=now)
             self._event(rid, "wave-converged", {"wave": action.wave + 1})
         elif isinstance(action, canary.Fail):
             gate["failure"] = gate["failure"] or action.reason  # a timeout fails no gate
             self._rollback(row, action.rollback, action.reason, gate)
         elif isinstance(action, canary.Succeed):
+            self._update(rid, "running", state="succeeded", finished_at=now)
             self._forget(rid)
-            self._update(rid, state="succeeded", finished_at=now)
             self._event(rid, "succeeded", {})
             log.info("rollout %s succeeded", rid)
 
@@ -457,22 +454,36 @@ class RolloutEngine:
     def _rollback(
         self,
         row: dict[str, Any],
-        agent_ids: list[str],
+        agent_ids: list[str] | None,
         reason: str,
         gate: dict[str, Any] | None = None,
     ) -> None:
+        """``agent_ids`` None: every agent the rollout touched (read in the transaction)."""
         with self.desired.batch():
-            self._roll_back(row, agent_ids, reason, gate)
-        log.warning("rollout %s rolled back on %d agents: %s", row["id"], len(agent_ids), reason)
+            n = self._roll_back(row, agent_ids, reason, gate)
+        log.warning("rollout %s rolled back on %d agents: %s", row["id"], n, reason)
 
     def _roll_back(
         self,
         row: dict[str, Any],
-        agent_ids: list[str],
+        agent_ids: list[str] | None,
         reason: str,
         gate: dict[str, Any] | None,
-    ) -> None:
+    ) -> int:
         rid, model, now = row["id"], row["model"], self.clock()
+        # First: claim the rollout in the state it was read in. A second writer (the
+        # leader's tick against a manual rollback on another replica) then waits for this
+        # row and finds it changed; whichever commits second changes nothing.
+        self._update(rid, row["state"], state="rolled_back", reason=reason, finished_at=now)
+        if agent_ids is None:
+            agent_ids = [
+                a["agent_id"]
+                for a in self.db.query(
+                    "select agent_id from rollout_agents "
+                    "where rollout_id = ? and state != 'pending'",
+                    [rid],
+                )
+            ]
         previous, previous_config = {}, {}
         for agent_id, version, config in self.db.execute(
             "select agent_id, previous_version, previous_config from rollout_agents "
@@ -502,9 +513,9 @@ class RolloutEngine:
             [(reason, rid, agent_id) for agent_id in agent_ids],
         )
         self._forget(rid)
-        self._update(rid, state="rolled_back", reason=reason, finished_at=now)
         detail: dict[str, Any] = {"reason": reason, "agents": agent_ids}
         self._event(rid, "rolled-back", detail | ({"gate": gate} if gate else {}))
+        return len(agent_ids)
 
     # -- desired state and history ---------------------------------------------------
 
@@ -524,11 +535,18 @@ class RolloutEngine:
             for r in history.list_rollouts(self.db, model)
         ]
 
-    def _update(self, rid: str, **fields: Any) -> None:
+    def _update(self, rid: str, expect: str, **fields: Any) -> None:
+        """Change a rollout that is still in state ``expect`` (Conflict otherwise: another
+        writer got there first; the caller's transaction then changes nothing)."""
         fields = fields | {"updated_at": self.clock()}
         # Plain SQL: no sqlite-utils commit inside a DesiredState.batch() transaction.
         columns = ", ".join(f"{k} = ?" for k in fields)  # keys are this module's literals
-        self.db.execute(f"update rollouts set {columns} where id = ?", [*fields.values(), rid])
+        done = self.db.execute(
+            f"update rollouts set {columns} where id = ? and state = ?",
+            [*fields.values(), rid, expect],
+        )
+        if done.rowcount != 1:
+            raise Conflict(f"rollout {rid} is no longer {expect}: changed by another writer")
 
     def _event(self, rid: str | None, kind: str, detail: dict[str, Any]) -> None:
         history.record_event(self.db, self.clock(), rid, kind, detail)

@@ -12,7 +12,7 @@ import pytest
 
 from bus.topics import Topics
 from cloud_gateway.blobs import DirectoryBlobStore
-from cloud_gateway.db import open_db
+from cloud_gateway.db import Database, open_database
 from cloud_gateway.fleet import Fleet as FleetState
 from cloud_gateway.registry import Registry
 from cloud_gateway.rollouts import RolloutEngine
@@ -30,9 +30,29 @@ class _Clock:
         return self.now
 
 
+def _engine(db: Database, registry: Registry, clock: _Clock, published: list) -> RolloutEngine:
+    return RolloutEngine(
+        db,
+        registry,
+        FleetState(db, 15.0, clock),
+        Topics(),
+        lambda topic, payload: published.append((topic, payload)),
+        lambda: "http://127.0.0.1:9",
+        clock=clock,
+    )
+
+
 @pytest.fixture
-async def clocked(tmp_path: Path, bundle_set: BundleSet) -> tuple[RolloutEngine, _Clock, list]:
-    db = open_db(tmp_path / "gw.sqlite")
+def db_url(tmp_path: Path, database_url: str | None) -> str:
+    """The suite's database: a SQLite file, or PostgreSQL in the second pass."""
+    return database_url or f"sqlite:///{tmp_path / 'gw.sqlite'}"
+
+
+@pytest.fixture
+async def clocked(
+    tmp_path: Path, bundle_set: BundleSet, db_url: str
+) -> AsyncIterator[tuple[RolloutEngine, _Clock, list]]:
+    db = open_database(db_url)
     keys = signing.load_trusted_keys(bundle_set.trusted_dir)
     registry = Registry(db, DirectoryBlobStore(tmp_path / "blobs"), keys, max_bytes=1 << 28)
     for version in (1, 2):
@@ -44,16 +64,8 @@ async def clocked(tmp_path: Path, bundle_set: BundleSet) -> tuple[RolloutEngine,
         await registry.upload(chunks())
     clock = _Clock()
     published: list[tuple[str, bytes]] = []
-    engine = RolloutEngine(
-        db,
-        registry,
-        FleetState(db, 15.0, clock),
-        Topics(),
-        lambda topic, payload: published.append((topic, payload)),
-        lambda: "http://127.0.0.1:9",
-        clock=clock,
-    )
-    return engine, clock, published
+    yield _engine(db, registry, clock, published), clock, published
+    db.close()
 
 
 def _beat(engine: RolloutEngine, agent: str, version: int, p99: float, n: int) -> None:
@@ -207,3 +219,87 @@ async def test_engine_passes_idle_agents_only_when_allowed(clocked: Any) -> None
     verdict = passed["detail"]["gate"]["verdicts"]["e0"]
     assert (verdict["state"], verdict["gate"]) == ("idle", "idle")
     assert verdict["reason"].endswith("passes: allow_idle_agents is on")
+
+
+# -- two writers: a manual rollback through another replica races the leader's tick ------
+class _Replica:
+    """A second gateway on the same database (its own connection), as in PostgreSQL mode."""
+
+    def __init__(self, engine: RolloutEngine, db_url: str, tmp_path: Path) -> None:
+        self.db = open_database(db_url)
+        registry = Registry(
+            self.db,
+            DirectoryBlobStore(tmp_path / "blobs"),
+            engine.registry.trusted_keys,
+            max_bytes=1 << 28,
+        )
+        self.engine = _engine(self.db, registry, engine.clock, [])  # type: ignore[arg-type]
+
+
+async def _roll_back_during_the_tick(
+    engine: RolloutEngine, other: RolloutEngine, rid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leader reads the running rollout, then the other replica rolls it back, then
+    the leader decides on what it read."""
+    observe = engine._observe
+
+    def observe_then_race(row: dict[str, Any]) -> Any:
+        out = observe(row)
+        other.rollback("motion-edge", rid, reason="operator")
+        return out
+
+    monkeypatch.setattr(engine, "_observe", observe_then_race)
+    await engine.tick()
+    monkeypatch.setattr(engine, "_observe", observe)
+
+
+async def test_a_manual_rollback_on_another_replica_beats_the_leaders_next_wave(
+    clocked: Any, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, clock, _ = clocked
+    rid = await _wave_one_baking(engine, clock)
+    other = _Replica(engine, db_url, tmp_path)
+    for i in range(4):
+        _beat(engine, f"e{i}", 2 if i == 0 else 1, 4.0, 1500)
+    clock.now += 11  # the bake is over: the leader's decision is "issue wave 2"
+    await _roll_back_during_the_tick(engine, other.engine, rid, monkeypatch)
+    view = engine.get(rid)
+    assert view["state"] == "rolled_back" and view["reason"] == "manual rollback: operator"
+    assert view["current_wave"] == 1  # wave 2 was never issued
+    kinds = [e["kind"] for e in view["events"]]
+    assert kinds.count("wave-issued") == 1 and kinds[-1] == "rolled-back", kinds
+    assert {a["agent_id"]: a["state"] for a in view["agents"]} == {
+        "e0": "rolled_back",
+        "e1": "pending",
+        "e2": "pending",
+        "e3": "pending",
+    }
+    assert engine.desired_of("e0") == {"motion-edge": 1}
+    other.db.close()
+
+
+async def test_a_manual_rollback_on_another_replica_beats_the_leaders_success(
+    clocked: Any, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, clock, _ = clocked
+    for i in range(2):
+        _beat(engine, f"e{i}", 1, 4.0, 1000)
+    req = RolloutRequest(model="motion-edge", version=2, waves=["100%"], bake_s=5.0)
+    rid = engine.start(req)["id"]
+    await engine.tick()  # the only wave, to both
+    clock.now += 1
+    for i in range(2):
+        _beat(engine, f"e{i}", 2, 4.0, 1200)
+    await engine.tick()  # converged: baking
+    other = _Replica(engine, db_url, tmp_path)
+    clock.now += 6
+    for i in range(2):
+        _beat(engine, f"e{i}", 2, 4.0, 1400)
+    await _roll_back_during_the_tick(engine, other.engine, rid, monkeypatch)
+    view = engine.get(rid)
+    assert view["state"] == "rolled_back", view  # not "succeeded" over the rollback
+    kinds = [e["kind"] for e in view["events"]]
+    assert "succeeded" not in kinds and kinds[-1] == "rolled-back", kinds
+    assert {a["state"] for a in view["agents"]} == {"rolled_back"}
+    assert engine.desired_of("e0") == engine.desired_of("e1") == {"motion-edge": 1}
+    other.db.close()
