@@ -226,6 +226,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let anonymous clients publish sensors/# and read results, alerts and status",
     )
+    dbp = sub.add_parser("db", help="the gateway database: copy it to another one")
+    dsub = dbp.add_subparsers(dest="db_command", required=True)
+    dcopy = dsub.add_parser(
+        "copy",
+        help="copy every table into a new, empty database (SQLite -> PostgreSQL); "
+        "stop the gateway first",
+        description="Copies registry, fleet, enrolments, desired state, rollouts and history "
+        "row for row; both databases are first migrated to this gateway's schema, the "
+        "destination must be empty. Bundle blobs and the desired-state key are files: move "
+        "them yourself (docs/deploy.md).",
+    )
+    dcopy.add_argument(
+        "--from",
+        dest="from_url",
+        required=True,
+        metavar="URL",
+        help="sqlite:///PATH or postgresql://...",
+    )
+    dcopy.add_argument(
+        "--to", dest="to_url", required=True, metavar="URL", help="an empty database's URL"
+    )
     for f in (enrol, revoke, fsub.choices["list-enrolled"]):
         add_settings_arguments(f, GatewaySettings, only=("db_path", "database_url"))
     add_settings_arguments(bconf, GatewaySettings, only=("db_path", "database_url", "topic_prefix"))

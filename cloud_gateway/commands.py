@@ -259,6 +259,21 @@ def _fleet_local(args: argparse.Namespace, settings: GatewaySettings) -> int:
     return 0
 
 
+def _db_copy(args: argparse.Namespace) -> int:
+    from cloud_gateway.db import redact
+    from cloud_gateway.dbcopy import copy_urls
+
+    copied = copy_urls(args.from_url, args.to_url)
+    for table, n in copied.items():
+        print(f"{table}\t{n}")
+    print(
+        f"copied {sum(copied.values())} rows to {redact(args.to_url)}; now move the blob "
+        "directory to the shared volume and give every replica the same desired-state key",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def run(args: argparse.Namespace, settings: GatewaySettings) -> int:
     if args.command == "models" and args.models_command == "build":
         return _build(args)
@@ -277,6 +292,8 @@ def run(args: argparse.Namespace, settings: GatewaySettings) -> int:
         return 0
     if args.command == "fleet" and args.fleet_command:
         return _fleet_local(args, settings)
+    if args.command == "db":
+        return _db_copy(args)
     client = _client(settings)
     if args.command == "models":
         return _models(args, client)

@@ -22,6 +22,7 @@ import pytest
 from cloud_gateway.service import Gateway, serve
 from cloud_gateway.settings import GatewaySettings
 from tests.cloud_gateway.bundles import BundleSet, build_set
+from tests.cloud_gateway.clocked import clocked, db_url  # noqa: F401 (fixtures for all modules)
 
 TOKENS = {"admin": "admin-token-1", "agent": "agent-token-1", "viewer": "viewer-token-1"}
 

@@ -1,105 +1,30 @@
-"""The rollout engine on a fake clock: real SQLite, registry and fleet state, hand-made
-heartbeats, desired state captured instead of published (the end-to-end runs with real
-agents are in test_rollouts.py)."""
+"""The rollout engine on a fake clock (tests/cloud_gateway/clocked.py): the suite's
+database, real registry and fleet state, hand-made heartbeats, desired state captured
+instead of published (the end-to-end runs with real agents are in test_rollouts.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bus.topics import Topics
 from cloud_gateway.blobs import DirectoryBlobStore
-from cloud_gateway.db import Database, open_database
-from cloud_gateway.fleet import Fleet as FleetState
+from cloud_gateway.db import open_database
 from cloud_gateway.registry import Registry
 from cloud_gateway.rollouts import RolloutEngine
-from cloud_gateway.schemas import RolloutInfo, RolloutRequest, StatusReport
-from models import signing
-from tests.cloud_gateway.bundles import BundleSet
+from cloud_gateway.schemas import RolloutInfo, RolloutRequest
+from tests.cloud_gateway.clocked import beat, make_engine, wave_one_baking
 from tests.cloud_gateway.conftest import document
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _engine(db: Database, registry: Registry, clock: _Clock, published: list) -> RolloutEngine:
-    return RolloutEngine(
-        db,
-        registry,
-        FleetState(db, 15.0, clock),
-        Topics(),
-        lambda topic, payload: published.append((topic, payload)),
-        lambda: "http://127.0.0.1:9",
-        clock=clock,
-    )
-
-
-@pytest.fixture
-def db_url(tmp_path: Path, database_url: str | None) -> str:
-    """The suite's database: a SQLite file, or PostgreSQL in the second pass."""
-    return database_url or f"sqlite:///{tmp_path / 'gw.sqlite'}"
-
-
-@pytest.fixture
-async def clocked(
-    tmp_path: Path, bundle_set: BundleSet, db_url: str
-) -> AsyncIterator[tuple[RolloutEngine, _Clock, list]]:
-    db = open_database(db_url)
-    keys = signing.load_trusted_keys(bundle_set.trusted_dir)
-    registry = Registry(db, DirectoryBlobStore(tmp_path / "blobs"), keys, max_bytes=1 << 28)
-    for version in (1, 2):
-        data = bundle_set.good[version].read_bytes()
-
-        async def chunks(data: bytes = data) -> AsyncIterator[bytes]:
-            yield data
-
-        await registry.upload(chunks())
-    clock = _Clock()
-    published: list[tuple[str, bytes]] = []
-    yield _engine(db, registry, clock, published), clock, published
-    db.close()
-
-
-def _beat(engine: RolloutEngine, agent: str, version: int, p99: float, n: int) -> None:
-    engine.fleet.apply(
-        StatusReport(
-            agent_id=agent,
-            site="s",
-            models={"motion-edge": {"version": version, "state": "serving"}},
-            metrics={"inferences": n, "errors": 0, "nan_outputs": 0, "p99_ms": p99},
-        )
-    )
-
-
-async def _wave_one_baking(engine: RolloutEngine, clock: _Clock) -> str:
-    """Four agents at 4 ms; wave 1 (e0) is issued, swaps and starts baking."""
-    for i in range(4):
-        _beat(engine, f"e{i}", 1, 4.0, 1000)
-    req = RolloutRequest(model="motion-edge", version=2, waves=["1", "100%"], bake_s=10.0)
-    rid = engine.start(req)["id"]
-    await engine.tick()  # wave 1 issued
-    clock.now += 1
-    _beat(engine, "e0", 2, 4.0, 1000)
-    await engine.tick()  # e0 serves v2: converged, its window starts now
-    assert engine.get(rid, detail=False)["state"] == "running"
-    return rid
 
 
 async def test_engine_passes_a_wave_through_a_fleet_wide_burst(clocked: Any) -> None:
     engine, clock, published = clocked
-    rid = await _wave_one_baking(engine, clock)
+    rid = await wave_one_baking(engine, clock)
     for t in range(2, 13, 2):  # the whole bake under a burst: everyone ~10x slower
         clock.now = 1000 + t
         for i in range(4):
-            _beat(engine, f"e{i}", 2 if i == 0 else 1, 40.0 + i, 1000 + 50 * t)
+            beat(engine, f"e{i}", 2 if i == 0 else 1, 40.0 + i, 1000 + 50 * t)
         await engine.tick()
         view = engine.get(rid)
         assert view["state"] == "running", view["reason"]
@@ -113,11 +38,11 @@ async def test_engine_passes_a_wave_through_a_fleet_wide_burst(clocked: Any) -> 
     # Last wave: no control group left, each agent against its own pre-update p99.
     clock.now += 1
     for i in range(4):
-        _beat(engine, f"e{i}", 2, 5.0, 2000)
+        beat(engine, f"e{i}", 2, 5.0, 2000)
     await engine.tick()
     clock.now += 1
     for i in range(4):
-        _beat(engine, f"e{i}", 2, 5.0, 2100)
+        beat(engine, f"e{i}", 2, 5.0, 2100)
     await engine.tick()
     live = engine.get(rid)
     assert live["gate"]["control"] is None
@@ -140,11 +65,11 @@ async def test_engine_rolls_back_a_canary_ten_times_slower_than_its_control(
     clocked: Any,
 ) -> None:
     engine, clock, published = clocked
-    rid = await _wave_one_baking(engine, clock)
+    rid = await wave_one_baking(engine, clock)
     clock.now += 2
-    _beat(engine, "e0", 2, 40.0, 1100)
+    beat(engine, "e0", 2, 40.0, 1100)
     for i in (1, 2, 3):
-        _beat(engine, f"e{i}", 1, 4.0 + i / 10, 1100)
+        beat(engine, f"e{i}", 1, 4.0 + i / 10, 1100)
     await engine.tick()
     done = engine.get(rid)
     assert done["state"] == "rolled_back"
@@ -165,13 +90,13 @@ async def test_engine_rolls_back_a_canary_ten_times_slower_than_its_control(
 
 async def test_engine_rolls_back_when_evidence_never_arrives(clocked: Any) -> None:
     engine, clock, published = clocked
-    rid = await _wave_one_baking(engine, clock)
+    rid = await wave_one_baking(engine, clock)
     # e0 serves v2 but gets almost no traffic: 5 results, never the 20 a verdict needs.
     for t in (5, 11, 40, 70):  # bake over at 1011; the 300 s default wave timeout after it
         clock.now = 1000 + t
-        _beat(engine, "e0", 2, 4.0, 1005)
+        beat(engine, "e0", 2, 4.0, 1005)
         for i in (1, 2, 3):
-            _beat(engine, f"e{i}", 1, 4.0, 1000 + 10 * t)
+            beat(engine, f"e{i}", 1, 4.0, 1000 + 10 * t)
         await engine.tick()
         live = engine.get(rid)
         assert live["state"] == "running" and live["current_wave"] == 1  # no verdict, no wave 2
@@ -198,7 +123,7 @@ async def test_engine_rolls_back_when_evidence_never_arrives(clocked: Any) -> No
 async def test_engine_passes_idle_agents_only_when_allowed(clocked: Any) -> None:
     engine, clock, _ = clocked
     for i in range(3):
-        _beat(engine, f"e{i}", 1, 4.0, 1000)
+        beat(engine, f"e{i}", 1, 4.0, 1000)
     gates = {"allow_idle_agents": True, "idle_grace_s": 5.0}
     req = RolloutRequest(
         model="motion-edge", version=2, waves=["1", "100%"], bake_s=10.0, gates=gates
@@ -206,7 +131,7 @@ async def test_engine_passes_idle_agents_only_when_allowed(clocked: Any) -> None
     rid = engine.start(req)["id"]
     await engine.tick()
     clock.now += 1
-    _beat(engine, "e0", 2, 0.0, 1000)  # swapped, then no traffic at all
+    beat(engine, "e0", 2, 0.0, 1000)  # swapped, then no traffic at all
     await engine.tick()
     clock.now += 14  # bake over, grace not
     await engine.tick()
@@ -233,7 +158,7 @@ class _Replica:
             engine.registry.trusted_keys,
             max_bytes=1 << 28,
         )
-        self.engine = _engine(self.db, registry, engine.clock, [])  # type: ignore[arg-type]
+        self.engine = make_engine(self.db, registry, engine.clock, [])  # type: ignore[arg-type]
 
 
 async def _roll_back_during_the_tick(
@@ -257,10 +182,10 @@ async def test_a_manual_rollback_on_another_replica_beats_the_leaders_next_wave(
     clocked: Any, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine, clock, _ = clocked
-    rid = await _wave_one_baking(engine, clock)
+    rid = await wave_one_baking(engine, clock)
     other = _Replica(engine, db_url, tmp_path)
     for i in range(4):
-        _beat(engine, f"e{i}", 2 if i == 0 else 1, 4.0, 1500)
+        beat(engine, f"e{i}", 2 if i == 0 else 1, 4.0, 1500)
     clock.now += 11  # the bake is over: the leader's decision is "issue wave 2"
     await _roll_back_during_the_tick(engine, other.engine, rid, monkeypatch)
     view = engine.get(rid)
@@ -283,18 +208,18 @@ async def test_a_manual_rollback_on_another_replica_beats_the_leaders_success(
 ) -> None:
     engine, clock, _ = clocked
     for i in range(2):
-        _beat(engine, f"e{i}", 1, 4.0, 1000)
+        beat(engine, f"e{i}", 1, 4.0, 1000)
     req = RolloutRequest(model="motion-edge", version=2, waves=["100%"], bake_s=5.0)
     rid = engine.start(req)["id"]
     await engine.tick()  # the only wave, to both
     clock.now += 1
     for i in range(2):
-        _beat(engine, f"e{i}", 2, 4.0, 1200)
+        beat(engine, f"e{i}", 2, 4.0, 1200)
     await engine.tick()  # converged: baking
     other = _Replica(engine, db_url, tmp_path)
     clock.now += 6
     for i in range(2):
-        _beat(engine, f"e{i}", 2, 4.0, 1400)
+        beat(engine, f"e{i}", 2, 4.0, 1400)
     await _roll_back_during_the_tick(engine, other.engine, rid, monkeypatch)
     view = engine.get(rid)
     assert view["state"] == "rolled_back", view  # not "succeeded" over the rollback
