@@ -327,6 +327,11 @@ class AgentCore:
         (a stream that went quiet after a gap would otherwise hold its last readings)."""
         if self._holding:
             for st in list(self._holding):
+                if st.generation != self._gen:
+                    # A stream of the model layout before a swap: its held rows cannot
+                    # feed the new model (open windows are dropped on a swap the same way).
+                    self._holding.discard(st)
+                    continue
                 self._release(st, now)
 
     def _emit(

@@ -143,3 +143,16 @@ def test_held_readings_survive_a_graceful_restart(manifest: Manifest, tmp_path: 
     _send(core2, list(range(100, 140)), time.monotonic())
     _check(_taken(core2), [109, 119, 129, 139, 149])
     assert core2.stats.gaps == 0 and core2.stats.late == 0
+
+
+def test_a_layout_swap_drops_held_readings_of_the_old_layout(manifest: Manifest) -> None:
+    core = _core(manifest)
+    now = time.monotonic()
+    _send(core, [*range(100), *range(110, 211)], now)  # 101 held: a window's worth
+    _taken(core)
+    core.hop_override = 5
+    core.use_manifest(manifest)  # another hop: a new layout, streams start over
+    core.release_expired(now + 10 * core.reorder_s)
+    assert not _taken(core) and core.stats.gaps == 0  # nothing of the old layout emitted
+    _send(core, list(range(300, 400)), now + 11 * core.reorder_s)  # the new layout's stream
+    assert [w.seq for w in _taken(core)] == [399]
