@@ -40,7 +40,10 @@ class BytesInFlight:
     def __init__(self, limit: int, gauge: Gauge | None = None) -> None:
         self.limit = limit
         self.in_flight = 0
-        self._gauge = gauge
+        if gauge is not None:
+            # Read at scrape time: setting the gauge on every reserve and release took a
+            # lock twice per request for a value nobody reads between scrapes.
+            gauge.set_function(lambda: self.in_flight)
 
     def reserve(self, nbytes: int) -> Reservation:
         if self.in_flight + nbytes > self.limit:
@@ -49,11 +52,7 @@ class BytesInFlight:
                 f"flight, limit {self.limit} (--max-inflight-bytes); retry later"
             )
         self.in_flight += nbytes
-        if self._gauge is not None:
-            self._gauge.set(self.in_flight)
         return Reservation(self, nbytes)
 
     def _release(self, nbytes: int) -> None:
         self.in_flight -= nbytes
-        if self._gauge is not None:
-            self._gauge.set(self.in_flight)

@@ -142,28 +142,22 @@ def decode_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> np
 def request_tensors(request: service_pb2.ModelInferRequest) -> list[TensorIn]:
     """The inputs of a gRPC request; raw and typed contents may not be mixed."""
     raws = request.raw_input_contents
-    if raws and len(raws) != len(request.inputs):
+    inputs = request.inputs
+    if not raws:
+        return [TensorIn(t.name, t.datatype, tuple(t.shape), contents=t.contents) for t in inputs]
+    if len(raws) != len(inputs):
         raise InvalidInput(
-            f"{len(raws)} raw_input_contents for {len(request.inputs)} inputs; send one per input"
+            f"{len(raws)} raw_input_contents for {len(inputs)} inputs; send one per input"
         )
     out: list[TensorIn] = []
-    for i, tensor in enumerate(request.inputs):
-        has_typed = tensor.HasField("contents") and tensor.contents.ByteSize() > 0
-        if raws and has_typed:
+    for tensor, raw in zip(inputs, raws, strict=True):
+        # HasField first: reading .contents of a tensor without it builds an empty message.
+        if tensor.HasField("contents") and tensor.contents.ByteSize() > 0:
             raise InvalidInput(
                 f"input {tensor.name!r}: both raw_input_contents and typed contents given; "
                 "send one of them"
             )
-        raw = raws[i] if raws else None
-        out.append(
-            TensorIn(
-                tensor.name,
-                tensor.datatype,
-                tuple(tensor.shape),
-                raw=raw,
-                contents=None if raws else tensor.contents,
-            )
-        )
+        out.append(TensorIn(tensor.name, tensor.datatype, tuple(tensor.shape), raw=raw))
     return out
 
 

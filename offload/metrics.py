@@ -16,18 +16,21 @@ several servers in one process (tests, simulators) from clashing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import Metric
+from prometheus_client.utils import floatToGoString
 
 from offload.batcher import BatchObserver
 from offload.statistics import ModelStatistics, Snapshot
@@ -105,6 +108,86 @@ class TritonCollector:
         yield failure
 
 
+class HistogramChild:
+    """One label set of a :class:`FastHistogram`: a count per bucket and a sum, one lock.
+
+    prometheus_client's histogram child costs ~2 us per observation (a check, then a
+    locked increment of the sum and another of the bucket, in Python); four of them per
+    request were the largest share of the offload server's own per-request time after
+    the model. Here an observation is a bisect and two additions under one lock; the
+    cumulative buckets are added up at scrape time instead.
+    """
+
+    __slots__ = ("_bounds", "_counts", "_lock", "_sum", "created")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds  # ends with +Inf, so every value has a bucket
+        self._counts = [0] * len(bounds)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        self.created = time.time()
+
+    def observe(self, value: float) -> None:
+        i = bisect_left(self._bounds, value)  # the first bound >= value: Prometheus' "le"
+        with self._lock:
+            self._counts[i] += 1
+            self._sum += value
+
+    def snapshot(self) -> tuple[list[int], float]:
+        with self._lock:
+            return list(self._counts), self._sum
+
+
+class FastHistogram:
+    """A labelled histogram family rendered exactly as prometheus_client's ``Histogram``
+    (``_bucket``/``_count``/``_sum``/``_created`` samples), with cheaper observations."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self._doc = documentation
+        self._labelnames = tuple(labelnames)
+        self._bounds = (*(float(b) for b in buckets), float("inf"))
+        self._le = tuple(floatToGoString(b) for b in self._bounds)
+        self._children: dict[tuple[str, ...], HistogramChild] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, *values: str) -> HistogramChild:
+        """The child of one label set (the same object for the same values, as
+        prometheus_client's: a reloaded version keeps counting where it stopped)."""
+        with self._lock:
+            child = self._children.get(values)
+            if child is None:
+                child = self._children[values] = HistogramChild(self._bounds)
+            return child
+
+    def describe(self) -> list[Metric]:
+        return [Metric(self.name, self._doc, "histogram")]
+
+    def collect(self) -> list[Metric]:
+        family = Metric(self.name, self._doc, "histogram")
+        with self._lock:
+            children = list(self._children.items())
+        for values, child in children:
+            labels = dict(zip(self._labelnames, values, strict=True))
+            counts, total = child.snapshot()
+            seen = 0.0
+            for le, count in zip(self._le, counts, strict=True):
+                seen += count
+                family.add_sample(f"{self.name}_bucket", {**labels, "le": le}, seen)
+            family.add_sample(f"{self.name}_count", labels, seen)
+            family.add_sample(f"{self.name}_sum", labels, total)
+            family.add_sample(f"{self.name}_created", labels, child.created)
+        return [family]
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
@@ -140,28 +223,28 @@ class ServerMetrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         labels = ("model", "version")
-        self.request_seconds = Histogram(
+        self.request_seconds = FastHistogram(
             "offload_request_duration_seconds",
             "Time from a successful request's arrival to its response, server side",
             labels,
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.queue_seconds = Histogram(
+        self.queue_seconds = FastHistogram(
             "offload_queue_duration_seconds",
             "Time a request waited in the batcher queue before compute started",
             labels,
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.compute_seconds = Histogram(
+        self.compute_seconds = FastHistogram(
             "offload_compute_duration_seconds",
             "Time one batch spent in the backend",
             labels,
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.batch_size = Histogram(
+        self.batch_size = FastHistogram(
             "offload_batch_size",
             "Rows per executed batch",
             labels,

@@ -127,6 +127,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc_code(exc), exc.message)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
+        # The metadata is a tuple built per call: read it only when spans are recorded.
+        traceparent = None if self._core.tracer is None else _metadata(context, "traceparent")
         try:
             result = await self._core.infer(
                 model,
@@ -134,7 +136,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 reservation=reservation,
                 deadline=deadline,
                 started=started,
-                traceparent=_metadata(context, "traceparent"),
+                traceparent=traceparent,
             )
         except EdgecloudError as exc:
             await context.abort(grpc_code(exc), exc.message)

@@ -120,6 +120,12 @@ class OrtBackend(Backend):
             TensorSpec(name=o.name, dtype=ort_dtype(o.type), shape=_dims(o.shape))
             for o in session.get_outputs()
         )
+        # What _feeds checks, resolved once: it runs for every batch, and the specs'
+        # pydantic attributes and dtype lookups cost more than the checks themselves.
+        self._input_names = frozenset(spec.name for spec in self._inputs)
+        self._input_checks = tuple(
+            (spec.name, spec.shape, spec.numpy_dtype, spec) for spec in self._inputs
+        )
         self._providers = list(session.get_providers())
         self._session: ort.InferenceSession | None = session
         self._output_names = [o.name for o in self._outputs]
@@ -143,30 +149,32 @@ class OrtBackend(Backend):
         return f"onnxruntime {ort.__version__} [{','.join(self.providers)}] {threads}"
 
     def _feeds(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = {spec.name for spec in self._inputs}
-        extra = set(inputs) - names
-        if extra:
+        names = self._input_names
+        if not names.issuperset(inputs):
+            extra = set(inputs) - names
             raise InvalidInput(f"unknown inputs {sorted(extra)}; model takes {sorted(names)}")
         feeds: dict[str, np.ndarray] = {}
         batch: int | None = None
-        for spec in self._inputs:
-            if spec.name not in inputs:
-                raise InvalidInput(f"missing input {spec.name!r}")
-            arr = np.asarray(inputs[spec.name])
-            if not spec.accepts(tuple(arr.shape)):
-                raise InvalidInput(
-                    f"input {spec.name!r} has shape {tuple(arr.shape)}, expected {spec.shape}"
-                )
-            if arr.dtype != spec.numpy_dtype:
-                if not np.can_cast(arr.dtype, spec.numpy_dtype, casting="same_kind"):
+        for name, want, dtype, spec in self._input_checks:
+            if name not in inputs:
+                raise InvalidInput(f"missing input {name!r}")
+            arr = np.asarray(inputs[name])
+            shape = arr.shape
+            if len(shape) != len(want) or any(
+                w != -1 and w != g
+                for w, g in zip(want, shape)  # noqa: B905 - same length, checked above
+            ):
+                raise InvalidInput(f"input {name!r} has shape {tuple(shape)}, expected {want}")
+            if arr.dtype != dtype:
+                if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
                     raise InvalidInput(
-                        f"input {spec.name!r} has dtype {arr.dtype}, expected {spec.dtype}"
+                        f"input {name!r} has dtype {arr.dtype}, expected {spec.dtype}"
                     )
-                arr = arr.astype(spec.numpy_dtype)
-            if batch is not None and arr.shape[0] != batch:
+                arr = arr.astype(dtype)
+            if batch is not None and shape[0] != batch:
                 raise InvalidInput("inputs disagree on the batch size")
-            batch = arr.shape[0] if arr.ndim else None
-            feeds[spec.name] = np.ascontiguousarray(arr)
+            batch = shape[0] if arr.ndim else None
+            feeds[name] = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
         return feeds
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
