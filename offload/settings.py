@@ -84,6 +84,14 @@ class OffloadSettings(BaseSettings):
         ge=1024,
         description="inference request bytes admitted at once; beyond it RESOURCE_EXHAUSTED",
     )
+    http2_window_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=0,
+        description="fixed HTTP/2 receive window per gRPC connection and per stream (0 = "
+        "gRPC's BDP probing, whose window grows by timing: a burst of oversized requests "
+        "then costs up to hundreds of MiB before its length check); 4 MiB keeps a 50 ms "
+        "RTT link at about 80 MiB/s",
+    )
     max_stream_pending: int = Field(
         default=256,
         ge=1,
