@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shell.logs import LOG_FORMAT_HELP, LOG_LEVEL_HELP, LogFormat, LogLevel
@@ -87,6 +87,7 @@ class OffloadSettings(BaseSettings):
     http2_window_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=0,
+        le=2**31 - 1,  # HTTP/2's largest window
         description="fixed HTTP/2 receive window per gRPC connection and per stream (0 = "
         "gRPC's BDP probing, whose window grows by timing: a burst of oversized requests "
         "then costs up to hundreds of MiB before its length check); 4 MiB keeps a 50 ms "
@@ -121,6 +122,15 @@ class OffloadSettings(BaseSettings):
     )
     log_level: LogLevel = Field(default="INFO", description=LOG_LEVEL_HELP)
     log_format: LogFormat = Field(default="text", description=LOG_FORMAT_HELP)
+
+    @field_validator("http2_window_bytes")
+    @classmethod
+    def _window_not_below_http2_default(cls, v: int) -> int:
+        # A window below HTTP/2's initial 65,535 bytes would throttle every large call
+        # to a trickle per round trip; there is no use for it.
+        if 0 < v < 65_535:
+            raise ValueError("must be 0 (gRPC's BDP probing) or at least 65535 bytes")
+        return v
 
     def process_count(self) -> int:
         """``processes`` as a number (``auto`` resolved on this machine, at least 1)."""
