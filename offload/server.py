@@ -41,12 +41,10 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 def _window_options(window_bytes: int) -> list[tuple[str, int]]:
     """gRPC core options for a fixed HTTP/2 receive window (``[]`` = BDP probing).
 
-    gRPC checks a message's length prefix only after taking bytes off the wire, up to the
-    receive window. BDP probing sizes that window from ping timing, which on a loaded
-    machine overestimates by far: 16 concurrent 60 MB requests cost the server +8 to
-    +255 MiB of RSS run to run before each was refused. A fixed window bounds that to the
-    window (measured: +6 to +17 MiB) at no cost for requests below it: 32 concurrent
-    150 kB calls over a 50 ms RTT link took 150 ms against 139-157 ms with BDP probing.
+    gRPC checks a message's length prefix only after taking up to the receive window off
+    the wire, and BDP probing grows that window from ping timing, by far too much on a
+    loaded machine; a fixed window bounds what a burst of oversized requests costs
+    (measurements: docs/architecture.md, Admission).
     """
     if window_bytes == 0:
         return []

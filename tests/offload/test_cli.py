@@ -35,6 +35,14 @@ def test_invalid_settings_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert "workers" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("window", ["1024", "-1", str(2**31)])
+def test_a_window_that_cannot_work_is_refused_at_start(
+    window: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["--repository", str(tmp_path), "--http2-window-bytes", window]) != 0
+    assert "http2" in capsys.readouterr().err.lower()
+
+
 def test_bad_tls_config_exits_1(tmp_path: Path) -> None:
     rc = main(
         [
